@@ -1,0 +1,53 @@
+/* SPDX-License-Identifier: MIT */
+/* The one interface between the migration engine and a VM.  The engine
+ * knows nothing else about a VM: its memory regions, a dirty tracker,
+ * pause/resume, and an opaque device-state blob. */
+#ifndef PMIGRATE_BACKEND_H
+#define PMIGRATE_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <pmigrate/error.h>
+
+#define PM_PAGE_SIZE 4096u
+#define PM_PAGE_SHIFT 12
+
+struct pm_region {
+	uint32_t id;        /* as sent on the wire; index into the array */
+	uint64_t gpa;       /* guest-physical start (informational for synthetic VMs) */
+	uint64_t npages;
+	uint8_t *host;      /* mapped once for the whole migration */
+};
+
+struct pm_backend_ops {
+	/* Begin tracking writes, all pages initially dirty. */
+	int (*dirty_start)(void *vm, struct pm_err *err);
+	/* Start of a pass over memory (KVM_GET_DIRTY_LOG, soft-dirty gather). */
+	int (*dirty_sync)(void *vm, struct pm_err *err);
+	/* Pages dirty now, summed over regions (estimate allowed). */
+	int (*dirty_count)(void *vm, uint64_t *pages, struct pm_err *err);
+	/* Get-and-clear dirty bits of [first, first+n) in a region, just before
+	 * the engine reads those pages.  Called concurrently on disjoint ranges. */
+	int (*dirty_harvest)(void *vm, uint32_t region, uint64_t first, uint64_t n,
+			     uint64_t *bitmap, struct pm_err *err);
+	void (*dirty_stop)(void *vm);
+
+	int (*pause)(void *vm, struct pm_err *err);
+	int (*resume)(void *vm, struct pm_err *err);
+	/* Slow the guest down by percent (0 = full speed); NULL if unsupported. */
+	int (*throttle)(void *vm, unsigned percent);
+
+	/* Device state: *buf is malloc'ed, caller frees. */
+	int (*save_state)(void *vm, void **buf, size_t *len, struct pm_err *err);
+	int (*load_state)(void *vm, const void *buf, size_t len, struct pm_err *err);
+};
+
+struct pm_backend {
+	const char *kind;               /* "synthetic", "kvm" */
+	const struct pm_backend_ops *ops;
+	void *vm;
+	unsigned nregions;
+	struct pm_region *regions;
+};
+
+#endif
