@@ -1,0 +1,35 @@
+/* SPDX-License-Identifier: MIT */
+/* The control socket of a VM process: a UNIX stream socket speaking JSON,
+ * one object per line (in the spirit of QMP).  Shared by the synthetic VM
+ * and pmvm so that `pmigrate migrate` and `pmigrate status` work with both.
+ * The protocol is documented in docs/control.md. */
+#ifndef PMIGRATE_CONTROL_H
+#define PMIGRATE_CONTROL_H
+
+#include <json-c/json.h>
+#include <pmigrate/backend.h>
+#include <pmigrate/migrate.h>
+
+struct pm_control;
+
+struct pm_control_ops {
+	/* Adds VM-specific fields (heartbeat, vcpus, ...) to a status object. */
+	void (*status)(void *opaque, json_object *out);
+	/* "quit" command: ask the VM process to exit (called from the server thread). */
+	void (*quit)(void *opaque);
+};
+
+/* Serves path in a thread of its own.  state is the initial VM state
+ * ("running", "incoming", ...). */
+int pm_control_start(struct pm_control **out, const char *path, struct pm_backend *be,
+		     const struct pm_control_ops *ops, void *opaque,
+		     const char *state, struct pm_err *err);
+void pm_control_stop(struct pm_control *c);
+void pm_control_set_state(struct pm_control *c, const char *state);
+/* Copies r; shown as "last_migration" in status. */
+void pm_control_set_report(struct pm_control *c, const struct pm_report *r);
+void pm_control_set_dump_at_pause(struct pm_control *c, const char *path);
+/* Blocks until the VM was migrated away, quit was asked, or never. */
+const char *pm_control_state(struct pm_control *c, char *buf, size_t len);
+
+#endif

@@ -1,0 +1,131 @@
+/* SPDX-License-Identifier: MIT */
+/* libpmigrate: parallel live migration of a VM behind a struct pm_backend.
+ *
+ * Source:      pm_migrate_outgoing() runs a whole migration (pre-copy rounds,
+ *              switchover, completion handshake) and returns when the
+ *              destination has acknowledged, or on failure with the source VM
+ *              running again.
+ * Destination: pm_incoming_listen() binds the listening addresses, then
+ *              pm_incoming_run() receives a migration and resumes the VM only
+ *              when everything the source counted has arrived and been applied.
+ */
+#ifndef PMIGRATE_MIGRATE_H
+#define PMIGRATE_MIGRATE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <pmigrate/backend.h>
+#include <pmigrate/error.h>
+
+#define PM_MAX_CHANNELS 64
+#define PM_MAX_ROUNDS 256
+
+enum pm_compress { PM_COMPRESS_NONE = 0, PM_COMPRESS_LZ4, PM_COMPRESS_ZSTD };
+enum pm_nonconverge {
+	PM_NC_THROTTLE = 0, /* slow the vCPUs down step by step (auto-converge) */
+	PM_NC_FORCE,        /* switch over anyway, with an honest downtime */
+	PM_NC_ABORT,        /* give up; the VM keeps running at the source */
+};
+
+struct pm_progress {
+	const char *phase;          /* "connecting", "precopy", "switchover", "completing" */
+	unsigned round;
+	uint64_t dirty_pages;       /* dirty at the start of this round */
+	uint64_t pages_sent, zero_pages, bytes_sent;
+	double elapsed_ms;
+	unsigned nchannels;
+	double channel_mbps[PM_MAX_CHANNELS]; /* over the last interval */
+	unsigned throttle_pct;
+};
+typedef void (*pm_progress_fn)(void *opaque, const struct pm_progress *p);
+
+struct pm_migrate_params {
+	const char *const *to;      /* "host:port" or "[v6]:port"; channel i uses to[i % nto] */
+	unsigned nto;
+	const char *const *bind;    /* optional local addresses "host[:port]"; likewise */
+	unsigned nbind;
+	unsigned channels;          /* 0: nto */
+	unsigned downtime_ms;       /* target; 0: 300 */
+	unsigned max_rounds;        /* 0: 30 */
+	double max_bytes_factor;    /* stop iterating past this x VM size; 0: 8 */
+	bool barrier;               /* drain every channel at each round end */
+	bool serial;                /* no pipelining: one thread harvests and sends */
+	enum pm_compress compress;
+	int compress_level;
+	enum pm_nonconverge policy;
+	unsigned chunk_pages;       /* 0: 512 (2 MiB) */
+	unsigned timeout_ms;        /* network silence that fails the migration; 0: 30000 */
+	const char *dump_at_pause;  /* write guest memory here when paused */
+	pm_progress_fn progress;
+	void *progress_opaque;
+	unsigned progress_interval_ms; /* 0: 250 */
+};
+
+struct pm_round_stat {
+	unsigned round;
+	uint64_t dirty_at_start;    /* pages (estimate) when the round began */
+	uint64_t pages;             /* data pages sent */
+	uint64_t zero_pages;
+	uint64_t bytes;             /* wire bytes */
+	double duration_ms;
+	bool final;                 /* the round sent while paused */
+};
+
+struct pm_report {
+	const char *role;           /* "source", "destination" */
+	int status;                 /* 0 or -errno */
+	char error[512];
+	char dirty_method[32];
+	unsigned channels;
+	bool barrier, serial;
+	enum pm_compress compress;
+	uint64_t vm_pages;
+	double setup_ms, total_time_ms, downtime_ms;
+	uint64_t bytes_sent, pages_sent, zero_pages, frames;
+	double throughput_mbps;     /* wire MB/s (10^6 bytes) over the whole migration */
+	unsigned nrounds;
+	struct pm_round_stat rounds[PM_MAX_ROUNDS];
+	uint64_t channel_bytes[PM_MAX_CHANNELS];
+	char switchover_reason[64]; /* "converged", "max-rounds", "max-bytes", "no-progress" */
+	unsigned throttle_pct;
+	uint64_t stale_pages;       /* destination: pages skipped as older than what it had */
+};
+
+int pm_migrate_outgoing(struct pm_backend *be, const struct pm_migrate_params *p,
+			struct pm_report *rep, struct pm_err *err);
+
+struct pm_incoming;
+struct pm_incoming_params {
+	const char *const *listen;  /* "host:port"; port 0 picks one */
+	unsigned nlisten;
+	unsigned timeout_ms;        /* after the first connection; 0: 30000 */
+	const char *dump_on_resume; /* write guest memory here just before resume */
+	bool barrier_ok;            /* accept barrier mode (always true today) */
+};
+int pm_incoming_listen(struct pm_incoming **out, const struct pm_incoming_params *p,
+		       struct pm_err *err);
+/* Actual bound address of listener i ("127.0.0.1:40123"). */
+const char *pm_incoming_address(const struct pm_incoming *in, unsigned i);
+/* Receives one migration into be; on success the VM has been resumed. */
+int pm_incoming_run(struct pm_incoming *in, struct pm_backend *be,
+		    struct pm_report *rep, struct pm_err *err);
+void pm_incoming_close(struct pm_incoming *in);
+
+/* Writes every region of be, in order, to path (for cmp-style checks). */
+int pm_dump_memory(const struct pm_backend *be, const char *path, struct pm_err *err);
+
+const char *pm_compress_name(enum pm_compress c);
+int pm_compress_parse(const char *s, enum pm_compress *out);
+const char *pm_nonconverge_name(enum pm_nonconverge p);
+int pm_nonconverge_parse(const char *s, enum pm_nonconverge *out);
+
+/* Report as JSON text (malloc'ed, caller frees).  Keys: status, error,
+ * total_time_ms, downtime_ms, rounds[{round,pages,zero_pages,bytes,
+ * duration_ms,dirty_at_start,final}], bytes_sent, pages_sent, zero_pages,
+ * channels, throughput_mbps, ... */
+char *pm_report_to_json(const struct pm_report *r);
+/* Human-readable table of the report to f. */
+#include <stdio.h>
+void pm_report_print(const struct pm_report *r, FILE *f);
+
+#endif

@@ -1,0 +1,302 @@
+/* SPDX-License-Identifier: MIT */
+#include <errno.h>
+#include <string.h>
+#include "engine/protocol.h"
+
+const char *pm_frame_name(uint32_t type)
+{
+	static const char *const names[] = {
+		[PM_FR_HELLO] = "HELLO", [PM_FR_HELLO_ACK] = "HELLO_ACK",
+		[PM_FR_LAYOUT] = "LAYOUT", [PM_FR_LAYOUT_ACK] = "LAYOUT_ACK",
+		[PM_FR_PAGES] = "PAGES", [PM_FR_ROUND_END] = "ROUND_END",
+		[PM_FR_ROUND_ACK] = "ROUND_ACK", [PM_FR_STATE] = "STATE",
+		[PM_FR_END] = "END", [PM_FR_DONE] = "DONE", [PM_FR_ERROR] = "ERROR",
+	};
+	if (type < sizeof(names) / sizeof(names[0]) && names[type])
+		return names[type];
+	return "unknown";
+}
+
+void pm_encode_hdr(uint8_t out[PM_FRAME_HDR_LEN], uint32_t type, uint32_t len)
+{
+	pm_put32(out, type);
+	pm_put32(out + 4, len);
+}
+
+void pm_decode_hdr(const uint8_t in[PM_FRAME_HDR_LEN], struct pm_frame_hdr *h)
+{
+	h->type = pm_get32(in);
+	h->len = pm_get32(in + 4);
+}
+
+int pm_check_hdr(const struct pm_frame_hdr *h, unsigned chunk_pages, struct pm_err *err)
+{
+	uint64_t max;
+
+	switch (h->type) {
+	case PM_FR_HELLO:
+	case PM_FR_HELLO_ACK:
+		max = PM_HELLO_LEN;
+		if (h->len != max)
+			goto bad_exact;
+		return 0;
+	case PM_FR_LAYOUT:
+		if (h->len < PM_LAYOUT_FIXED_LEN ||
+		    h->len > PM_LAYOUT_FIXED_LEN + PM_MAX_REGIONS * PM_LAYOUT_REGION_LEN)
+			goto bad_range;
+		return 0;
+	case PM_FR_LAYOUT_ACK:
+	case PM_FR_DONE:
+		max = 0;
+		if (h->len != max)
+			goto bad_exact;
+		return 0;
+	case PM_FR_PAGES:
+		max = PM_PAGES_FIXED_LEN + (uint64_t)chunk_pages * PM_PAGE_SIZE;
+		if (h->len < PM_PAGES_FIXED_LEN || h->len > max)
+			goto bad_range;
+		return 0;
+	case PM_FR_ROUND_END:
+	case PM_FR_ROUND_ACK:
+		max = PM_ROUND_LEN;
+		if (h->len != max)
+			goto bad_exact;
+		return 0;
+	case PM_FR_STATE:
+		if (h->len > PM_MAX_STATE_LEN)
+			goto bad_range;
+		return 0;
+	case PM_FR_END:
+		max = PM_END_LEN;
+		if (h->len != max)
+			goto bad_exact;
+		return 0;
+	case PM_FR_ERROR:
+		if (h->len < PM_ERROR_FIXED_LEN || h->len > PM_ERROR_FIXED_LEN + PM_MAX_ERROR_LEN)
+			goto bad_range;
+		return 0;
+	default:
+		return pm_err_set(err, EPROTO, "unknown frame type %u (length %u)",
+				  h->type, h->len);
+	}
+bad_exact:
+	return pm_err_set(err, EPROTO, "%s frame has length %u, expected %llu",
+			  pm_frame_name(h->type), h->len, (unsigned long long)max);
+bad_range:
+	return pm_err_set(err, EPROTO, "%s frame length %u is out of range",
+			  pm_frame_name(h->type), h->len);
+}
+
+void pm_encode_hello(uint8_t out[PM_HELLO_LEN], const struct pm_hello *h)
+{
+	memset(out, 0, PM_HELLO_LEN);
+	pm_put32(out, h->magic);
+	pm_put16(out + 4, h->version);
+	pm_put16(out + 6, h->channel);
+	pm_put16(out + 8, h->nchannels);
+	pm_put16(out + 10, 0);
+	pm_put32(out + 12, h->features);
+	memcpy(out + 16, h->session, 16);
+	pm_put32(out + 32, h->chunk_pages);
+	pm_put32(out + 36, h->page_size);
+}
+
+int pm_decode_hello(const uint8_t *in, size_t len, struct pm_hello *h, struct pm_err *err)
+{
+	if (len != PM_HELLO_LEN)
+		return pm_err_set(err, EPROTO, "HELLO has length %zu, expected %u", len, PM_HELLO_LEN);
+	h->magic = pm_get32(in);
+	h->version = pm_get16(in + 4);
+	h->channel = pm_get16(in + 6);
+	h->nchannels = pm_get16(in + 8);
+	h->reserved = pm_get16(in + 10);
+	h->features = pm_get32(in + 12);
+	memcpy(h->session, in + 16, 16);
+	h->chunk_pages = pm_get32(in + 32);
+	h->page_size = pm_get32(in + 36);
+	if (h->magic != PM_PROTO_MAGIC)
+		return pm_err_set(err, EPROTO, "bad magic 0x%08x in HELLO (not a pmigrate stream)", h->magic);
+	if (h->version != PM_PROTO_VERSION)
+		return pm_err_set(err, EPROTONOSUPPORT, "protocol version %u is not supported (this side speaks %u)",
+				  h->version, PM_PROTO_VERSION);
+	if (h->nchannels == 0 || h->nchannels > 64)
+		return pm_err_set(err, EPROTO, "HELLO announces %u channels (1..64 allowed)", h->nchannels);
+	if (h->channel >= h->nchannels)
+		return pm_err_set(err, EPROTO, "HELLO channel index %u is not below the channel count %u",
+				  h->channel, h->nchannels);
+	if (h->features & ~PM_FEAT_KNOWN)
+		return pm_err_set(err, EPROTO, "HELLO has unknown feature flags 0x%x", h->features & ~PM_FEAT_KNOWN);
+	if (h->reserved)
+		return pm_err_set(err, EPROTO, "HELLO reserved field is not zero");
+	if (h->page_size != PM_PAGE_SIZE)
+		return pm_err_set(err, EPROTO, "page size %u is not supported (only %u)", h->page_size, PM_PAGE_SIZE);
+	if (h->chunk_pages == 0 || h->chunk_pages > PM_MAX_CHUNK_PAGES)
+		return pm_err_set(err, EPROTO, "chunk of %u pages is out of range (1..%u)",
+				  h->chunk_pages, PM_MAX_CHUNK_PAGES);
+	return 0;
+}
+
+size_t pm_layout_len(const struct pm_layout *l)
+{
+	return PM_LAYOUT_FIXED_LEN + (size_t)l->nregions * PM_LAYOUT_REGION_LEN;
+}
+
+void pm_encode_layout(uint8_t *out, const struct pm_layout *l)
+{
+	pm_put32(out, l->nregions);
+	pm_put32(out + 4, 0);
+	for (uint32_t i = 0; i < l->nregions; i++) {
+		uint8_t *r = out + PM_LAYOUT_FIXED_LEN + i * PM_LAYOUT_REGION_LEN;
+		pm_put32(r, l->region[i].id);
+		pm_put32(r + 4, 0);
+		pm_put64(r + 8, l->region[i].gpa);
+		pm_put64(r + 16, l->region[i].npages);
+	}
+}
+
+int pm_decode_layout(const uint8_t *in, size_t len, struct pm_layout *l, struct pm_err *err)
+{
+	if (len < PM_LAYOUT_FIXED_LEN)
+		return pm_err_set(err, EPROTO, "LAYOUT is truncated (%zu bytes)", len);
+	l->nregions = pm_get32(in);
+	if (l->nregions == 0 || l->nregions > PM_MAX_REGIONS)
+		return pm_err_set(err, EPROTO, "LAYOUT has %u regions (1..%u allowed)", l->nregions, PM_MAX_REGIONS);
+	if (len != pm_layout_len(l))
+		return pm_err_set(err, EPROTO, "LAYOUT of %u regions has length %zu, expected %zu",
+				  l->nregions, len, pm_layout_len(l));
+	for (uint32_t i = 0; i < l->nregions; i++) {
+		const uint8_t *r = in + PM_LAYOUT_FIXED_LEN + i * PM_LAYOUT_REGION_LEN;
+		l->region[i].id = pm_get32(r);
+		l->region[i].gpa = pm_get64(r + 8);
+		l->region[i].npages = pm_get64(r + 16);
+		if (l->region[i].id != i)
+			return pm_err_set(err, EPROTO, "LAYOUT region %u has id %u (ids must be 0..n-1 in order)",
+					  i, l->region[i].id);
+		if (l->region[i].npages == 0 || l->region[i].npages > (1ull << 36))
+			return pm_err_set(err, EPROTO, "LAYOUT region %u has %llu pages (out of range)",
+					  i, (unsigned long long)l->region[i].npages);
+		if (l->region[i].gpa & (PM_PAGE_SIZE - 1))
+			return pm_err_set(err, EPROTO, "LAYOUT region %u guest address 0x%llx is not page aligned",
+					  i, (unsigned long long)l->region[i].gpa);
+	}
+	return 0;
+}
+
+void pm_layout_of(const struct pm_backend *be, struct pm_layout *l)
+{
+	memset(l, 0, sizeof(*l));
+	l->nregions = be->nregions;
+	for (unsigned i = 0; i < be->nregions && i < PM_MAX_REGIONS; i++) {
+		l->region[i].id = i;
+		l->region[i].gpa = be->regions[i].gpa;
+		l->region[i].npages = be->regions[i].npages;
+	}
+}
+
+int pm_layout_check(const struct pm_layout *src, const struct pm_layout *dst, struct pm_err *err)
+{
+	if (src->nregions != dst->nregions)
+		return pm_err_set(err, EINVAL, "source has %u memory regions, destination has %u",
+				  src->nregions, dst->nregions);
+	for (uint32_t i = 0; i < src->nregions; i++) {
+		uint64_t s = src->region[i].npages, d = dst->region[i].npages;
+		if (s != d)
+			return pm_err_set(err, EINVAL,
+					  "memory region %u: source has %llu MiB, destination has %llu MiB%s",
+					  i, (unsigned long long)(s >> 8), (unsigned long long)(d >> 8),
+					  d < s ? " (destination memory is smaller)" : "");
+		if (src->region[i].gpa != dst->region[i].gpa)
+			return pm_err_set(err, EINVAL, "memory region %u: source at 0x%llx, destination at 0x%llx",
+					  i, (unsigned long long)src->region[i].gpa,
+					  (unsigned long long)dst->region[i].gpa);
+	}
+	return 0;
+}
+
+void pm_encode_pages(uint8_t out[PM_PAGES_FIXED_LEN], const struct pm_pages *p)
+{
+	memset(out, 0, PM_PAGES_FIXED_LEN);
+	pm_put32(out, p->region);
+	pm_put32(out + 4, p->npages);
+	pm_put64(out + 8, p->first);
+	pm_put32(out + 16, p->round);
+	pm_put16(out + 20, p->encoding);
+	pm_put32(out + 24, p->payload_len);
+}
+
+int pm_decode_pages(const uint8_t *in, uint32_t body_len, const struct pm_layout *l,
+		    unsigned chunk_pages, struct pm_pages *p, struct pm_err *err)
+{
+	uint64_t raw;
+
+	p->region = pm_get32(in);
+	p->npages = pm_get32(in + 4);
+	p->first = pm_get64(in + 8);
+	p->round = pm_get32(in + 16);
+	p->encoding = pm_get16(in + 20);
+	p->payload_len = pm_get32(in + 24);
+	if (pm_get16(in + 22) || pm_get32(in + 28))
+		return pm_err_set(err, EPROTO, "PAGES frame has non-zero reserved fields");
+	if (p->region >= l->nregions)
+		return pm_err_set(err, EPROTO, "PAGES frame names region %u, the layout has %u",
+				  p->region, l->nregions);
+	if (p->npages == 0 || p->npages > chunk_pages)
+		return pm_err_set(err, EPROTO, "PAGES frame covers %u pages (1..%u allowed)",
+				  p->npages, chunk_pages);
+	if (p->first >= l->region[p->region].npages ||
+	    p->npages > l->region[p->region].npages - p->first)
+		return pm_err_set(err, EPROTO, "PAGES frame [%llu, +%u) is outside region %u of %llu pages",
+				  (unsigned long long)p->first, p->npages, p->region,
+				  (unsigned long long)l->region[p->region].npages);
+	if (p->round == 0)
+		return pm_err_set(err, EPROTO, "PAGES frame has round 0 (rounds start at 1)");
+	if ((uint64_t)body_len != PM_PAGES_FIXED_LEN + (uint64_t)p->payload_len)
+		return pm_err_set(err, EPROTO, "PAGES frame payload length %u does not match frame length %u",
+				  p->payload_len, body_len);
+	raw = (uint64_t)p->npages * PM_PAGE_SIZE;
+	switch (p->encoding) {
+	case PM_ENC_RAW:
+		if (p->payload_len != raw)
+			return pm_err_set(err, EPROTO, "raw PAGES frame of %u pages carries %u bytes",
+					  p->npages, p->payload_len);
+		break;
+	case PM_ENC_ZERO:
+		if (p->payload_len != 0)
+			return pm_err_set(err, EPROTO, "zero PAGES frame carries %u bytes of payload",
+					  p->payload_len);
+		break;
+	case PM_ENC_LZ4:
+	case PM_ENC_ZSTD:
+		if (p->payload_len == 0 || p->payload_len > raw + raw / 64 + 1024)
+			return pm_err_set(err, EPROTO, "compressed PAGES frame of %u pages has payload %u (out of range)",
+					  p->npages, p->payload_len);
+		break;
+	default:
+		return pm_err_set(err, EPROTO, "PAGES frame has unknown encoding %u", p->encoding);
+	}
+	return 0;
+}
+
+void pm_encode_end(uint8_t out[PM_END_LEN], const struct pm_end *e)
+{
+	pm_put32(out, e->final_round);
+	pm_put32(out + 4, 0);
+	pm_put64(out + 8, e->frames);
+	pm_put64(out + 16, e->pages);
+	pm_put64(out + 24, e->payload_bytes);
+}
+
+int pm_decode_end(const uint8_t *in, size_t len, struct pm_end *e, struct pm_err *err)
+{
+	if (len != PM_END_LEN)
+		return pm_err_set(err, EPROTO, "END has length %zu, expected %u", len, PM_END_LEN);
+	e->final_round = pm_get32(in);
+	e->frames = pm_get64(in + 8);
+	e->pages = pm_get64(in + 16);
+	e->payload_bytes = pm_get64(in + 24);
+	if (pm_get32(in + 4))
+		return pm_err_set(err, EPROTO, "END reserved field is not zero");
+	if (e->final_round == 0)
+		return pm_err_set(err, EPROTO, "END names final round 0");
+	return 0;
+}

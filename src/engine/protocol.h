@@ -1,0 +1,136 @@
+/* SPDX-License-Identifier: MIT */
+/* Wire protocol v1: little-endian, length-prefixed frames.  The contract is
+ * docs/protocol.md; this file is its codec.  Decoders validate every field
+ * against limits (and, for page runs, against the receiver's layout) before
+ * the caller writes a byte anywhere. */
+#ifndef PM_ENGINE_PROTOCOL_H
+#define PM_ENGINE_PROTOCOL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <pmigrate/backend.h>
+#include <pmigrate/error.h>
+
+#define PM_PROTO_MAGIC   0x47494d50u /* "PMIG" */
+#define PM_PROTO_VERSION 1u
+
+#define PM_FRAME_HDR_LEN      8u
+#define PM_MAX_CHUNK_PAGES    512u
+#define PM_MAX_REGIONS        64u
+#define PM_MAX_STATE_LEN      (64u << 20)
+#define PM_MAX_ERROR_LEN      400u
+
+enum pm_frame_type {
+	PM_FR_HELLO = 1,
+	PM_FR_HELLO_ACK = 2,
+	PM_FR_LAYOUT = 3,
+	PM_FR_LAYOUT_ACK = 4,
+	PM_FR_PAGES = 5,
+	PM_FR_ROUND_END = 6,
+	PM_FR_ROUND_ACK = 7,
+	PM_FR_STATE = 8,
+	PM_FR_END = 9,
+	PM_FR_DONE = 10,
+	PM_FR_ERROR = 11,
+};
+
+enum pm_encoding {
+	PM_ENC_RAW = 0,
+	PM_ENC_ZERO = 1,
+	PM_ENC_LZ4 = 2,
+	PM_ENC_ZSTD = 3,
+};
+
+/* Feature flags carried in HELLO. */
+#define PM_FEAT_BARRIER  (1u << 0)
+#define PM_FEAT_LZ4      (1u << 1)
+#define PM_FEAT_ZSTD     (1u << 2)
+#define PM_FEAT_KNOWN    (PM_FEAT_BARRIER | PM_FEAT_LZ4 | PM_FEAT_ZSTD)
+
+struct pm_frame_hdr {
+	uint32_t type;
+	uint32_t len;           /* body length, after this header */
+};
+
+#define PM_HELLO_LEN 40u
+struct pm_hello {
+	uint32_t magic;
+	uint16_t version;
+	uint16_t channel;
+	uint16_t nchannels;
+	uint16_t reserved;
+	uint32_t features;
+	uint8_t session[16];
+	uint32_t chunk_pages;
+	uint32_t page_size;
+};
+
+#define PM_LAYOUT_FIXED_LEN 8u
+#define PM_LAYOUT_REGION_LEN 24u
+struct pm_layout {
+	uint32_t nregions;
+	struct {
+		uint32_t id;
+		uint64_t gpa;
+		uint64_t npages;
+	} region[PM_MAX_REGIONS];
+};
+
+#define PM_PAGES_FIXED_LEN 32u
+struct pm_pages {
+	uint32_t region;
+	uint32_t npages;
+	uint64_t first;
+	uint32_t round;
+	uint16_t encoding;
+	uint32_t payload_len;
+};
+
+#define PM_ROUND_LEN 8u      /* ROUND_END / ROUND_ACK: round, reserved */
+#define PM_END_LEN 32u
+struct pm_end {
+	uint32_t final_round;
+	uint64_t frames;        /* PAGES frames sent on this channel */
+	uint64_t pages;         /* pages covered by them (data and zero) */
+	uint64_t payload_bytes; /* sum of their payload_len */
+};
+
+#define PM_ERROR_FIXED_LEN 8u
+
+/* Little-endian helpers. */
+static inline void pm_put16(uint8_t *p, uint16_t v) { p[0] = v; p[1] = v >> 8; }
+static inline void pm_put32(uint8_t *p, uint32_t v) { pm_put16(p, v); pm_put16(p + 2, v >> 16); }
+static inline void pm_put64(uint8_t *p, uint64_t v) { pm_put32(p, v); pm_put32(p + 4, v >> 32); }
+static inline uint16_t pm_get16(const uint8_t *p) { return p[0] | (uint16_t)p[1] << 8; }
+static inline uint32_t pm_get32(const uint8_t *p) { return pm_get16(p) | (uint32_t)pm_get16(p + 2) << 16; }
+static inline uint64_t pm_get64(const uint8_t *p) { return pm_get32(p) | (uint64_t)pm_get32(p + 4) << 32; }
+
+const char *pm_frame_name(uint32_t type);
+
+void pm_encode_hdr(uint8_t out[PM_FRAME_HDR_LEN], uint32_t type, uint32_t len);
+void pm_decode_hdr(const uint8_t in[PM_FRAME_HDR_LEN], struct pm_frame_hdr *h);
+/* Checks a header's type and length against the per-type limits. */
+int pm_check_hdr(const struct pm_frame_hdr *h, unsigned chunk_pages, struct pm_err *err);
+
+void pm_encode_hello(uint8_t out[PM_HELLO_LEN], const struct pm_hello *h);
+int pm_decode_hello(const uint8_t *in, size_t len, struct pm_hello *h, struct pm_err *err);
+
+size_t pm_layout_len(const struct pm_layout *l);
+void pm_encode_layout(uint8_t *out, const struct pm_layout *l);
+int pm_decode_layout(const uint8_t *in, size_t len, struct pm_layout *l, struct pm_err *err);
+/* Layout of the backend's regions. */
+void pm_layout_of(const struct pm_backend *be, struct pm_layout *l);
+/* Source layout must fit the destination's regions exactly. */
+int pm_layout_check(const struct pm_layout *src, const struct pm_layout *dst, struct pm_err *err);
+
+void pm_encode_pages(uint8_t out[PM_PAGES_FIXED_LEN], const struct pm_pages *p);
+/* Validates region, range, round, encoding and payload length against the
+ * layout and the frame's body length. */
+int pm_decode_pages(const uint8_t *in, uint32_t body_len, const struct pm_layout *l,
+		    unsigned chunk_pages, struct pm_pages *p, struct pm_err *err);
+
+void pm_encode_end(uint8_t out[PM_END_LEN], const struct pm_end *e);
+int pm_decode_end(const uint8_t *in, size_t len, struct pm_end *e, struct pm_err *err);
+
+#endif

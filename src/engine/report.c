@@ -1,0 +1,159 @@
+/* SPDX-License-Identifier: MIT */
+/* Migration reports for people (a table) and programs (JSON), the memory
+ * dump used to verify migrations, and the names of the engine's options. */
+#include <errno.h>
+#include <fcntl.h>
+#include <json-c/json.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <pmigrate/migrate.h>
+
+const char *pm_compress_name(enum pm_compress c)
+{
+	return c == PM_COMPRESS_LZ4 ? "lz4" : c == PM_COMPRESS_ZSTD ? "zstd" : "none";
+}
+
+int pm_compress_parse(const char *s, enum pm_compress *out)
+{
+	if (!strcmp(s, "none"))
+		*out = PM_COMPRESS_NONE;
+	else if (!strcmp(s, "lz4"))
+		*out = PM_COMPRESS_LZ4;
+	else if (!strcmp(s, "zstd"))
+		*out = PM_COMPRESS_ZSTD;
+	else
+		return -EINVAL;
+	return 0;
+}
+
+const char *pm_nonconverge_name(enum pm_nonconverge p)
+{
+	return p == PM_NC_FORCE ? "force" : p == PM_NC_ABORT ? "abort" : "throttle";
+}
+
+int pm_nonconverge_parse(const char *s, enum pm_nonconverge *out)
+{
+	if (!strcmp(s, "throttle"))
+		*out = PM_NC_THROTTLE;
+	else if (!strcmp(s, "force"))
+		*out = PM_NC_FORCE;
+	else if (!strcmp(s, "abort"))
+		*out = PM_NC_ABORT;
+	else
+		return -EINVAL;
+	return 0;
+}
+
+int pm_dump_memory(const struct pm_backend *be, const char *path, struct pm_err *err)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+
+	if (fd < 0)
+		return pm_err_set(err, errno, "cannot create memory dump %s: %s", path, strerror(errno));
+	for (unsigned i = 0; i < be->nregions; i++) {
+		const uint8_t *p = be->regions[i].host;
+		uint64_t left = be->regions[i].npages * PM_PAGE_SIZE;
+		while (left) {
+			ssize_t n = write(fd, p, left > (1u << 30) ? (1u << 30) : left);
+			if (n < 0 && errno == EINTR)
+				continue;
+			if (n <= 0) {
+				int e = n < 0 ? errno : EIO;
+				close(fd);
+				return pm_err_set(err, e, "writing memory dump %s: %s", path, strerror(e));
+			}
+			p += n;
+			left -= n;
+		}
+	}
+	if (close(fd))
+		return pm_err_set(err, errno, "writing memory dump %s: %s", path, strerror(errno));
+	return 0;
+}
+
+static json_object *round_json(const struct pm_round_stat *s)
+{
+	json_object *o = json_object_new_object();
+
+	json_object_object_add(o, "round", json_object_new_int(s->round));
+	json_object_object_add(o, "dirty_at_start", json_object_new_int64(s->dirty_at_start));
+	json_object_object_add(o, "pages", json_object_new_int64(s->pages));
+	json_object_object_add(o, "zero_pages", json_object_new_int64(s->zero_pages));
+	json_object_object_add(o, "bytes", json_object_new_int64(s->bytes));
+	json_object_object_add(o, "duration_ms", json_object_new_double(s->duration_ms));
+	json_object_object_add(o, "final", json_object_new_boolean(s->final));
+	return o;
+}
+
+char *pm_report_to_json(const struct pm_report *r)
+{
+	json_object *o = json_object_new_object(), *rounds = json_object_new_array();
+	json_object *chb = json_object_new_array();
+	char *s;
+
+	json_object_object_add(o, "role", json_object_new_string(r->role ? r->role : "source"));
+	json_object_object_add(o, "status", json_object_new_string(r->status ? "failed" : "completed"));
+	if (r->status)
+		json_object_object_add(o, "error", json_object_new_string(r->error));
+	json_object_object_add(o, "total_time_ms", json_object_new_double(r->total_time_ms));
+	json_object_object_add(o, "downtime_ms", json_object_new_double(r->downtime_ms));
+	json_object_object_add(o, "setup_ms", json_object_new_double(r->setup_ms));
+	for (unsigned i = 0; i < r->nrounds && i < PM_MAX_ROUNDS; i++)
+		if (r->rounds[i].round)
+			json_object_array_add(rounds, round_json(&r->rounds[i]));
+	json_object_object_add(o, "rounds", rounds);
+	json_object_object_add(o, "nrounds", json_object_new_int(r->nrounds));
+	json_object_object_add(o, "bytes_sent", json_object_new_int64(r->bytes_sent));
+	json_object_object_add(o, "pages_sent", json_object_new_int64(r->pages_sent));
+	json_object_object_add(o, "zero_pages", json_object_new_int64(r->zero_pages));
+	json_object_object_add(o, "frames", json_object_new_int64(r->frames));
+	json_object_object_add(o, "vm_pages", json_object_new_int64(r->vm_pages));
+	json_object_object_add(o, "channels", json_object_new_int(r->channels));
+	for (unsigned i = 0; i < r->channels && i < PM_MAX_CHANNELS; i++)
+		json_object_array_add(chb, json_object_new_int64(r->channel_bytes[i]));
+	json_object_object_add(o, "channel_bytes", chb);
+	json_object_object_add(o, "throughput_mbps", json_object_new_double(r->throughput_mbps));
+	json_object_object_add(o, "barrier", json_object_new_boolean(r->barrier));
+	json_object_object_add(o, "serial", json_object_new_boolean(r->serial));
+	json_object_object_add(o, "compress", json_object_new_string(pm_compress_name(r->compress)));
+	if (r->switchover_reason[0])
+		json_object_object_add(o, "switchover_reason", json_object_new_string(r->switchover_reason));
+	json_object_object_add(o, "throttle_pct", json_object_new_int(r->throttle_pct));
+	if (r->dirty_method[0])
+		json_object_object_add(o, "dirty_method", json_object_new_string(r->dirty_method));
+	if (r->role && !strcmp(r->role, "destination"))
+		json_object_object_add(o, "stale_pages", json_object_new_int64(r->stale_pages));
+	s = strdup(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_SPACED));
+	json_object_put(o);
+	return s;
+}
+
+void pm_report_print(const struct pm_report *r, FILE *f)
+{
+	fprintf(f, "%-6s %12s %12s %10s %12s %10s\n", "round", "dirty@start", "pages sent",
+		"zero", "MB sent", "ms");
+	for (unsigned i = 0; i < r->nrounds && i < PM_MAX_ROUNDS; i++) {
+		const struct pm_round_stat *s = &r->rounds[i];
+		if (!s->round)
+			continue;
+		fprintf(f, "%-6u %12llu %12llu %10llu %12.1f %10.1f%s\n", s->round,
+			(unsigned long long)s->dirty_at_start, (unsigned long long)s->pages,
+			(unsigned long long)s->zero_pages, s->bytes / 1e6, s->duration_ms,
+			s->final ? "  (paused)" : "");
+	}
+	fprintf(f, "status       %s%s%s\n", r->status ? "FAILED" : "completed",
+		r->status ? ": " : "", r->status ? r->error : "");
+	fprintf(f, "total time   %.1f ms (setup %.1f ms)\n", r->total_time_ms, r->setup_ms);
+	fprintf(f, "downtime     %.1f ms (engine: pause to destination running)\n", r->downtime_ms);
+	fprintf(f, "sent         %.1f MB in %llu frames: %llu data pages, %llu zero pages\n",
+		r->bytes_sent / 1e6, (unsigned long long)r->frames,
+		(unsigned long long)r->pages_sent, (unsigned long long)r->zero_pages);
+	fprintf(f, "throughput   %.1f MB/s over %u channel%s%s%s\n", r->throughput_mbps, r->channels,
+		r->channels == 1 ? "" : "s", r->barrier ? ", barrier at round ends" : ", no round barrier",
+		r->serial ? ", serial (no pipelining)" : "");
+	if (r->switchover_reason[0])
+		fprintf(f, "switchover   %s%s\n", r->switchover_reason,
+			r->throttle_pct ? " (vCPUs throttled)" : "");
+}
