@@ -11,7 +11,16 @@
  *
  * Tracking starts "all dirty": the first harvest of every page reports it.
  * Page size is 4096.  Thread-safe for concurrent pm_dirty_harvest() calls on
- * disjoint ranges. */
+ * disjoint ranges.
+ *
+ * Environment: PMIGRATE_DIRTY=uffd-wp|soft-dirty|auto forces the method that
+ * PM_DIRTY_AUTO picks (a forced method that fails is an error, no fallback).
+ *
+ * Memory: anonymous (private) or memfd/shmem (shared) mappings, fully mapped
+ * for the tracker's lifetime.  uffd-wp registers the range with a
+ * userfaultfd, so one range can have only one uffd-wp tracker at a time
+ * (a second open fails with -EBUSY).  Errors of pm_dirty_open() for a
+ * kernel that lacks a method are -EOPNOTSUPP. */
 #ifndef PMIGRATE_DIRTY_H
 #define PMIGRATE_DIRTY_H
 
@@ -28,7 +37,8 @@ enum pm_dirty_method {
 struct pm_dirty_tracker;
 
 /* Start tracking writes to [base, base + npages * 4096); base page-aligned.
- * AUTO picks uffd-wp when the kernel supports it, else soft-dirty. */
+ * AUTO picks uffd-wp when the kernel supports it, else soft-dirty (see
+ * pm_dirty_method_of() and pm_dirty_fallback_reason() for what was used). */
 int pm_dirty_open(struct pm_dirty_tracker **out, void *base, uint64_t npages,
 		  enum pm_dirty_method method, struct pm_err *err);
 void pm_dirty_close(struct pm_dirty_tracker *t);
@@ -39,9 +49,14 @@ const char *pm_dirty_method_name(enum pm_dirty_method m); /* "uffd-wp", "soft-di
 int pm_dirty_method_parse(const char *s, enum pm_dirty_method *out);
 /* True when the method needs writers quiesced around pm_dirty_sync(). */
 bool pm_dirty_sync_needs_quiesce(const struct pm_dirty_tracker *t);
+/* Why AUTO fell back from uffd-wp to soft-dirty (a human-readable message),
+ * or NULL when it did not fall back. */
+const char *pm_dirty_fallback_reason(const struct pm_dirty_tracker *t);
 
 /* Start of a pass: soft-dirty gathers and clears every bit here (writers
- * must be quiesced); uffd-wp does nothing. */
+ * must be quiesced; the clear is process-wide, so this gathers for every
+ * soft-dirty tracker of the process and all their writers must be
+ * quiesced); uffd-wp does nothing. */
 int pm_dirty_sync(struct pm_dirty_tracker *t, struct pm_err *err);
 
 /* Number of pages dirty now, without clearing anything (after a sync for
@@ -51,7 +66,10 @@ int pm_dirty_count(struct pm_dirty_tracker *t, uint64_t *count, struct pm_err *e
 /* Get-and-clear for pages [first, first + n): sets bit i of bitmap (64-bit
  * words, LSB first) when page first+i was written since its last harvest.
  * A write racing with the call is either reported now or by a later call,
- * never lost. */
+ * never lost.  bitmap holds (n + 63) / 64 words and is overwritten (bits of
+ * clean pages are cleared).  Read the reported pages after the call returns.
+ * For soft-dirty, writes are seen as of the last pm_dirty_sync().
+ * first + n > npages fails with -EINVAL; n == 0 does nothing. */
 int pm_dirty_harvest(struct pm_dirty_tracker *t, uint64_t first, uint64_t n,
 		     uint64_t *bitmap, struct pm_err *err);
 
