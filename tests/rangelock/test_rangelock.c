@@ -175,7 +175,9 @@ static void check_blocks(struct pm_rangelock *rl, bool first_writer,
 			 uint64_t s2, uint64_t e2)
 {
 	struct pm_range r;
-	struct locker l;
+	/* static: a failed assertion must not leave a running thread
+	 * pointing into a reused stack frame */
+	static struct locker l;
 
 	if (first_writer)
 		pm_range_wrlock(rl, &r, s1, e1);
@@ -214,7 +216,9 @@ static void test_readers_share(void **state)
 {
 	struct pm_rangelock *rl = *state;
 	struct pm_range r;
-	struct locker l[3];
+	/* static: a failed assertion must not leave a running thread
+	 * pointing into a reused stack frame */
+	static struct locker l[3];
 
 	pm_range_rdlock(rl, &r, 0, 10);
 	locker_start(&l[0], rl, 5, 15, false);
@@ -236,7 +240,9 @@ static void test_disjoint_never_block(void **state)
 	struct pm_rangelock *rl = *state;
 	enum { N = 6 };
 	struct pm_range r;
-	struct locker l[N];
+	/* static: a failed assertion must not leave a running thread
+	 * pointing into a reused stack frame */
+	static struct locker l[N];
 
 	pm_range_wrlock(rl, &r, 0, 100);
 	for (int i = 0; i < N; i++) {
@@ -258,7 +264,9 @@ static void test_writer_not_overtaken(void **state)
 {
 	struct pm_rangelock *rl = *state;
 	struct pm_range r, t;
-	struct locker w, rd;
+	/* static: a failed assertion must not leave a running thread
+	 * pointing into a reused stack frame */
+	static struct locker w, rd;
 
 	pm_range_rdlock(rl, &r, 0, 10);
 	locker_start(&w, rl, 0, 10, true);
@@ -292,7 +300,9 @@ static void test_readers_wake_together(void **state)
 	struct pm_rangelock *rl = *state;
 	enum { N = 4 };
 	struct pm_range r;
-	struct locker l[N];
+	/* static: a failed assertion must not leave a running thread
+	 * pointing into a reused stack frame */
+	static struct locker l[N];
 
 	pm_range_wrlock(rl, &r, 0, 100);
 	for (int i = 0; i < N; i++)
@@ -311,7 +321,9 @@ static void test_readers_wake_together(void **state)
 static void test_cross_thread_unlock_and_reuse(void **state)
 {
 	struct pm_rangelock *rl = *state;
-	struct locker l;
+	/* static: a failed assertion must not leave a running thread
+	 * pointing into a reused stack frame */
+	static struct locker l;
 	struct pm_range r;
 
 	pm_range_wrlock(rl, &r, 0, 10);
