@@ -1,0 +1,246 @@
+#!/usr/bin/env python3
+"""One pmigrate migration of a synthetic VM; prints one JSON object on stdout.
+
+Starts a destination `pmigrate vm --incoming ...` (in the destination
+namespace) and a source `pmigrate vm --mem-file IMAGE ...` (in the source
+namespace), optionally pauses the source (--paused: the "paused VM"
+scenarios), runs `pmigrate migrate ... --json`, and then checks the result:
+
+  * the source reports "migrated", the destination runs and its heartbeat
+    keeps advancing for --check-s seconds (alive);
+  * the guest-visible pause is the destination heartbeat's max gap;
+  * with --verify, memory is dumped at the source's pause and at the
+    destination's resume and compared (the dumps cost time inside the pause,
+    so verified runs are flagged and not used for timings).
+
+Standard library only.
+"""
+import argparse
+import filecmp
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+
+def ns_prefix(ns):
+    return ["ip", "netns", "exec", ns] if ns else []
+
+
+def ctl(path, obj, timeout=5.0):
+    """Send one JSON line to a control socket, return the parsed reply (or None)."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(path)
+            s.sendall((json.dumps(obj) + "\n").encode())
+            buf = b""
+            while b"\n" not in buf:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+            line = buf.split(b"\n")[0]
+            return json.loads(line) if line else None
+    except (OSError, ValueError):
+        return None
+
+
+def status(a, sock):
+    try:
+        out = subprocess.run([a.bin, "status", "--control", sock, "--json"],
+                             capture_output=True, timeout=10)
+        if out.returncode != 0:
+            return None
+        return json.loads(out.stdout)
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return None
+
+
+def hb(st):
+    h = (st or {}).get("heartbeat") or {}
+    return h.get("count"), h.get("max_gap_ms")
+
+
+def wait_state(a, sock, states, proc, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return None
+        if os.path.exists(sock):
+            st = status(a, sock)
+            if st and st.get("state") in states:
+                return st
+        time.sleep(0.05)
+    return None
+
+
+def tail(path, n=400):
+    try:
+        with open(path, "rb") as f:
+            return f.read()[-n:].decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--bin", required=True)
+    p.add_argument("--mem", required=True, help="e.g. 512M, 2G")
+    p.add_argument("--mem-bytes", type=int, required=True)
+    p.add_argument("--image")
+    p.add_argument("--workload", default="idle")
+    p.add_argument("--paused", action="store_true")
+    p.add_argument("--src-ns", default="")
+    p.add_argument("--dst-ns", default="")
+    p.add_argument("--to", required=True, help="ADDR:PORT[,ADDR:PORT...]")
+    p.add_argument("--bind", default="")
+    p.add_argument("--channels", type=int, default=1)
+    p.add_argument("--serial", action="store_true")
+    p.add_argument("--barrier", action="store_true")
+    p.add_argument("--downtime-ms", type=int, default=300)
+    p.add_argument("--extra", default="", help="more migrate options, space separated")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--warmup-s", type=float, default=2.0)
+    p.add_argument("--check-s", type=float, default=1.5)
+    p.add_argument("--verify", action="store_true")
+    p.add_argument("--timeout", type=float, default=300.0)
+    a = p.parse_args()
+
+    os.makedirs(a.workdir, exist_ok=True)
+    tag = str(os.getpid())
+    w = lambda name: os.path.join(a.workdir, "%s-%s" % (name, tag))
+    src_sock, dst_sock = w("src.sock"), w("dst.sock")
+    src_log, dst_log, mig_log = w("src.log"), w("dst.log"), w("migrate.log")
+    report = w("migrate.json")
+    dump_src, dump_dst = w("src.dump"), w("dst.dump")
+    tool = "pmigrate-serial" if a.serial else ("pmigrate-barrier" if a.barrier else "pmigrate")
+    res = {"tool": tool, "channels": a.channels, "status": "error",
+           "links_used": len(set(x.rsplit(":", 1)[0] for x in a.to.split(","))) if a.channels > 1 else 1,
+           "verify": a.verify}
+    procs = []
+    try:
+        dst_cmd = ns_prefix(a.dst_ns) + [a.bin, "vm", "--mem", a.mem, "--workload", a.workload,
+                                         "--control", dst_sock, "--incoming", a.to]
+        src_cmd = ns_prefix(a.src_ns) + [a.bin, "vm", "--mem", a.mem, "--workload", a.workload,
+                                         "--control", src_sock]
+        if a.image:
+            src_cmd += ["--mem-file", a.image]
+        if a.verify:
+            dst_cmd += ["--dump-on-resume", dump_dst]
+            src_cmd += ["--dump-at-pause", dump_src]
+        with open(dst_log, "wb") as lf:
+            dst = subprocess.Popen(dst_cmd, stdin=subprocess.DEVNULL, stdout=lf, stderr=lf,
+                                   start_new_session=True)
+        procs.append(dst)
+        with open(src_log, "wb") as lf:
+            src = subprocess.Popen(src_cmd, stdin=subprocess.DEVNULL, stdout=lf, stderr=lf,
+                                   start_new_session=True)
+        procs.append(src)
+        if not wait_state(a, dst_sock, ("incoming",), dst):
+            raise RuntimeError("destination VM did not come up: " + tail(dst_log))
+        if not wait_state(a, src_sock, ("running", "paused"), src, timeout=120):
+            raise RuntimeError("source VM did not come up: " + tail(src_log))
+        if a.paused:
+            ctl(src_sock, {"execute": "stop"})
+            if not wait_state(a, src_sock, ("paused",), src, timeout=10):
+                raise RuntimeError("source VM did not pause")
+        else:
+            time.sleep(a.warmup_s)
+
+        mig = ns_prefix(a.src_ns) + [a.bin, "migrate", "--control", src_sock, "--to", a.to,
+                                     "--channels", str(a.channels), "--downtime", str(a.downtime_ms),
+                                     "--json", report]
+        if a.bind:
+            mig += ["--bind", a.bind]
+        if a.serial:
+            mig += ["--serial"]
+        if a.barrier:
+            mig += ["--barrier"]
+        if a.extra:
+            mig += a.extra.split()
+        t0 = time.monotonic()
+        with open(mig_log, "wb") as lf:
+            try:
+                rc = subprocess.run(mig, stdin=subprocess.DEVNULL, stdout=lf, stderr=lf,
+                                    timeout=a.timeout).returncode
+            except subprocess.TimeoutExpired:
+                res["status"] = "timeout"
+                raise RuntimeError("migrate did not finish in %.0f s" % a.timeout)
+        res["wall_ms"] = round((time.monotonic() - t0) * 1000, 1)
+        try:
+            with open(report) as f:
+                rep = json.load(f)
+        except (OSError, ValueError):
+            rep = {}
+        if rc != 0 or rep.get("status") not in ("completed", "ok", "success", "migrated"):
+            res["status"] = "failed"
+            res["error"] = "migrate exit %d: %s" % (rc, tail(mig_log))
+        else:
+            res["status"] = "completed"
+        for k in ("total_time_ms", "downtime_ms", "bytes_sent", "pages_sent", "zero_pages",
+                  "throughput_mbps", "channels"):
+            if k in rep:
+                res[k] = rep[k]
+        rounds = rep.get("rounds")
+        if isinstance(rounds, list):
+            res["rounds"] = len(rounds)
+        elif isinstance(rounds, int):
+            res["rounds"] = rounds
+        for k in ("dirty_tracker", "tracker"):
+            if k in rep:
+                res["dirty_tracker"] = rep[k]
+        if res["status"] == "completed":
+            tt = res.get("total_time_ms") or res["wall_ms"]
+            res["throughput_MBps"] = round(a.mem_bytes / 1e6 / (tt / 1000.0), 1)
+            # Alive: destination running and its heartbeat advancing.
+            st1 = status(a, dst_sock)
+            c1, gap = hb(st1)
+            time.sleep(a.check_s)
+            st2 = status(a, dst_sock)
+            c2, gap2 = hb(st2)
+            res["dst_state"] = (st2 or {}).get("state")
+            res["guest_gap_ms"] = gap2 if gap2 is not None else gap
+            if a.paused:
+                # A paused VM's heartbeat does not run: alive = destination up, state sane.
+                res["guest_alive"] = dst.poll() is None and st2 is not None
+            else:
+                res["guest_alive"] = (dst.poll() is None and c1 is not None and c2 is not None
+                                      and c2 > c1)
+            sst = status(a, src_sock)
+            res["src_state"] = (sst or {}).get("state")
+            if a.verify:
+                ok = (os.path.exists(dump_src) and os.path.exists(dump_dst)
+                      and filecmp.cmp(dump_src, dump_dst, shallow=False))
+                res["memory_equal"] = bool(ok)
+    except RuntimeError as e:
+        res.setdefault("error", str(e))
+        if res["status"] not in ("timeout", "failed"):
+            res["status"] = "error"
+    finally:
+        for sock in (src_sock, dst_sock):
+            if os.path.exists(sock):
+                ctl(sock, {"execute": "quit"}, timeout=2)
+        for pr in procs:
+            try:
+                pr.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(pr.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                pr.wait()
+        for f in (src_sock, dst_sock, dump_src, dump_dst, report):
+            try:
+                os.unlink(f)
+            except OSError:
+                pass
+    print(json.dumps(res))
+    return 0 if res["status"] == "completed" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

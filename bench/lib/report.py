@@ -1,0 +1,334 @@
+#!/usr/bin/env python3
+"""Turns the benchmark's raw runs into results.json, results.csv, summary.md and SVG plots.
+
+Usage: report.py OUTDIR   (reads OUTDIR/raw.jsonl and OUTDIR/meta.json)
+
+Each raw run is one JSON object with at least: scenario, topology, tool,
+channels, rate (dirty MB/s or null), rep, status. For each configuration
+(scenario, topology, tool, channels, rate) the best run is kept: the shortest
+total time for migrations, the highest throughput for iperf3. Runs flagged
+"verify" (memory dumps inside the pause) are never used for timings.
+Standard library only; plots need gnuplot (skipped with a note otherwise).
+"""
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+TOOLS_ORDER = ["iperf3", "pmigrate", "pmigrate-barrier", "pmigrate-serial", "qemu-multifd", "qemu-precopy"]
+SCEN_TITLE = {
+    1: "Scenario 1: paused VM, incompressible memory, loopback",
+    2: "Scenario 2: paused VM, incompressible memory, K shaped veth links (multi-NIC)",
+    3: "Scenario 3: live VM, write-heavy workload",
+    4: "Scenario 4: barrier vs barrier-free rounds (pmigrate), high dirty rates",
+}
+
+
+def load(out):
+    runs = []
+    path = os.path.join(out, "raw.jsonl")
+    if os.path.exists(path):
+        with open(path) as f:
+            for ln in f:
+                ln = ln.strip()
+                if ln:
+                    try:
+                        runs.append(json.loads(ln))
+                    except ValueError:
+                        pass
+    meta = {}
+    mp = os.path.join(out, "meta.json")
+    if os.path.exists(mp):
+        with open(mp) as f:
+            meta = json.load(f)
+    return meta, runs
+
+
+def key(r):
+    return (r.get("scenario"), r.get("topology"), r.get("tool"), r.get("channels"), r.get("rate"))
+
+
+def best_rows(runs):
+    groups = {}
+    for r in runs:
+        groups.setdefault(key(r), []).append(r)
+    rows = []
+    for k, rs in groups.items():
+        ok = [r for r in rs if r.get("status") == "completed"]
+        timed = [r for r in ok if not r.get("verify")] or []
+        dead = sum(1 for r in ok if r.get("guest_alive") is False)
+        best = None
+        if k[2] == "iperf3":
+            if timed:
+                best = max(timed, key=lambda r: r.get("throughput_MBps") or 0)
+        else:
+            alive = [r for r in timed if r.get("guest_alive") is not False]
+            cand = alive or timed
+            if cand:
+                best = min(cand, key=lambda r: r.get("total_time_ms") or float("inf"))
+        verified = [r.get("memory_equal") for r in rs if r.get("verify")]
+        row = {"scenario": k[0], "topology": k[1], "tool": k[2], "channels": k[3], "rate": k[4],
+               "runs": len(rs), "ok": len(ok), "dead_guests": dead,
+               "memory_verified": (all(verified) if verified else None)}
+        errs = [r.get("error") for r in rs if r.get("status") != "completed" and r.get("error")]
+        if errs:
+            row["first_error"] = str(errs[0])[:300]
+        if best:
+            for f in ("total_time_ms", "downtime_ms", "guest_gap_ms", "rounds", "bytes_sent",
+                      "throughput_MBps", "links_used", "gbit_s", "dirty_tracker"):
+                if best.get(f) is not None:
+                    row[f] = best[f]
+            # all timed values, to show the spread
+            if k[2] == "iperf3":
+                row["all_MBps"] = [r.get("throughput_MBps") for r in timed]
+            else:
+                row["all_total_ms"] = [r.get("total_time_ms") for r in timed]
+        rows.append(row)
+    order = {t: i for i, t in enumerate(TOOLS_ORDER)}
+    rows.sort(key=lambda r: (r["scenario"] or 0, r["topology"] or "", r["rate"] or 0,
+                             order.get(r["tool"], 99), r["channels"] or 0))
+    return rows
+
+
+def find(rows, **kw):
+    for r in rows:
+        if all(r.get(k) == v for k, v in kw.items()):
+            return r
+    return None
+
+
+def fmt(v, nd=1):
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return ("%%.%df" % nd) % v
+    return str(v)
+
+
+def secs(r):
+    if not r or r.get("total_time_ms") is None:
+        return None
+    return r["total_time_ms"] / 1000.0
+
+
+def ratio(a, b):
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def cell_time(r):
+    if not r:
+        return "not run"
+    if r.get("total_time_ms") is None:
+        return "failed (%d/%d)" % (r["ok"], r["runs"])
+    return "%.2f s / %s MB/s" % (secs(r), fmt(r.get("throughput_MBps"), 0))
+
+
+def throughput_tables(rows, scen, md, ratios):
+    topo = sorted({r["topology"] for r in rows if r["scenario"] == scen})
+    for t in topo:
+        rs = [r for r in rows if r["scenario"] == scen and r["topology"] == t]
+        chans = sorted({r["channels"] for r in rs if r["tool"] in ("pmigrate", "qemu-multifd", "iperf3")})
+        serial = find(rs, tool="pmigrate-serial")
+        pre = find(rs, tool="qemu-precopy")
+        md.append("Topology `%s`." % t)
+        md.append("")
+        md.append("| N | iperf3 N streams (limit) | pmigrate N ch | % of limit | QEMU multifd N ch (links used) "
+                  "| pmigrate speedup vs multifd | vs pmigrate serial | vs QEMU pre-copy |")
+        md.append("|---|---|---|---|---|---|---|---|")
+        for n in chans:
+            ip = find(rs, tool="iperf3", channels=n)
+            pm = find(rs, tool="pmigrate", channels=n)
+            qm = find(rs, tool="qemu-multifd", channels=n)
+            pct = ratio((pm or {}).get("throughput_MBps"), (ip or {}).get("throughput_MBps"))
+            s_mf = ratio(secs(qm), secs(pm))
+            s_ser = ratio(secs(serial), secs(pm))
+            s_pre = ratio(secs(pre), secs(pm))
+            md.append("| %d | %s | %s | %s | %s | %s | %s | %s |" % (
+                n, (fmt(ip.get("throughput_MBps"), 0) + " MB/s") if ip and ip.get("throughput_MBps") else "–",
+                cell_time(pm), (fmt(pct * 100, 0) + "%") if pct else "–",
+                cell_time(qm) + ((" (%s)" % qm.get("links_used")) if qm and qm.get("links_used") else ""),
+                (fmt(s_mf, 2) + "x") if s_mf else "–", (fmt(s_ser, 2) + "x") if s_ser else "–",
+                (fmt(s_pre, 2) + "x") if s_pre else "–"))
+            ratios.append({"scenario": scen, "topology": t, "channels": n,
+                           "pmigrate_fraction_of_iperf3": pct, "speedup_vs_qemu_multifd": s_mf,
+                           "speedup_vs_pmigrate_serial": s_ser, "speedup_vs_qemu_precopy": s_pre})
+        md.append("")
+        md.append("Baselines: pmigrate 1 channel `--serial`: %s; QEMU classic pre-copy: %s." % (
+            cell_time(serial), cell_time(pre)))
+        md.append("")
+
+
+def live_tables(rows, scen, md, ratios):
+    rs = [r for r in rows if r["scenario"] == scen]
+    if not rs:
+        return
+    md.append("| dirty MB/s | tool | ch | total time | downtime (engine) | guest-visible gap | rounds "
+              "| MB sent | ok/runs | dead guests | memory verified |")
+    md.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rs:
+        md.append("| %s | %s | %s | %s | %s | %s | %s | %s | %d/%d | %d | %s |" % (
+            fmt(r["rate"], 0), r["tool"], r["channels"],
+            (fmt(secs(r), 2) + " s") if secs(r) is not None else "failed",
+            (fmt(r.get("downtime_ms"), 0) + " ms") if r.get("downtime_ms") is not None else "–",
+            (fmt(r.get("guest_gap_ms"), 0) + " ms") if r.get("guest_gap_ms") is not None else "–",
+            fmt(r.get("rounds")), fmt((r.get("bytes_sent") or 0) / 1e6, 0) if r.get("bytes_sent") else "–",
+            r["ok"], r["runs"], r["dead_guests"],
+            {True: "yes", False: "NO", None: "–"}[r.get("memory_verified")]))
+    md.append("")
+    rates = sorted({r["rate"] for r in rs if r["rate"] is not None})
+    lines = []
+    for rate in rates:
+        if scen == 3:
+            pm = [r for r in rs if r["rate"] == rate and r["tool"] == "pmigrate"]
+            for p in pm:
+                q = find(rs, rate=rate, tool="qemu-multifd", channels=p["channels"])
+                if not q:
+                    continue
+                tr = ratio(secs(q), secs(p))
+                dr = ratio(q.get("downtime_ms"), p.get("downtime_ms"))
+                ratios.append({"scenario": 3, "rate": rate, "channels": p["channels"],
+                               "total_time_qemu_multifd_over_pmigrate": tr,
+                               "downtime_qemu_multifd_over_pmigrate": dr})
+                lines.append("- %s MB/s, %d ch: QEMU multifd / pmigrate total time %s, downtime %s" % (
+                    fmt(rate, 0), p["channels"], (fmt(tr, 2) + "x") if tr else "–",
+                    (fmt(dr, 2) + "x") if dr else "–"))
+        else:
+            for p in [r for r in rs if r["rate"] == rate and r["tool"] == "pmigrate"]:
+                b = find(rs, rate=rate, tool="pmigrate-barrier", channels=p["channels"])
+                if not b:
+                    continue
+                tr = ratio(secs(b), secs(p))
+                dr = ratio(b.get("downtime_ms"), p.get("downtime_ms"))
+                ratios.append({"scenario": 4, "rate": rate, "channels": p["channels"],
+                               "total_time_barrier_over_free": tr, "downtime_barrier_over_free": dr})
+                lines.append("- %s MB/s, %d ch: barrier / barrier-free total time %s, downtime %s" % (
+                    fmt(rate, 0), p["channels"], (fmt(tr, 2) + "x") if tr else "–",
+                    (fmt(dr, 2) + "x") if dr else "–"))
+    if lines:
+        md.append("Ratios (above 1 means pmigrate%s is better):" % (" barrier-free" if scen == 4 else ""))
+        md.append("")
+        md.extend(lines)
+        md.append("")
+
+
+def plots(out, rows, md):
+    gp = shutil.which("gnuplot")
+    pdir = os.path.join(out, "plots")
+    os.makedirs(pdir, exist_ok=True)
+    made = []
+    specs = []
+    for scen in (1, 2):
+        for t in sorted({r["topology"] for r in rows if r["scenario"] == scen}):
+            series = []
+            for tool in ("iperf3", "pmigrate", "qemu-multifd", "pmigrate-serial", "qemu-precopy"):
+                pts = [(r["channels"], r["throughput_MBps"]) for r in rows
+                       if r["scenario"] == scen and r["topology"] == t and r["tool"] == tool
+                       and r.get("throughput_MBps")]
+                if pts:
+                    series.append((tool, sorted(pts)))
+            if series:
+                specs.append(("s%d_%s_throughput" % (scen, t), "%s (%s)" % (SCEN_TITLE[scen].split(":")[0], t),
+                              "channels / streams", "MB/s", series, True))
+    for scen, metric, label in ((3, "total_time_ms", "total time (s)"), (3, "downtime_ms", "downtime (ms)"),
+                                (3, "guest_gap_ms", "guest-visible gap (ms)"),
+                                (4, "total_time_ms", "total time (s)"), (4, "downtime_ms", "downtime (ms)")):
+        series = []
+        for tool in ("pmigrate", "pmigrate-barrier", "pmigrate-serial", "qemu-multifd", "qemu-precopy"):
+            for ch in sorted({r["channels"] for r in rows if r["scenario"] == scen and r["tool"] == tool}):
+                pts = [(r["rate"], r[metric] / (1000.0 if metric == "total_time_ms" else 1.0)) for r in rows
+                       if r["scenario"] == scen and r["tool"] == tool and r["channels"] == ch
+                       and r.get(metric) is not None and r["rate"] is not None]
+                if pts:
+                    series.append(("%s %dch" % (tool, ch), sorted(pts)))
+        if series:
+            specs.append(("s%d_%s" % (scen, metric.replace("_ms", "")), SCEN_TITLE[scen].split(":")[0],
+                          "dirty rate (MB/s)", label, series, False))
+    for name, title, xl, yl, series, logx in specs:
+        dat = os.path.join(pdir, name + ".dat")
+        with open(dat, "w") as f:
+            for tool, pts in series:
+                f.write('"%s"\n' % tool)
+                for x, y in pts:
+                    f.write("%s %s\n" % (x, y))
+                f.write("\n\n")
+        script = os.path.join(pdir, name + ".gp")
+        with open(script, "w") as f:
+            f.write('set terminal svg size 720,420 dynamic enhanced font "sans,11"\n')
+            f.write('set output "%s"\n' % os.path.join(pdir, name + ".svg"))
+            f.write('set title "%s"\nset xlabel "%s"\nset ylabel "%s"\n' % (title, xl, yl))
+            f.write("set key outside right top\nset grid\nset yrange [0:*]\n")
+            if logx:
+                f.write("set logscale x 2\nset xrange [0.8:*]\n")
+            f.write("plot " + ", ".join('"%s" index %d using 1:2 with linespoints title columnheader(1)' % (dat, i)
+                                        for i in range(len(series))) + "\n")
+        if gp:
+            r = subprocess.run([gp, script], capture_output=True)
+            if r.returncode == 0 and os.path.exists(os.path.join(pdir, name + ".svg")):
+                made.append("plots/%s.svg" % name)
+    if not gp:
+        md.append("_Plots not drawn: gnuplot is not installed (the .gp and .dat files are in plots/)._")
+    elif made:
+        md.append("Plots: " + ", ".join("[%s](%s)" % (os.path.basename(m), m) for m in made))
+    md.append("")
+    return made
+
+
+def main():
+    out = sys.argv[1]
+    meta, runs = load(out)
+    rows = best_rows(runs)
+    md = ["# pmigrate benchmark summary", ""]
+    if meta:
+        md.append("Run %s on %s: %s CPUs, kernel %s, %s; guest memory %s, %s rep(s) per configuration "
+                  "(best of them shown), quick=%s." % (
+                      meta.get("date", "?"), meta.get("host", "?"), meta.get("cpus", "?"),
+                      meta.get("kernel", "?"), meta.get("qemu", "?"), meta.get("mem", "?"),
+                      meta.get("reps", "?"), meta.get("quick", "?")))
+        if meta.get("pmigrate"):
+            md.append("pmigrate: %s." % meta["pmigrate"])
+        md.append("")
+        for n in meta.get("notes", []):
+            md.append("- " + n)
+        if meta.get("notes"):
+            md.append("")
+    ratios = []
+    for scen in (1, 2, 3, 4):
+        if not any(r["scenario"] == scen for r in rows):
+            continue
+        md.append("## " + SCEN_TITLE[scen])
+        md.append("")
+        if scen in (1, 2):
+            throughput_tables(rows, scen, md, ratios)
+        else:
+            live_tables(rows, scen, md, ratios)
+    errs = [r for r in rows if r.get("first_error")]
+    if errs:
+        md.append("## Failures")
+        md.append("")
+        for r in errs:
+            md.append("- scenario %s %s %s %sch rate %s: %d/%d ok; first error: `%s`" % (
+                r["scenario"], r["topology"], r["tool"], r["channels"], fmt(r["rate"], 0), r["ok"], r["runs"],
+                r["first_error"].replace("`", "'").replace("\n", " ")[:240]))
+        md.append("")
+    made = plots(out, rows, md)
+    with open(os.path.join(out, "summary.md"), "w") as f:
+        f.write("\n".join(md) + "\n")
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump({"meta": meta, "best": rows, "ratios": ratios, "plots": made, "runs": runs}, f, indent=1)
+    fields = ["scenario", "topology", "tool", "channels", "rate", "runs", "ok", "dead_guests", "memory_verified",
+              "total_time_ms", "downtime_ms", "guest_gap_ms", "rounds", "bytes_sent", "throughput_MBps",
+              "links_used", "first_error"]
+    with open(os.path.join(out, "results.csv"), "w", newline="") as f:
+        wr = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        wr.writeheader()
+        for r in rows:
+            wr.writerow(r)
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
