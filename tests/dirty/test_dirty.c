@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stddef.h>
@@ -20,7 +21,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 #include <cmocka.h>
@@ -231,13 +234,15 @@ static void test_initially_all_dirty(void **state)
 	const struct variant *v = *state;
 	uint64_t npages = 1000; /* not a multiple of 64 */
 	struct mem m = mem_new(v->kind, npages);
-	uint64_t *all = bm_new(npages), *want = bm_new(npages);
+	uint64_t *all, *want;
 	struct pm_dirty_tracker *t;
 
 	/* Some pages populated before tracking starts, most never. */
 	for (uint64_t p = 0; p < npages; p += 7)
 		write_page(&m, p, p + 1);
 	t = open_or_skip(&m, v->method);
+	all = bm_new(npages);
+	want = bm_new(npages);
 
 	assert_int_equal(count_ok(t), npages);
 	sync_ok(t);
@@ -264,7 +269,7 @@ static void test_exact(void **state)
 	const struct variant *v = *state;
 	uint64_t npages = 4096 + 77;
 	struct mem m = mem_new(v->kind, npages);
-	uint64_t *want = bm_new(npages), *got = bm_new(npages), *none = bm_new(npages);
+	uint64_t *want, *got, *none;
 	uint64_t seed = 0x9e3779b97f4a7c15ull, nwant = 0;
 	struct pm_dirty_tracker *t;
 	volatile uint64_t sink = 0;
@@ -272,6 +277,9 @@ static void test_exact(void **state)
 	for (uint64_t p = 0; p < npages / 2; p += 3) /* populated before open */
 		write_page(&m, p, 1);
 	t = open_or_skip(&m, v->method);
+	want = bm_new(npages);
+	got = bm_new(npages);
+	none = bm_new(npages);
 	sync_ok(t);
 	harvest_pieces(t, npages, npages, got);
 
@@ -345,8 +353,8 @@ static void test_subrange(void **state)
 	const struct variant *v = *state;
 	uint64_t npages = 2048;
 	struct mem m = mem_new(v->kind, npages);
-	uint64_t *want = bm_new(npages), *got = bm_new(npages), *bm = bm_new(npages);
 	struct pm_dirty_tracker *t = open_or_skip(&m, v->method);
+	uint64_t *want = bm_new(npages), *got = bm_new(npages), *bm = bm_new(npages);
 	uint64_t a = 100, b = 1333;
 
 	/* Initial all-dirty state is also per page: harvest [a, b) first. */
@@ -389,12 +397,15 @@ static void test_subrange(void **state)
 static void test_soft_dirty_two_trackers(void **state)
 {
 	uint64_t npages = 256;
-	struct mem m1 = mem_new(MEM_SHM, npages), m2 = mem_new(MEM_ANON, npages);
-	uint64_t *got = bm_new(npages);
-	struct pm_dirty_tracker *t1 = open_or_skip(&m1, PM_DIRTY_SOFT_DIRTY), *t2;
+	struct mem m1 = mem_new(MEM_SHM, npages), m2;
+	struct pm_dirty_tracker *t1 = open_or_skip(&m1, PM_DIRTY_SOFT_DIRTY), *t2 = NULL;
+	struct pm_err err = { 0 };
+	uint64_t *got;
 
-	t2 = open_or_skip(&m2, PM_DIRTY_SOFT_DIRTY);
 	(void)state;
+	m2 = mem_new(MEM_ANON, npages);
+	assert_int_equal(pm_dirty_open(&t2, m2.p, npages, PM_DIRTY_SOFT_DIRTY, &err), 0);
+	got = bm_new(npages);
 	sync_ok(t1);
 	harvest_pieces(t1, npages, npages, got);
 	harvest_pieces(t2, npages, npages, got);
@@ -652,6 +663,7 @@ static void *harvester_main(void *arg)
 	while (!atomic_load_explicit(&c->stop, memory_order_relaxed)) {
 		for (uint64_t ch = w->id; ch < c->nchunks; ch += NH)
 			harvest_chunk(c, ch, bm);
+		sched_yield(); /* leave the writers some CPU on small machines */
 	}
 	return NULL;
 }
@@ -678,11 +690,11 @@ static void run_concurrent(enum pm_dirty_method method, enum mem_kind kind)
 	memset(&c, 0, sizeof(c));
 	c.m = mem_new(kind, 4096 + 50);
 	c.nchunks = (c.m.npages + CHUNK - 1) / CHUNK;
+	c.t = open_or_skip(&c.m, method);
 	c.last = calloc(c.m.npages, sizeof(uint64_t));
 	c.copied = calloc(c.m.npages, sizeof(uint64_t));
 	c.reports = calloc(c.m.npages, sizeof(uint64_t));
 	assert_true(c.last && c.copied && c.reports);
-	c.t = open_or_skip(&c.m, method);
 	pthread_rwlockattr_init(&ra);
 	pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
 	pthread_rwlock_init(&c.quiesce, &ra);
@@ -769,6 +781,58 @@ static void test_concurrent(void **state)
 
 /* ------------------------------------------------------------------ main */
 
+/* cmocka 1.1.5 prints a skipped test as "not ok N # SKIP", which TAP
+ * consumers (meson 1.0 included) count as a failure; TAP wants
+ * "ok N # SKIP".  With TAP output, stdout goes through a child process that
+ * fixes those lines. */
+static pid_t tap_filter_pid = -1;
+
+static void tap_filter_start(void)
+{
+	const char *o = getenv("CMOCKA_MESSAGE_OUTPUT");
+	int fds[2];
+	pid_t pid;
+
+	if (!o || strcasecmp(o, "TAP") || pipe(fds) < 0)
+		return;
+	fflush(stdout);
+	pid = fork();
+	if (pid < 0) {
+		close(fds[0]);
+		close(fds[1]);
+		return;
+	}
+	if (pid == 0) {
+		FILE *in = fdopen(fds[0], "r");
+		char *line = NULL;
+		size_t cap = 0;
+
+		close(fds[1]);
+		while (in && getline(&line, &cap, in) > 0) {
+			if (!strncmp(line, "not ok ", 7) && strstr(line, " # SKIP"))
+				fputs(line + 4, stdout);
+			else
+				fputs(line, stdout);
+			fflush(stdout);
+		}
+		_exit(0);
+	}
+	close(fds[0]);
+	dup2(fds[1], STDOUT_FILENO);
+	close(fds[1]);
+	tap_filter_pid = pid;
+}
+
+static int tap_filter_end(int rc)
+{
+	if (tap_filter_pid > 0) {
+		fflush(stdout);
+		close(STDOUT_FILENO);
+		waitpid(tap_filter_pid, NULL, 0);
+	}
+	return rc;
+}
+
 #define NAMED(name, fn, v) { name, fn, NULL, NULL, (void *)&(v) }
 
 int main(int argc, char **argv)
@@ -803,8 +867,10 @@ int main(int argc, char **argv)
 		stress_seconds = atof(argv[2]);
 		if (stress_seconds <= 0)
 			stress_seconds = 1;
-		return _cmocka_run_group_tests("dirty-stress", tests + ntests - nconc, nconc,
-					       NULL, NULL);
+		tap_filter_start();
+		return tap_filter_end(_cmocka_run_group_tests("dirty-stress", tests + ntests - nconc,
+							      nconc, NULL, NULL));
 	}
-	return _cmocka_run_group_tests("dirty", tests, ntests, NULL, NULL);
+	tap_filter_start();
+	return tap_filter_end(_cmocka_run_group_tests("dirty", tests, ntests, NULL, NULL));
 }
