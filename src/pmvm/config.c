@@ -1,0 +1,238 @@
+// SPDX-License-Identifier: MIT
+#include "config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+const char *pmvm_usage(void)
+{
+	return "usage: pmvm run --guest FILE [--mem SIZE] [--vcpus N] [--control SOCKET]\n"
+	       "                [--incoming ADDR[,ADDR...]] [--serial FILE]\n"
+	       "                [--dump-at-pause FILE] [--dump-on-resume FILE]\n"
+	       "                [--param KEY=VALUE]... [--kvm PATH]\n"
+	       "  --mem SIZE        guest RAM, e.g. 64M, 1G (default 64M; 4M..63G)\n"
+	       "  --vcpus N         vCPUs, 1..16 (default 1)\n"
+	       "  --guest FILE      flat binary (loaded at 1 MiB) or static ELF64\n"
+	       "  --control SOCKET  JSON control socket (pmigrate migrate/status)\n"
+	       "  --incoming ADDRS  wait for a migration on host:port[,host:port...]\n"
+	       "  --serial FILE     COM1 output (default: stdout)\n"
+	       "  --param K=V       guest parameter (bootinfo block), V a number\n"
+	       "  --kvm PATH        KVM device (default /dev/kvm)\n";
+}
+
+int pmvm_parse_size(const char *s, uint64_t *out, struct pm_err *err)
+{
+	char *end;
+	unsigned long long v;
+	unsigned shift = 0;
+
+	if (!s || !*s || !isdigit((unsigned char)*s))
+		return pm_err_set(err, EINVAL, "bad size '%s': expected a number with an optional K/M/G/T suffix",
+				  s ? s : "");
+	errno = 0;
+	v = strtoull(s, &end, 0);
+	if (errno)
+		return pm_err_set(err, EINVAL, "bad size '%s': out of range", s);
+	switch (*end) {
+	case 'k': case 'K': shift = 10; end++; break;
+	case 'm': case 'M': shift = 20; end++; break;
+	case 'g': case 'G': shift = 30; end++; break;
+	case 't': case 'T': shift = 40; end++; break;
+	default: break;
+	}
+	if (shift && (!strcmp(end, "iB") || !strcmp(end, "B")))
+		end += strlen(end);
+	if (*end)
+		return pm_err_set(err, EINVAL, "bad size '%s': unexpected '%s'", s, end);
+	if (shift && v > (UINT64_MAX >> shift))
+		return pm_err_set(err, EINVAL, "bad size '%s': out of range", s);
+	*out = (uint64_t)v << shift;
+	return 0;
+}
+
+static int parse_uint(const char *s, uint64_t *out)
+{
+	char *end;
+
+	if (!s || !isdigit((unsigned char)*s))
+		return -EINVAL;
+	errno = 0;
+	*out = strtoull(s, &end, 0);
+	return (errno || *end) ? -EINVAL : 0;
+}
+
+static int check_addr(const char *a, struct pm_err *err)
+{
+	const char *colon;
+	uint64_t port;
+
+	if (!*a)
+		return pm_err_set(err, EINVAL, "--incoming: empty address");
+	if (a[0] == '[') {
+		const char *rb = strchr(a, ']');
+
+		if (!rb || rb[1] != ':')
+			return pm_err_set(err, EINVAL, "--incoming: bad address '%s' (expected [v6]:port)", a);
+		colon = rb + 1;
+	} else {
+		colon = strrchr(a, ':');
+		if (!colon || colon == a)
+			return pm_err_set(err, EINVAL, "--incoming: bad address '%s' (expected host:port)", a);
+	}
+	if (parse_uint(colon + 1, &port) || port > 65535)
+		return pm_err_set(err, EINVAL, "--incoming: bad port in '%s'", a);
+	return 0;
+}
+
+static int split_incoming(struct pmvm_config *c, const char *arg, struct pm_err *err)
+{
+	char *save = NULL, *tok;
+
+	free(c->incoming_buf);
+	c->nlisten = 0;
+	c->incoming_buf = strdup(arg);
+	if (!c->incoming_buf)
+		return pm_err_set(err, ENOMEM, "out of memory");
+	if (!*arg)
+		return pm_err_set(err, EINVAL, "--incoming: empty address list");
+	for (tok = strtok_r(c->incoming_buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+		int r = check_addr(tok, err);
+
+		if (r)
+			return r;
+		if (c->nlisten == PMVM_MAX_LISTEN)
+			return pm_err_set(err, EINVAL, "--incoming: more than %u addresses", PMVM_MAX_LISTEN);
+		c->listen[c->nlisten++] = tok;
+	}
+	if (!c->nlisten)
+		return pm_err_set(err, EINVAL, "--incoming: empty address list");
+	return 0;
+}
+
+static int add_param(struct pmvm_config *c, const char *arg, struct pm_err *err)
+{
+	const char *eq = strchr(arg, '=');
+	size_t klen;
+	uint64_t v;
+
+	if (!eq || eq == arg)
+		return pm_err_set(err, EINVAL, "--param '%s': expected KEY=VALUE", arg);
+	klen = (size_t)(eq - arg);
+	if (klen >= PMVM_PARAM_KEY_LEN)
+		return pm_err_set(err, EINVAL, "--param '%s': key longer than %u characters",
+				  arg, PMVM_PARAM_KEY_LEN - 1);
+	if (parse_uint(eq + 1, &v))
+		return pm_err_set(err, EINVAL, "--param '%s': value is not a number", arg);
+	for (unsigned i = 0; i < c->nparams; i++)
+		if (strlen(c->params[i].key) == klen && !memcmp(c->params[i].key, arg, klen)) {
+			c->params[i].value = v;
+			return 0;
+		}
+	if (c->nparams == PMVM_MAX_PARAMS)
+		return pm_err_set(err, EINVAL, "more than %u --param options", PMVM_MAX_PARAMS);
+	memset(c->params[c->nparams].key, 0, PMVM_PARAM_KEY_LEN);
+	memcpy(c->params[c->nparams].key, arg, klen);
+	c->params[c->nparams].value = v;
+	c->nparams++;
+	return 0;
+}
+
+int pmvm_parse_args(int argc, char *const argv[], struct pmvm_config *c, struct pm_err *err)
+{
+	int r;
+
+	memset(c, 0, sizeof(*c));
+	c->mem_bytes = 64ull << 20;
+	c->vcpus = 1;
+	c->kvm_path = "/dev/kvm";
+	if (argc < 2)
+		return pm_err_set(err, EINVAL, "missing command (expected 'run')");
+	if (strcmp(argv[1], "run"))
+		return pm_err_set(err, EINVAL, "unknown command '%s' (expected 'run')", argv[1]);
+
+	for (int i = 2; i < argc; i++) {
+		const char *opt = argv[i], *val = NULL, *eq;
+		char name[32];
+
+		if (strncmp(opt, "--", 2))
+			return pm_err_set(err, EINVAL, "unexpected argument '%s'", opt);
+		eq = strchr(opt, '=');
+		if (eq) {
+			if ((size_t)(eq - opt) >= sizeof(name))
+				return pm_err_set(err, EINVAL, "unknown option '%s'", opt);
+			memcpy(name, opt, (size_t)(eq - opt));
+			name[eq - opt] = 0;
+			val = eq + 1;
+		} else {
+			snprintf(name, sizeof(name), "%s", opt);
+		}
+		if (!strcmp(name, "--help"))
+			return pm_err_set(err, EINVAL, "help requested");
+#define NEED_VAL()                                                                        \
+	do {                                                                              \
+		if (!val) {                                                               \
+			if (i + 1 >= argc)                                                \
+				return pm_err_set(err, EINVAL, "%s needs a value", name); \
+			val = argv[++i];                                                  \
+		}                                                                         \
+	} while (0)
+		NEED_VAL();
+		if (!strcmp(name, "--mem")) {
+			r = pmvm_parse_size(val, &c->mem_bytes, err);
+			if (r)
+				return r;
+		} else if (!strcmp(name, "--vcpus")) {
+			uint64_t n;
+
+			if (parse_uint(val, &n) || n < 1 || n > PMVM_MAX_VCPUS)
+				return pm_err_set(err, EINVAL, "--vcpus '%s': expected 1..%u", val, PMVM_MAX_VCPUS);
+			c->vcpus = (unsigned)n;
+		} else if (!strcmp(name, "--guest")) {
+			c->guest = val;
+		} else if (!strcmp(name, "--control")) {
+			c->control = val;
+		} else if (!strcmp(name, "--serial")) {
+			c->serial = val;
+		} else if (!strcmp(name, "--dump-at-pause")) {
+			c->dump_at_pause = val;
+		} else if (!strcmp(name, "--dump-on-resume")) {
+			c->dump_on_resume = val;
+		} else if (!strcmp(name, "--kvm")) {
+			c->kvm_path = val;
+		} else if (!strcmp(name, "--incoming")) {
+			r = split_incoming(c, val, err);
+			if (r)
+				return r;
+		} else if (!strcmp(name, "--param")) {
+			r = add_param(c, val, err);
+			if (r)
+				return r;
+		} else {
+			return pm_err_set(err, EINVAL, "unknown option '%s'", name);
+		}
+#undef NEED_VAL
+	}
+	if (!c->guest)
+		return pm_err_set(err, EINVAL, "--guest FILE is required");
+	if (c->mem_bytes % 4096)
+		return pm_err_set(err, EINVAL, "--mem %llu is not a multiple of 4 KiB",
+				  (unsigned long long)c->mem_bytes);
+	if (c->mem_bytes < PMVM_MIN_MEM || c->mem_bytes > PMVM_MAX_MEM)
+		return pm_err_set(err, EINVAL, "--mem %llu MiB is out of range (%llu MiB..%llu GiB)",
+				  (unsigned long long)(c->mem_bytes >> 20),
+				  (unsigned long long)(PMVM_MIN_MEM >> 20),
+				  (unsigned long long)(PMVM_MAX_MEM >> 30));
+	if (c->dump_on_resume && !c->nlisten)
+		return pm_err_set(err, EINVAL, "--dump-on-resume needs --incoming");
+	return 0;
+}
+
+void pmvm_config_free(struct pmvm_config *c)
+{
+	free(c->incoming_buf);
+	c->incoming_buf = NULL;
+	c->nlisten = 0;
+}

@@ -1,0 +1,39 @@
+/* SPDX-License-Identifier: MIT */
+/* The pmvm command line, parsed and validated before anything starts. */
+#ifndef PMVM_CONFIG_H
+#define PMVM_CONFIG_H
+
+#include <stdint.h>
+#include <pmigrate/error.h>
+
+#include "bootinfo.h"
+
+#define PMVM_MIN_MEM (4ull << 20)
+#define PMVM_MAX_MEM ((uint64_t)(PMVM_MAX_PD - 1) << 30)   /* the 3-4 GiB hole is mapped too */
+#define PMVM_MAX_LISTEN 64u
+
+struct pmvm_config {
+	uint64_t mem_bytes;            /* default 64 MiB */
+	unsigned vcpus;                /* default 1 */
+	const char *guest;             /* required */
+	const char *control;           /* optional: no control socket without it */
+	const char *serial;            /* NULL: stdout */
+	const char *dump_at_pause;
+	const char *dump_on_resume;
+	const char *kvm_path;          /* default /dev/kvm */
+	char *incoming_buf;            /* owned copy of --incoming, split in place */
+	const char *listen[PMVM_MAX_LISTEN];
+	unsigned nlisten;              /* > 0: wait for an incoming migration */
+	struct pmvm_param params[PMVM_MAX_PARAMS];
+	unsigned nparams;
+};
+
+/* "64M", "1G", "1GiB", "4096", "2 MiB" is not accepted (no spaces). */
+int pmvm_parse_size(const char *s, uint64_t *out, struct pm_err *err);
+/* argv[1] must be "run".  On error err says what was wrong. */
+int pmvm_parse_args(int argc, char *const argv[], struct pmvm_config *c, struct pm_err *err);
+void pmvm_config_free(struct pmvm_config *c);
+/* Help text. */
+const char *pmvm_usage(void);
+
+#endif

@@ -1,0 +1,424 @@
+// SPDX-License-Identifier: MIT
+/* The VM: /dev/kvm, memory slots over one memfd, the in-kernel irqchip and
+ * PIT, the serial port, and the boot of a guest in long mode. */
+#include "pmvm.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "bootinfo.h"
+#include "cpu_setup.h"
+#include "cpuid.h"
+#include "loader.h"
+
+#define PMVM_TSS_ADDR     0xfffbd000ull   /* three pages KVM needs on Intel, below the BIOS */
+#define PMVM_IDMAP_ADDR   0xfffbc000ull
+#define SERIAL_IRQ 4
+
+static const struct { int cap; const char *name; } required_caps[] = {
+	{ KVM_CAP_IRQCHIP, "KVM_CAP_IRQCHIP" },
+	{ KVM_CAP_USER_MEMORY, "KVM_CAP_USER_MEMORY" },
+	{ KVM_CAP_SET_TSS_ADDR, "KVM_CAP_SET_TSS_ADDR" },
+	{ KVM_CAP_SET_IDENTITY_MAP_ADDR, "KVM_CAP_SET_IDENTITY_MAP_ADDR" },
+	{ KVM_CAP_PIT2, "KVM_CAP_PIT2" },
+	{ KVM_CAP_PIT_STATE2, "KVM_CAP_PIT_STATE2" },
+	{ KVM_CAP_EXT_CPUID, "KVM_CAP_EXT_CPUID" },
+	{ KVM_CAP_MP_STATE, "KVM_CAP_MP_STATE" },
+	{ KVM_CAP_VCPU_EVENTS, "KVM_CAP_VCPU_EVENTS" },
+	{ KVM_CAP_DEBUGREGS, "KVM_CAP_DEBUGREGS" },
+	{ KVM_CAP_ADJUST_CLOCK, "KVM_CAP_ADJUST_CLOCK" },
+	{ KVM_CAP_IMMEDIATE_EXIT, "KVM_CAP_IMMEDIATE_EXIT" },
+};
+
+static int open_kvm(struct pmvm *vm, const char *path, struct pm_err *err)
+{
+	int api;
+
+	vm->kvm_fd = open(path, O_RDWR | O_CLOEXEC);
+	if (vm->kvm_fd < 0) {
+		int e = errno;
+
+		if (e == ENOENT || e == ENXIO || e == ENODEV)
+			return pm_err_set(err, e, "cannot open %s: %s: KVM is not available on this machine "
+					  "(no kvm module loaded, or nested virtualization is not exposed)",
+					  path, strerror(e));
+		if (e == EACCES || e == EPERM)
+			return pm_err_set(err, e, "cannot open %s: %s: run as root or join the group that owns it",
+					  path, strerror(e));
+		return pm_err_set(err, e, "cannot open %s: %s", path, strerror(e));
+	}
+	api = ioctl(vm->kvm_fd, KVM_GET_API_VERSION, 0);
+	if (api < 0)
+		return pm_err_set(err, errno, "%s is not a KVM device (KVM_GET_API_VERSION: %s)",
+				  path, strerror(errno));
+	if (api != KVM_API_VERSION)
+		return pm_err_set(err, ENOTSUP, "KVM API version %d, pmvm needs %d", api, KVM_API_VERSION);
+	for (unsigned i = 0; i < sizeof(required_caps) / sizeof(required_caps[0]); i++) {
+		if (ioctl(vm->kvm_fd, KVM_CHECK_EXTENSION, required_caps[i].cap) <= 0)
+			return pm_err_set(err, ENOTSUP, "this KVM lacks %s, which pmvm needs",
+					  required_caps[i].name);
+	}
+	return 0;
+}
+
+static int get_cpuid(struct pmvm *vm, struct pm_err *err)
+{
+	for (unsigned n = 64; n <= 4096; n *= 2) {
+		struct kvm_cpuid2 *c = calloc(1, sizeof(*c) + n * sizeof(c->entries[0]));
+
+		if (!c)
+			return pm_err_set(err, ENOMEM, "out of memory");
+		c->nent = n;
+		if (ioctl(vm->kvm_fd, KVM_GET_SUPPORTED_CPUID, c) == 0) {
+			vm->cpuid = c;
+			return 0;
+		}
+		free(c);
+		if (errno != E2BIG)
+			return pm_err_set(err, errno, "KVM_GET_SUPPORTED_CPUID: %s", strerror(errno));
+	}
+	return pm_err_set(err, E2BIG, "KVM_GET_SUPPORTED_CPUID: too many entries");
+}
+
+static int get_msr_list(struct pmvm *vm, struct pm_err *err)
+{
+	struct kvm_msr_list probe = { .nmsrs = 0 };
+	struct kvm_msr_list *l;
+
+	/* The first call fails with E2BIG and tells the count. */
+	if (ioctl(vm->kvm_fd, KVM_GET_MSR_INDEX_LIST, &probe) < 0 && errno != E2BIG)
+		return pm_err_set(err, errno, "KVM_GET_MSR_INDEX_LIST: %s", strerror(errno));
+	l = calloc(1, sizeof(*l) + probe.nmsrs * sizeof(l->indices[0]));
+	if (!l)
+		return pm_err_set(err, ENOMEM, "out of memory");
+	l->nmsrs = probe.nmsrs;
+	if (ioctl(vm->kvm_fd, KVM_GET_MSR_INDEX_LIST, l) < 0) {
+		int e = errno;
+
+		free(l);
+		return pm_err_set(err, e, "KVM_GET_MSR_INDEX_LIST: %s", strerror(e));
+	}
+	vm->msrs = malloc((l->nmsrs ? l->nmsrs : 1) * sizeof(uint32_t));
+	if (!vm->msrs) {
+		free(l);
+		return pm_err_set(err, ENOMEM, "out of memory");
+	}
+	vm->nmsrs = pmvm_msr_filter(l->indices, l->nmsrs, vm->msrs);
+	free(l);
+	return 0;
+}
+
+static int set_slot(struct pmvm *vm, unsigned i, uint32_t flags, struct pm_err *err)
+{
+	struct kvm_userspace_memory_region r = {
+		.slot = i,
+		.flags = flags,
+		.guest_phys_addr = vm->slots[i].gpa,
+		.memory_size = vm->slots[i].npages * PM_PAGE_SIZE,
+		.userspace_addr = (uintptr_t)vm->slots[i].host,
+	};
+
+	if (ioctl(vm->vm_fd, KVM_SET_USER_MEMORY_REGION, &r) < 0)
+		return pm_err_set(err, errno, "KVM_SET_USER_MEMORY_REGION slot %u: %s", i, strerror(errno));
+	return 0;
+}
+
+static int setup_memory(struct pmvm *vm, struct pm_err *err)
+{
+	uint64_t low = vm->mem_bytes < PMVM_LOW_MEM_MAX ? vm->mem_bytes : PMVM_LOW_MEM_MAX;
+	int r;
+
+	vm->mem_fd = memfd_create("pmvm-ram", MFD_CLOEXEC);
+	if (vm->mem_fd < 0)
+		return pm_err_set(err, errno, "memfd_create: %s", strerror(errno));
+	if (ftruncate(vm->mem_fd, (off_t)vm->mem_bytes) < 0)
+		return pm_err_set(err, errno, "cannot size guest memory to %llu bytes: %s",
+				  (unsigned long long)vm->mem_bytes, strerror(errno));
+	vm->mem = mmap(NULL, vm->mem_bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE,
+		       vm->mem_fd, 0);
+	if (vm->mem == MAP_FAILED) {
+		vm->mem = NULL;
+		return pm_err_set(err, errno, "cannot map %llu bytes of guest memory: %s",
+				  (unsigned long long)vm->mem_bytes, strerror(errno));
+	}
+	vm->slots[0] = (struct pmvm_slot){ .gpa = 0, .npages = low / PM_PAGE_SIZE, .host = vm->mem };
+	vm->nslots = 1;
+	if (vm->mem_bytes > low) {
+		vm->slots[1] = (struct pmvm_slot){ .gpa = PMVM_HIGH_MEM_GPA,
+			.npages = (vm->mem_bytes - low) / PM_PAGE_SIZE, .host = vm->mem + low };
+		vm->nslots = 2;
+	}
+	for (unsigned i = 0; i < vm->nslots; i++) {
+		r = set_slot(vm, i, 0, err);
+		if (r)
+			return r;
+		vm->regions[i] = (struct pm_region){ .id = i, .gpa = vm->slots[i].gpa,
+			.npages = vm->slots[i].npages, .host = vm->slots[i].host };
+	}
+	return 0;
+}
+
+int pmvm_set_dirty_logging(struct pmvm *vm, bool on, struct pm_err *err)
+{
+	for (unsigned i = 0; i < vm->nslots; i++) {
+		int r = set_slot(vm, i, on ? KVM_MEM_LOG_DIRTY_PAGES : 0, err);
+
+		if (r)
+			return r;
+	}
+	return 0;
+}
+
+static void serial_write_all(int fd, const char *p, size_t n)
+{
+	while (n) {
+		ssize_t w = write(fd, p, n);
+
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0)
+			return;     /* output is best effort; the guest never waits for it */
+		p += w;
+		n -= (size_t)w;
+	}
+}
+
+/* Called with the serial lock held: line-buffered output. */
+static void serial_out(void *opaque, uint8_t byte)
+{
+	struct pmvm *vm = opaque;
+
+	vm->serial_line[vm->serial_len++] = (char)byte;
+	if (byte == '\n' || vm->serial_len == sizeof(vm->serial_line)) {
+		serial_write_all(vm->serial_fd, vm->serial_line, vm->serial_len);
+		vm->serial_len = 0;
+	}
+}
+
+void pmvm_serial_flush(struct pmvm *vm)
+{
+	pthread_mutex_lock(&vm->serial.lock);
+	if (vm->serial_len && vm->serial_fd >= 0)
+		serial_write_all(vm->serial_fd, vm->serial_line, vm->serial_len);
+	vm->serial_len = 0;
+	pthread_mutex_unlock(&vm->serial.lock);
+}
+
+static void serial_irq(void *opaque, bool level)
+{
+	struct pmvm *vm = opaque;
+	struct kvm_irq_level l = { .irq = SERIAL_IRQ, .level = level };
+
+	if (ioctl(vm->vm_fd, KVM_IRQ_LINE, &l) < 0)
+		pmvm_fail(vm, "KVM_IRQ_LINE %d: %s", SERIAL_IRQ, strerror(errno));
+}
+
+int pmvm_create(struct pmvm *vm, const struct pmvm_config *c, struct pm_err *err)
+{
+	struct kvm_pit_config pit = { .flags = KVM_PIT_SPEAKER_DUMMY };
+	uint64_t idmap = PMVM_IDMAP_ADDR;
+	int r;
+
+	memset(vm, 0, sizeof(*vm));
+	vm->kvm_fd = vm->vm_fd = vm->mem_fd = vm->serial_fd = -1;
+	vm->nvcpus = c->vcpus;
+	vm->mem_bytes = c->mem_bytes;
+	pthread_mutex_init(&vm->lock, NULL);
+	pthread_cond_init(&vm->cond, NULL);
+	pthread_rwlock_init(&vm->dirty_lock, NULL);
+	pmvm_serial_init(&vm->serial, serial_out, serial_irq, vm);
+
+	if (c->serial) {
+		vm->serial_fd = open(c->serial, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0644);
+		if (vm->serial_fd < 0)
+			return pm_err_set(err, errno, "cannot open serial output %s: %s", c->serial,
+					  strerror(errno));
+	} else {
+		vm->serial_fd = dup(STDOUT_FILENO);
+	}
+
+	r = open_kvm(vm, c->kvm_path, err);
+	if (r)
+		return r;
+	do
+		vm->vm_fd = ioctl(vm->kvm_fd, KVM_CREATE_VM, 0);
+	while (vm->vm_fd < 0 && errno == EINTR);
+	if (vm->vm_fd < 0)
+		return pm_err_set(err, errno, "KVM_CREATE_VM: %s", strerror(errno));
+	/* Both must precede the first vCPU (Intel needs them for real mode
+	 * emulation; harmless elsewhere). */
+	if (ioctl(vm->vm_fd, KVM_SET_TSS_ADDR, (unsigned long)PMVM_TSS_ADDR) < 0)
+		return pm_err_set(err, errno, "KVM_SET_TSS_ADDR: %s", strerror(errno));
+	if (ioctl(vm->vm_fd, KVM_SET_IDENTITY_MAP_ADDR, &idmap) < 0)
+		return pm_err_set(err, errno, "KVM_SET_IDENTITY_MAP_ADDR: %s", strerror(errno));
+	if (ioctl(vm->vm_fd, KVM_CREATE_IRQCHIP, 0) < 0)
+		return pm_err_set(err, errno, "KVM_CREATE_IRQCHIP: %s", strerror(errno));
+	if (ioctl(vm->vm_fd, KVM_CREATE_PIT2, &pit) < 0)
+		return pm_err_set(err, errno, "KVM_CREATE_PIT2: %s", strerror(errno));
+
+	r = setup_memory(vm, err);
+	if (r)
+		return r;
+
+	r = ioctl(vm->vm_fd, KVM_CHECK_EXTENSION, KVM_CAP_XSAVE2);
+	if (r > 0)
+		vm->xsave_size = (uint32_t)r;
+	else if (ioctl(vm->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_XSAVE) > 0)
+		vm->xsave_size = sizeof(struct kvm_xsave);
+	vm->has_xcrs = ioctl(vm->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_XCRS) > 0;
+
+	r = get_cpuid(vm, err);
+	if (!r)
+		r = get_msr_list(vm, err);
+	if (!r)
+		r = pmvm_vcpus_create(vm, err);
+	if (r)
+		return r;
+	if (ioctl(vm->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_GET_TSC_KHZ) > 0) {
+		r = ioctl(vm->vcpus[0].fd, KVM_GET_TSC_KHZ, 0);
+		vm->tsc_khz = r > 0 ? (uint32_t)r : 0;
+	}
+	return 0;
+}
+
+int pmvm_boot(struct pmvm *vm, const struct pmvm_config *c, const uint8_t *image,
+	      size_t image_len, struct pm_err *err)
+{
+	uint64_t low_end = vm->slots[0].npages * PM_PAGE_SIZE;
+	uint64_t top = vm->slots[vm->nslots - 1].gpa + vm->slots[vm->nslots - 1].npages * PM_PAGE_SIZE;
+	uint64_t gdt[PMVM_GDT_ENTRIES];
+	struct pmvm_bootinfo bi;
+	struct pmvm_image img;
+	int r;
+
+	r = pmvm_image_load(image, image_len, vm->mem, low_end, &img, err);
+	if (r)
+		return r;
+	r = pmvm_build_page_tables(vm->mem, low_end, top, err);
+	if (r)
+		return r;
+	pmvm_build_gdt(gdt, PMVM_TSS_GPA);
+	memset(vm->mem + PMVM_GDT_GPA, 0, 4096);
+	memcpy(vm->mem + PMVM_GDT_GPA, gdt, sizeof(gdt));
+
+	memset(&bi, 0, sizeof(bi));
+	bi.magic = PMVM_BOOT_MAGIC;
+	bi.version = PMVM_BOOT_VERSION;
+	bi.nvcpus = vm->nvcpus;
+	bi.mem_bytes = vm->mem_bytes;
+	bi.low_mem_end = low_end;
+	bi.free_start = (img.load_end + PM_PAGE_SIZE - 1) & ~(uint64_t)(PM_PAGE_SIZE - 1);
+	bi.tsc_khz = vm->tsc_khz;
+	bi.serial_port = PMVM_SERIAL_PORT;
+	bi.exit_port = PMVM_EXIT_PORT;
+	bi.nparams = c->nparams;
+	memcpy(bi.params, c->params, sizeof(bi.params));
+	memcpy(vm->mem + PMVM_BOOTINFO_GPA, &bi, sizeof(bi));
+
+	for (unsigned i = 0; i < vm->nvcpus; i++) {
+		r = pmvm_vcpu_boot(&vm->vcpus[i], img.entry, err);
+		if (r)
+			return r;
+	}
+	return 0;
+}
+
+void pmvm_destroy(struct pmvm *vm)
+{
+	pmvm_vcpus_stop(vm);
+	pmvm_serial_flush(vm);
+	if (vm->vcpus) {
+		for (unsigned i = 0; i < vm->nvcpus; i++) {
+			if (vm->vcpus[i].run)
+				munmap(vm->vcpus[i].run, vm->vcpus[i].run_size);
+			if (vm->vcpus[i].fd >= 0)
+				close(vm->vcpus[i].fd);
+		}
+		free(vm->vcpus);
+	}
+	for (unsigned i = 0; i < vm->nslots; i++)
+		free(vm->slots[i].bitmap);
+	if (vm->mem)
+		munmap(vm->mem, vm->mem_bytes);
+	if (vm->mem_fd >= 0)
+		close(vm->mem_fd);
+	if (vm->vm_fd >= 0)
+		close(vm->vm_fd);
+	if (vm->kvm_fd >= 0)
+		close(vm->kvm_fd);
+	if (vm->serial_fd >= 0)
+		close(vm->serial_fd);
+	free(vm->cpuid);
+	free(vm->msrs);
+	pmvm_serial_destroy(&vm->serial);
+	pthread_rwlock_destroy(&vm->dirty_lock);
+	pthread_cond_destroy(&vm->cond);
+	pthread_mutex_destroy(&vm->lock);
+	memset(vm, 0, sizeof(*vm));
+	vm->kvm_fd = vm->vm_fd = vm->mem_fd = vm->serial_fd = -1;
+}
+
+static int get_chip(struct pmvm *vm, unsigned id, struct kvm_irqchip *chip, struct pm_err *err)
+{
+	memset(chip, 0, sizeof(*chip));
+	chip->chip_id = id;
+	if (ioctl(vm->vm_fd, KVM_GET_IRQCHIP, chip) < 0)
+		return pm_err_set(err, errno, "KVM_GET_IRQCHIP %u: %s", id, strerror(errno));
+	return 0;
+}
+
+int pmvm_save_vm(struct pmvm *vm, struct pmvm_vm_state *st, struct pm_err *err)
+{
+	int r;
+
+	st->mem_bytes = vm->mem_bytes;
+	r = get_chip(vm, KVM_IRQCHIP_PIC_MASTER, &st->pic_master, err);
+	if (!r)
+		r = get_chip(vm, KVM_IRQCHIP_PIC_SLAVE, &st->pic_slave, err);
+	if (!r)
+		r = get_chip(vm, KVM_IRQCHIP_IOAPIC, &st->ioapic, err);
+	if (r)
+		return r;
+	if (ioctl(vm->vm_fd, KVM_GET_PIT2, &st->pit) < 0)
+		return pm_err_set(err, errno, "KVM_GET_PIT2: %s", strerror(errno));
+	if (ioctl(vm->vm_fd, KVM_GET_CLOCK, &st->clock) < 0)
+		return pm_err_set(err, errno, "KVM_GET_CLOCK: %s", strerror(errno));
+	pmvm_serial_save(&vm->serial, &st->serial);
+	return 0;
+}
+
+/* VM-wide state restored before the vCPUs: interrupt controllers, PIT, serial. */
+int pmvm_load_vm_early(struct pmvm *vm, const struct pmvm_vm_state *st, struct pm_err *err)
+{
+	const struct kvm_irqchip *chips[] = { &st->pic_master, &st->pic_slave, &st->ioapic };
+	struct kvm_pit_state2 pit = st->pit;
+
+	for (unsigned i = 0; i < 3; i++) {
+		struct kvm_irqchip c = *chips[i];
+
+		if (ioctl(vm->vm_fd, KVM_SET_IRQCHIP, &c) < 0)
+			return pm_err_set(err, errno, "KVM_SET_IRQCHIP %u: %s", c.chip_id, strerror(errno));
+	}
+	if (ioctl(vm->vm_fd, KVM_SET_PIT2, &pit) < 0)
+		return pm_err_set(err, errno, "KVM_SET_PIT2: %s", strerror(errno));
+	if (pmvm_serial_load(&vm->serial, &st->serial))
+		return pm_err_set(err, EINVAL, "serial state is not one a 16550 can be in");
+	return 0;
+}
+
+/* Last, just before the vCPUs run: kvmclock. */
+int pmvm_load_vm_late(struct pmvm *vm, const struct pmvm_vm_state *st, struct pm_err *err)
+{
+	struct kvm_clock_data clock = { .clock = st->clock.clock };
+
+	if (ioctl(vm->vm_fd, KVM_SET_CLOCK, &clock) < 0)
+		return pm_err_set(err, errno, "KVM_SET_CLOCK: %s", strerror(errno));
+	return 0;
+}

@@ -1,0 +1,221 @@
+// SPDX-License-Identifier: MIT
+/* pmvm run: a KVM VM whose migration is libpmigrate.
+ *
+ * Exit status: the guest's code when it writes one to the debug-exit port;
+ * 0 after "quit", SIGINT/SIGTERM, or a completed outgoing migration; 1 when
+ * the VM cannot run (no /dev/kvm, KVM error, guest crash, failed incoming
+ * migration); 2 for a bad command line or guest image. */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <pmigrate/control.h>
+#include <pmigrate/migrate.h>
+
+#include "config.h"
+#include "loader.h"
+#include "pmvm.h"
+
+static void ctl_status(void *opaque, json_object *out)
+{
+	struct pmvm *vm = opaque;
+
+	json_object_object_add(out, "vm", json_object_new_string("kvm"));
+	json_object_object_add(out, "vcpus", json_object_new_int((int)vm->nvcpus));
+	json_object_object_add(out, "mem_bytes", json_object_new_int64((int64_t)vm->mem_bytes));
+	json_object_object_add(out, "paused", json_object_new_boolean(pmvm_is_paused(vm)));
+	pthread_mutex_lock(&vm->lock);
+	if (vm->guest_exited)
+		json_object_object_add(out, "guest_exit_code", json_object_new_int(vm->exit_code));
+	if (vm->failed)
+		json_object_object_add(out, "vm_error", json_object_new_string(vm->fail_msg));
+	pthread_mutex_unlock(&vm->lock);
+}
+
+static void ctl_quit(void *opaque)
+{
+	struct pmvm *vm = opaque;
+
+	pthread_mutex_lock(&vm->lock);
+	vm->quit = true;
+	pthread_cond_broadcast(&vm->cond);
+	pthread_mutex_unlock(&vm->lock);
+}
+
+static const struct pm_control_ops ctl_ops = {
+	.status = ctl_status,
+	.quit = ctl_quit,
+};
+
+enum outcome { RUNNING, GUEST_EXIT, FAILED, QUIT, MIGRATED };
+
+static enum outcome check(struct pmvm *vm, struct pm_control *ctl)
+{
+	enum outcome o = RUNNING;
+
+	pthread_mutex_lock(&vm->lock);
+	if (vm->guest_exited)
+		o = GUEST_EXIT;
+	else if (vm->failed)
+		o = FAILED;
+	else if (vm->quit)
+		o = QUIT;
+	pthread_mutex_unlock(&vm->lock);
+	if (o == RUNNING && ctl) {
+		char buf[64];
+		const char *s = pm_control_state(ctl, buf, sizeof(buf));
+
+		if (s && !strcmp(s, "migrated"))
+			o = MIGRATED;
+	}
+	return o;
+}
+
+static int run(struct pmvm_config *c)
+{
+	struct pm_err err = {0};
+	struct pmvm *vm = calloc(1, sizeof(*vm));
+	struct pm_report *rep = calloc(1, sizeof(*rep));
+	struct pm_incoming *in = NULL;
+	struct pm_control *ctl = NULL;
+	struct pm_backend be;
+	struct pmvm_image info;
+	uint8_t *image = NULL;
+	size_t image_len = 0;
+	uint64_t low = c->mem_bytes < PMVM_LOW_MEM_MAX ? c->mem_bytes : PMVM_LOW_MEM_MAX;
+	enum outcome o = FAILED;
+	sigset_t set;
+	int status = 1;
+
+	if (!vm || !rep) {
+		fprintf(stderr, "pmvm: out of memory\n");
+		free(vm);
+		free(rep);
+		return 1;
+	}
+	/* Everything that can be checked without KVM comes first. */
+	if (pmvm_read_file(c->guest, &image, &image_len, PMVM_MAX_IMAGE, &err) ||
+	    pmvm_image_load(image, image_len, NULL, low, &info, &err)) {
+		fprintf(stderr, "pmvm: guest %s: %s\n", c->guest, err.msg);
+		free(image);
+		free(vm);
+		free(rep);
+		return 2;
+	}
+
+	/* SIGINT/SIGTERM are taken by sigtimedwait below; every thread
+	 * created from here on inherits the mask. */
+	sigemptyset(&set);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGTERM);
+	pthread_sigmask(SIG_BLOCK, &set, NULL);
+	signal(SIGPIPE, SIG_IGN);
+
+	if (pmvm_create(vm, c, &err))
+		goto fail;
+	if (!c->nlisten && pmvm_boot(vm, c, image, image_len, &err))
+		goto fail;
+	pmvm_backend_init(&be, vm);
+
+	if (c->nlisten) {
+		struct pm_incoming_params ip = {
+			.listen = c->listen,
+			.nlisten = c->nlisten,
+			.dump_on_resume = c->dump_on_resume,
+			.barrier_ok = true,
+		};
+
+		if (pm_incoming_listen(&in, &ip, &err))
+			goto fail;
+		for (unsigned i = 0; i < c->nlisten; i++)
+			fprintf(stderr, "pmvm: listening on %s\n", pm_incoming_address(in, i));
+	}
+	if (pmvm_vcpus_start(vm, c->nlisten > 0, &err))
+		goto fail;
+	if (c->control) {
+		if (pm_control_start(&ctl, c->control, &be, &ctl_ops, vm,
+				     c->nlisten ? "incoming" : "running", &err))
+			goto fail;
+		if (c->dump_at_pause)
+			pm_control_set_dump_at_pause(ctl, c->dump_at_pause);
+	}
+	if (in) {
+		int r = pm_incoming_run(in, &be, rep, &err);
+
+		pm_incoming_close(in);
+		in = NULL;
+		if (r) {
+			fprintf(stderr, "pmvm: incoming migration failed: %s\n", err.msg);
+			goto out;
+		}
+		fprintf(stderr, "pmvm: incoming migration complete, guest resumed\n");
+		if (ctl) {
+			pm_control_set_report(ctl, rep);
+			pm_control_set_state(ctl, "running");
+		}
+	}
+
+	while ((o = check(vm, ctl)) == RUNNING) {
+		struct timespec ts = { 0, 100 * 1000000L };
+		int sig = sigtimedwait(&set, NULL, &ts);
+
+		if (sig == SIGINT || sig == SIGTERM)
+			ctl_quit(vm);
+	}
+	switch (o) {
+	case GUEST_EXIT:
+		status = vm->exit_code;
+		break;
+	case FAILED:
+		fprintf(stderr, "pmvm: %s\n", vm->fail_msg);
+		status = 1;
+		break;
+	case MIGRATED:
+		fprintf(stderr, "pmvm: VM migrated away\n");
+		status = 0;
+		break;
+	default:
+		status = 0;
+		break;
+	}
+	goto out;
+
+fail:
+	fprintf(stderr, "pmvm: %s\n", err.msg);
+	status = 1;
+out:
+	if (ctl)
+		pm_control_stop(ctl);
+	if (in)
+		pm_incoming_close(in);
+	pmvm_destroy(vm);
+	free(image);
+	free(vm);
+	free(rep);
+	return status;
+}
+
+int main(int argc, char **argv)
+{
+	struct pmvm_config c;
+	struct pm_err err = {0};
+	int status;
+
+	if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") ||
+			  !strcmp(argv[1], "help"))) {
+		fputs(pmvm_usage(), stdout);
+		return 0;
+	}
+	if (pmvm_parse_args(argc, argv, &c, &err)) {
+		fprintf(stderr, "pmvm: %s\n%s", err.msg, pmvm_usage());
+		pmvm_config_free(&c);
+		return 2;
+	}
+	status = run(&c);
+	pmvm_config_free(&c);
+	return status;
+}

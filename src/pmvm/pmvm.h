@@ -1,0 +1,118 @@
+/* SPDX-License-Identifier: MIT */
+/* pmvm: one KVM virtual machine.  kvm.c owns the VM, its memory and
+ * devices; vcpu.c the vCPU threads, pause/resume and vCPU state; backend.c
+ * turns it into a struct pm_backend for the migration engine. */
+#ifndef PMVM_PMVM_H
+#define PMVM_PMVM_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <linux/kvm.h>
+#include <pmigrate/backend.h>
+#include <pmigrate/error.h>
+
+#include "config.h"
+#include "serial.h"
+#include "state.h"
+
+#define PMVM_KICK_SIGNAL SIGUSR1
+#define PMVM_MAX_SLOTS 2
+
+struct pmvm;
+
+struct pmvm_vcpu {
+	struct pmvm *vm;
+	unsigned index;
+	int fd;
+	struct kvm_run *run;
+	size_t run_size;
+	pthread_t thread;
+	bool started;
+	bool parked;                   /* under vm->lock */
+	bool done;                     /* thread left its loop; under vm->lock */
+	bool needs_completion;         /* last exit was I/O or MMIO: re-enter before saving state */
+};
+
+struct pmvm_slot {
+	uint64_t gpa;
+	uint64_t npages;
+	uint8_t *host;
+	uint64_t *bitmap;              /* last KVM_GET_DIRTY_LOG, bits taken by harvests */
+};
+
+struct pmvm {
+	int kvm_fd, vm_fd;
+	unsigned nvcpus;
+	uint64_t mem_bytes;
+	int mem_fd;
+	uint8_t *mem;                  /* all RAM, mapped once */
+	unsigned nslots;
+	struct pmvm_slot slots[PMVM_MAX_SLOTS];
+	struct pm_region regions[PMVM_MAX_SLOTS];
+	bool dirty_logging;
+	pthread_rwlock_t dirty_lock;   /* sync (writer) vs harvests (readers) */
+
+	/* Host capabilities. */
+	uint32_t xsave_size;           /* 0: no XSAVE */
+	bool has_xcrs;
+	uint32_t tsc_khz;
+	struct kvm_cpuid2 *cpuid;      /* KVM_GET_SUPPORTED_CPUID */
+	uint32_t *msrs;                /* carried MSRs that this host reads */
+	unsigned nmsrs;
+
+	struct pmvm_vcpu *vcpus;
+
+	/* Devices. */
+	struct pmvm_serial serial;
+	int serial_fd;
+	char serial_line[256];
+	size_t serial_len;
+
+	/* vCPU run control, under lock. */
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	bool pause_req;
+	bool stopping;
+	unsigned nparked;
+	unsigned throttle_pct;
+	bool throttle_started;
+	pthread_t throttle_thread;
+
+	/* Outcome, under lock; cond is broadcast when any changes. */
+	bool guest_exited;
+	int exit_code;
+	bool failed;
+	char fail_msg[400];
+	bool quit;
+};
+
+/* kvm.c */
+int pmvm_create(struct pmvm *vm, const struct pmvm_config *c, struct pm_err *err);
+void pmvm_destroy(struct pmvm *vm);
+int pmvm_boot(struct pmvm *vm, const struct pmvm_config *c, const uint8_t *image,
+	      size_t image_len, struct pm_err *err);
+int pmvm_set_dirty_logging(struct pmvm *vm, bool on, struct pm_err *err);
+void pmvm_serial_flush(struct pmvm *vm);
+int pmvm_save_vm(struct pmvm *vm, struct pmvm_vm_state *st, struct pm_err *err);
+int pmvm_load_vm_early(struct pmvm *vm, const struct pmvm_vm_state *st, struct pm_err *err);
+int pmvm_load_vm_late(struct pmvm *vm, const struct pmvm_vm_state *st, struct pm_err *err);
+
+/* vcpu.c */
+int pmvm_vcpus_create(struct pmvm *vm, struct pm_err *err);
+int pmvm_vcpu_boot(struct pmvm_vcpu *v, uint64_t entry, struct pm_err *err);
+int pmvm_vcpus_start(struct pmvm *vm, bool paused, struct pm_err *err);
+int pmvm_pause(struct pmvm *vm, struct pm_err *err);
+int pmvm_resume(struct pmvm *vm, struct pm_err *err);
+bool pmvm_is_paused(struct pmvm *vm);
+int pmvm_throttle(struct pmvm *vm, unsigned pct);
+void pmvm_vcpus_stop(struct pmvm *vm);
+int pmvm_vcpu_save(struct pmvm_vcpu *v, struct pmvm_vcpu_state *st, struct pm_err *err);
+int pmvm_vcpu_load(struct pmvm_vcpu *v, const struct pmvm_vcpu_state *st, struct pm_err *err);
+/* Records a fatal condition and wakes the main thread. */
+void pmvm_fail(struct pmvm *vm, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* backend.c */
+void pmvm_backend_init(struct pm_backend *be, struct pmvm *vm);
+
+#endif
