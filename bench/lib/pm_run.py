@@ -190,9 +190,9 @@ def main():
             res["rounds"] = len(rounds)
         elif isinstance(rounds, int):
             res["rounds"] = rounds
-        for k in ("dirty_tracker", "tracker"):
+        for k in ("dirty_method", "switchover_reason", "throttle_pct", "stale_pages", "setup_ms"):
             if k in rep:
-                res["dirty_tracker"] = rep[k]
+                res[k] = rep[k]
         if res["status"] == "completed":
             tt = res.get("total_time_ms") or res["wall_ms"]
             res["throughput_MBps"] = round(a.mem_bytes / 1e6 / (tt / 1000.0), 1)
@@ -205,6 +205,8 @@ def main():
             res["dst_state"] = (st2 or {}).get("state")
             res["guest_gap_ms"] = gap2 if gap2 is not None else gap
             if a.paused:
+                # The VM was paused by us before the migration: no guest-visible gap to speak of.
+                res["guest_gap_ms"] = None
                 # A paused VM's heartbeat does not run: alive = destination up, state sane.
                 res["guest_alive"] = dst.poll() is None and st2 is not None
             else:

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# TAP smoke test of the benchmark harness: runs `bench/run --smoke` (64 MiB VM, one
+# rep, every scenario, QEMU paused runs when QEMU is installed) and checks that it
+# wrote valid results.json / results.csv / summary.md (and plots with gnuplot), that
+# the migrations it drove completed, and that it left no namespace behind.
+# It never asserts timings. PMIGRATE_BIN: the pmigrate executable (set by meson).
+set -u
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+N=8
+if [[ $(id -u) != 0 ]] || ! command -v ip >/dev/null || ! command -v python3 >/dev/null; then
+	echo "1..0 # SKIP needs root, iproute2 and python3 (network namespaces)"
+	exit 0
+fi
+if [[ -z ${PMIGRATE_BIN:-} || ! -x ${PMIGRATE_BIN:-} ]]; then
+	echo "1..0 # SKIP PMIGRATE_BIN is not set to the pmigrate executable"
+	exit 0
+fi
+echo "1..$N"
+OUT=$(mktemp -d "${TMPDIR:-/tmp}/bench-smoke.XXXXXX")
+trap 'rm -rf "$OUT"' EXIT
+opts=(--smoke --out "$OUT" --bin "$PMIGRATE_BIN" --no-install)
+command -v qemu-system-x86_64 >/dev/null || opts+=(--no-qemu)
+
+t=0
+ok() { t=$((t + 1)); echo "ok $t - $*"; }
+notok() { t=$((t + 1)); echo "not ok $t - $*"; }
+check() { local d=$1; shift; if "$@"; then ok "$d"; else notok "$d"; fi; }
+
+"$ROOT/bench/run" "${opts[@]}" >"$OUT/stdout" 2>"$OUT/stderr" &
+pid=$!
+wait $pid
+rc=$?
+if ((rc == 0)); then ok "bench/run --smoke exits 0"; else
+	notok "bench/run --smoke exits 0 (exit $rc)"
+	sed 's/^/# /' "$OUT/stderr" | tail -30
+fi
+
+check "no namespace left behind" bash -c "! ip netns list | grep -Eq '^pm(lo|src|dst)$pid( |\$)'"
+
+check "results.json is valid JSON with results for every scenario" python3 - "$OUT/results.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+scen = {r["scenario"] for r in d["best"]}
+assert {1, 2, 3, 4} <= scen, scen
+assert isinstance(d["runs"], list) and d["runs"]
+assert isinstance(d["ratios"], list)
+PY
+
+check "results.csv has the header and one row per configuration" python3 - "$OUT/results.csv" "$OUT/results.json" <<'PY'
+import csv, json, sys
+rows = list(csv.DictReader(open(sys.argv[1])))
+best = json.load(open(sys.argv[2]))["best"]
+assert rows and len(rows) == len(best), (len(rows), len(best))
+for f in ("scenario", "tool", "channels", "total_time_ms", "throughput_MBps"):
+    assert f in rows[0], f
+PY
+
+check "summary.md has a table per scenario" python3 - "$OUT/summary.md" <<'PY'
+import sys
+s = open(sys.argv[1]).read()
+for h in ("## Scenario 1", "## Scenario 2", "## Scenario 3", "## Scenario 4"):
+    assert h in s, h
+assert s.count("|---|") >= 4
+PY
+
+check "every pmigrate migration completed with a live destination" python3 - "$OUT/raw.jsonl" <<'PY'
+import json, sys
+runs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+pm = [r for r in runs if r["tool"].startswith("pmigrate")]
+assert pm, "no pmigrate run recorded"
+bad = [r for r in pm if r["status"] != "completed" or r.get("guest_alive") is False]
+assert not bad, bad[:2]
+PY
+
+check "verified runs found memory equal" python3 - "$OUT/raw.jsonl" <<'PY'
+import json, sys
+runs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+v = [r for r in runs if r.get("verify")]
+assert v and all(r.get("memory_equal") for r in v), v
+PY
+
+if command -v gnuplot >/dev/null; then
+	check "SVG plots written" bash -c "ls '$OUT'/plots/*.svg >/dev/null 2>&1 && grep -q '<svg' '$OUT'/plots/s1_loopback_throughput.svg"
+else
+	t=$((t + 1)); echo "ok $t - SVG plots # SKIP gnuplot not installed"
+fi
