@@ -2,7 +2,8 @@
 /* pmvm run: a KVM VM whose migration is libpmigrate.
  *
  * Exit status: the guest's code when it writes one to the debug-exit port;
- * 0 after "quit", SIGINT/SIGTERM, or a completed outgoing migration; 1 when
+ * 0 after "quit" or SIGINT/SIGTERM (a source whose VM migrated away stays,
+ * paused, in state "migrated" until then); 1 when
  * the VM cannot run (no /dev/kvm, KVM error, guest crash, failed incoming
  * migration); 2 for a bad command line or guest image. */
 #include <errno.h>
@@ -159,10 +160,20 @@ static int run(struct pmvm_config *c)
 		}
 	}
 
-	while ((o = check(vm, ctl)) == RUNNING) {
-		struct timespec ts = { 0, 100 * 1000000L };
-		int sig = sigtimedwait(&set, NULL, &ts);
+	/* After an outgoing migration the VM stays paused in state "migrated"
+	 * (as the synthetic VM does) so that `pmigrate status` still answers;
+	 * "quit" or a signal ends the process. */
+	bool told = false;
 
+	while ((o = check(vm, ctl)) == RUNNING || o == MIGRATED) {
+		struct timespec ts = { 0, 100 * 1000000L };
+		int sig;
+
+		if (o == MIGRATED && !told) {
+			fprintf(stderr, "pmvm: VM migrated away; paused until quit\n");
+			told = true;
+		}
+		sig = sigtimedwait(&set, NULL, &ts);
 		if (sig == SIGINT || sig == SIGTERM)
 			ctl_quit(vm);
 	}
@@ -173,10 +184,6 @@ static int run(struct pmvm_config *c)
 	case FAILED:
 		fprintf(stderr, "pmvm: %s\n", vm->fail_msg);
 		status = 1;
-		break;
-	case MIGRATED:
-		fprintf(stderr, "pmvm: VM migrated away\n");
-		status = 0;
 		break;
 	default:
 		status = 0;

@@ -330,8 +330,9 @@ static int check_vcpu_payload(unsigned type, const uint8_t *pl, uint32_t plen, u
 	case PMVM_SEC_FPU: memcpy(&v->fpu, pl, plen); return 0;
 	case PMVM_SEC_XCRS:
 		memcpy(&v->xcrs, pl, plen);
-		if (v->xcrs.nr_xcrs > KVM_MAX_XCRS)
-			return bad(st, err, "vCPU %u: %u XCRs (max %u)", idx, v->xcrs.nr_xcrs, KVM_MAX_XCRS);
+		if (v->xcrs.nr_xcrs > KVM_MAX_XCRS || v->xcrs.flags)
+			return bad(st, err, "vCPU %u: %u XCRs (max %u), flags 0x%x", idx, v->xcrs.nr_xcrs,
+				   KVM_MAX_XCRS, v->xcrs.flags);
 		v->has_xcrs = true;
 		return 0;
 	case PMVM_SEC_LAPIC: memcpy(&v->lapic, pl, plen); return 0;

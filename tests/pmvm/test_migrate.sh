@@ -80,13 +80,13 @@ if [ $ok = 1 ] && ! "$PMIGRATE" migrate --control "$T/live-src.sock" --to "$TO" 
 	ok=0
 fi
 if [ $ok = 1 ]; then
-	# The source hands over and exits 0.
-	i=0
-	while kill -0 "$SRC" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
-	if kill -0 "$SRC" 2>/dev/null; then echo "# source still running after the migration"; ok=0; fi
+	# The source hands over and stays, paused, in state "migrated".
+	"$PMIGRATE" status --control "$T/live-src.sock" >"$T/status.out" 2>&1
+	grep -q migrated "$T/status.out" || { echo "# source status is not migrated:"; sed 's/^/# /' "$T/status.out"; ok=0; }
+	kill -TERM "$SRC"
 	wait "$SRC"
 	st=$?
-	[ "$st" = 0 ] || { echo "# source exited with $st"; ok=0; }
+	[ "$st" = 0 ] || { echo "# source exited with $st after SIGTERM"; ok=0; }
 	last=$(cpu0_counters "$T/live-src.serial" | tail -n 1)
 	want=$((last + 3))
 	if ! wait_for "$T/live-dst.serial" "^VERIFY OK $want$" 120; then

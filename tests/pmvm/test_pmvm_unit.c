@@ -69,6 +69,7 @@ static void make_state(struct pmvm_vm_state *st, unsigned nvcpus)
 		v->has_xcrs = true;
 		fill_rand(&v->xcrs, sizeof(v->xcrs));
 		v->xcrs.nr_xcrs = 1;
+		v->xcrs.flags = 0;
 		v->nmsrs = 5;
 		v->msrs = calloc(5, sizeof(*v->msrs));
 		for (unsigned k = 0; k < 5; k++) {
