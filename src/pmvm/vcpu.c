@@ -49,8 +49,11 @@ static int probe_msrs(struct pmvm *vm, struct pm_err *err)
 			struct kvm_msr_entry e;
 		} m = { .h = { .nmsrs = 1 }, .e = { .index = vm->msrs[i] } };
 
-		/* KVM lists some MSRs that the guest's CPUID does not enable. */
-		if (ioctl(vm->vcpus[0].fd, KVM_GET_MSRS, &m) == 1)
+		/* KVM lists some MSRs that the guest's CPUID does not enable:
+		 * keep those this vCPU reads and takes back unchanged, so that a
+		 * destination on the same kind of host accepts what we send. */
+		if (ioctl(vm->vcpus[0].fd, KVM_GET_MSRS, &m) == 1 &&
+		    ioctl(vm->vcpus[0].fd, KVM_SET_MSRS, &m) == 1)
 			vm->msrs[k++] = vm->msrs[i];
 	}
 	vm->nmsrs = k;
@@ -325,7 +328,8 @@ int pmvm_vcpus_start(struct pmvm *vm, bool paused, struct pm_err *err)
 		vm->vcpus[i].started = true;
 	}
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
-	return 0;
+	/* A destination's load_state must find every vCPU parked. */
+	return paused ? pmvm_pause(vm, err) : 0;
 }
 
 static void kick_all(struct pmvm *vm)
