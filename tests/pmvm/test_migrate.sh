@@ -21,6 +21,9 @@ skip_all() {
 }
 [ -c /dev/kvm ] && [ -r /dev/kvm ] && [ -w /dev/kvm ] || skip_all "no /dev/kvm"
 [ -n "$PMIGRATE" ] && [ -x "$PMIGRATE" ] || skip_all "pmigrate not built"
+# /dev/kvm is there; can a VM be made?  (The exitcode guest exits with 0.)
+probe=$(timeout 120 "$PMVM" run --mem 4M --guest "$GUESTS/exitcode.bin" --param code=0 2>&1 >/dev/null)
+[ $? = 0 ] || skip_all "KVM unusable: $(echo "$probe" | head -n 1)"
 
 T=$(mktemp -d)
 PIDS=""
