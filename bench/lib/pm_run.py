@@ -162,6 +162,7 @@ def main():
             mig += ["--barrier"]
         if a.extra:
             mig += a.extra.split()
+        pw0 = (status(a, src_sock) or {}).get("pages_written")
         t0 = time.monotonic()
         with open(mig_log, "wb") as lf:
             try:
@@ -171,6 +172,10 @@ def main():
                 res["status"] = "timeout"
                 raise RuntimeError("migrate did not finish in %.0f s" % a.timeout)
         res["wall_ms"] = round((time.monotonic() - t0) * 1000, 1)
+        pw1 = (status(a, src_sock) or {}).get("pages_written")
+        if not a.paused and isinstance(pw0, int) and isinstance(pw1, int) and res["wall_ms"] > 0:
+            # What the workload really wrote while the migration ran (pages x 4 KiB).
+            res["achieved_dirty_MBps"] = round((pw1 - pw0) * 4096 / 1e6 / (res["wall_ms"] / 1000.0), 1)
         try:
             with open(report) as f:
                 rep = json.load(f)
@@ -204,6 +209,9 @@ def main():
             c2, gap2 = hb(st2)
             res["dst_state"] = (st2 or {}).get("state")
             res["guest_gap_ms"] = gap2 if gap2 is not None else gap
+            rg = ((st2 or {}).get("heartbeat") or {}).get("resume_gap_ms")
+            if rg is not None and not a.paused:
+                res["guest_gap_ms"] = rg  # the heartbeat gap across the resume itself
             if a.paused:
                 # The VM was paused by us before the migration: no guest-visible gap to speak of.
                 res["guest_gap_ms"] = None
