@@ -124,6 +124,9 @@ int pm_nonconverge_parse(const char *s, enum pm_nonconverge *out);
  * duration_ms,dirty_at_start,final}], bytes_sent, pages_sent, zero_pages,
  * channels, throughput_mbps, ... */
 char *pm_report_to_json(const struct pm_report *r);
+/* Parses pm_report_to_json() output back (role/error strings point to
+ * static text or into r); returns -EINVAL on malformed text. */
+int pm_report_from_json(const char *text, struct pm_report *r);
 /* Human-readable table of the report to f. */
 #include <stdio.h>
 void pm_report_print(const struct pm_report *r, FILE *f);

@@ -157,3 +157,73 @@ void pm_report_print(const struct pm_report *r, FILE *f)
 		fprintf(f, "switchover   %s%s\n", r->switchover_reason,
 			r->throttle_pct ? " (vCPUs throttled)" : "");
 }
+
+static double jd(json_object *o, const char *k)
+{
+	json_object *v;
+	return json_object_object_get_ex(o, k, &v) ? json_object_get_double(v) : 0;
+}
+
+static uint64_t ju(json_object *o, const char *k)
+{
+	json_object *v;
+	return json_object_object_get_ex(o, k, &v) ? (uint64_t)json_object_get_int64(v) : 0;
+}
+
+static void js(json_object *o, const char *k, char *buf, size_t len)
+{
+	json_object *v;
+	snprintf(buf, len, "%s", json_object_object_get_ex(o, k, &v) ? json_object_get_string(v) : "");
+}
+
+int pm_report_from_json(const char *text, struct pm_report *r)
+{
+	json_object *o = json_tokener_parse(text), *v, *rounds;
+	char buf[64];
+
+	memset(r, 0, sizeof(*r));
+	if (!o || !json_object_is_type(o, json_type_object)) {
+		json_object_put(o);
+		return -EINVAL;
+	}
+	js(o, "role", buf, sizeof(buf));
+	r->role = !strcmp(buf, "destination") ? "destination" : "source";
+	js(o, "status", buf, sizeof(buf));
+	r->status = strcmp(buf, "completed") ? -EIO : 0;
+	js(o, "error", r->error, sizeof(r->error));
+	r->total_time_ms = jd(o, "total_time_ms");
+	r->downtime_ms = jd(o, "downtime_ms");
+	r->setup_ms = jd(o, "setup_ms");
+	r->bytes_sent = ju(o, "bytes_sent");
+	r->pages_sent = ju(o, "pages_sent");
+	r->zero_pages = ju(o, "zero_pages");
+	r->frames = ju(o, "frames");
+	r->vm_pages = ju(o, "vm_pages");
+	r->channels = ju(o, "channels");
+	r->throughput_mbps = jd(o, "throughput_mbps");
+	r->throttle_pct = ju(o, "throttle_pct");
+	r->stale_pages = ju(o, "stale_pages");
+	r->barrier = json_object_object_get_ex(o, "barrier", &v) && json_object_get_boolean(v);
+	r->serial = json_object_object_get_ex(o, "serial", &v) && json_object_get_boolean(v);
+	js(o, "compress", buf, sizeof(buf));
+	pm_compress_parse(buf, &r->compress);
+	js(o, "switchover_reason", r->switchover_reason, sizeof(r->switchover_reason));
+	js(o, "dirty_method", r->dirty_method, sizeof(r->dirty_method));
+	r->nrounds = ju(o, "nrounds");
+	if (json_object_object_get_ex(o, "rounds", &rounds) && json_object_is_type(rounds, json_type_array)) {
+		size_t n = json_object_array_length(rounds);
+		for (size_t i = 0; i < n && i < PM_MAX_ROUNDS; i++) {
+			json_object *e = json_object_array_get_idx(rounds, i);
+			struct pm_round_stat *s = &r->rounds[i];
+			s->round = ju(e, "round");
+			s->dirty_at_start = ju(e, "dirty_at_start");
+			s->pages = ju(e, "pages");
+			s->zero_pages = ju(e, "zero_pages");
+			s->bytes = ju(e, "bytes");
+			s->duration_ms = jd(e, "duration_ms");
+			s->final = json_object_object_get_ex(e, "final", &v) && json_object_get_boolean(v);
+		}
+	}
+	json_object_put(o);
+	return 0;
+}

@@ -87,7 +87,7 @@ static bool page_is_zero(const uint8_t *p)
 	/* Most data pages differ from zero in their first word: cheap exit. */
 	if (w[0] | w[1])
 		return false;
-	for (unsigned i = 2; i < PM_PAGE_SIZE / 8; i += 4)
+	for (unsigned i = 0; i < PM_PAGE_SIZE / 8; i += 4)
 		if (w[i] | w[i + 1] | w[i + 2] | w[i + 3])
 			return false;
 	return true;

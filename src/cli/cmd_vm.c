@@ -1,0 +1,241 @@
+/* SPDX-License-Identifier: MIT */
+/* pmigrate vm: runs a synthetic VM with a control socket; with --incoming
+ * it first waits as a migration destination. */
+#include <errno.h>
+#include <getopt.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <pmigrate/control.h>
+#include "cli/cli.h"
+#include "synvm/synvm.h"
+
+struct vm_proc {
+	struct synvm *vm;
+	struct pm_incoming *in;
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	bool quit;
+};
+
+static struct vm_proc *the_proc;
+
+static void vm_status(void *opaque, json_object *o)
+{
+	struct vm_proc *p = opaque;
+	struct synvm_heartbeat hb;
+	json_object *h = json_object_new_object();
+	char wl[128];
+
+	synvm_heartbeat(p->vm, &hb);
+	json_object_object_add(h, "count", json_object_new_int64(hb.count));
+	json_object_object_add(h, "max_gap_ms", json_object_new_double(hb.max_gap_ns / 1e6));
+	json_object_object_add(h, "resume_gap_ms", json_object_new_double(hb.resume_gap_ns / 1e6));
+	json_object_object_add(h, "resumes", json_object_new_int64(hb.resumes));
+	json_object_object_add(o, "heartbeat", h);
+	synvm_format_workload(synvm_workload_of(p->vm), wl, sizeof(wl));
+	json_object_object_add(o, "workload", json_object_new_string(wl));
+	json_object_object_add(o, "dirty_method", json_object_new_string(synvm_dirty_method(p->vm)));
+	json_object_object_add(o, "pages_written", json_object_new_int64(synvm_pages_written(p->vm)));
+	json_object_object_add(o, "pid", json_object_new_int(getpid()));
+	if (p->in) {
+		json_object *a = json_object_new_array();
+		for (unsigned i = 0; pm_incoming_address(p->in, i); i++)
+			json_object_array_add(a, json_object_new_string(pm_incoming_address(p->in, i)));
+		json_object_object_add(o, "incoming", a);
+	}
+}
+
+static void vm_quit(void *opaque)
+{
+	struct vm_proc *p = opaque;
+
+	pthread_mutex_lock(&p->lock);
+	p->quit = true;
+	pthread_cond_broadcast(&p->cond);
+	pthread_mutex_unlock(&p->lock);
+}
+
+static void on_signal(int sig)
+{
+	(void)sig;
+	/* Only async-signal-safe work here: the waiter polls the flag. */
+	if (the_proc)
+		__atomic_store_n(&the_proc->quit, true, __ATOMIC_RELEASE);
+}
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"usage: pmigrate vm --mem SIZE --control SOCKET [options]\n"
+		"  --mem SIZE            guest memory, e.g. 256M, 1G\n"
+		"  --workload SPEC       idle | seq,rate=R | random,rate=R | zipf,rate=R,hot=P%%\n"
+		"                        [,threads=N][,seed=S]; R like 200MB/s (default idle)\n"
+		"  --control SOCKET      JSON control socket (see docs/control.md)\n"
+		"  --mem-file FILE       initial memory content (as QEMU's memory-backend-file)\n"
+		"  --fill F              without --mem-file: mixed (default: 3/4 random, 1/4 zero),\n"
+		"                        random, zero\n"
+		"  --dirty M             dirty tracking: auto (default), uffd-wp, soft-dirty\n"
+		"  --incoming ADDR,...   wait as a migration destination on these host:port\n"
+		"  --timeout MS          destination: channel silence that fails it (default 30000)\n"
+		"  --paused              start with the vCPUs paused\n"
+		"  --dump-at-pause FILE  source: write guest memory here when paused for switchover\n"
+		"  --dump-on-resume FILE destination: write guest memory here just before resuming\n");
+}
+
+int cmd_vm(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "mem", required_argument, 0, 'm' }, { "workload", required_argument, 0, 'w' },
+		{ "control", required_argument, 0, 'c' }, { "mem-file", required_argument, 0, 'f' },
+		{ "fill", required_argument, 0, 'F' }, { "dirty", required_argument, 0, 'D' },
+		{ "incoming", required_argument, 0, 'i' }, { "timeout", required_argument, 0, 'T' },
+		{ "paused", no_argument, 0, 'P' }, { "dump-at-pause", required_argument, 0, 'a' },
+		{ "dump-on-resume", required_argument, 0, 'r' }, { "help", no_argument, 0, 'h' }, { 0 } };
+	struct synvm_opts so = { 0 };
+	struct pm_err err = { 0 };
+	const char *control = NULL, *incoming = NULL, *dump_pause = NULL, *dump_resume = NULL;
+	unsigned timeout_ms = 0;
+	struct vm_proc proc = { 0 };
+	struct pm_control *ctl = NULL;
+	int o, rc = 1;
+
+	synvm_parse_workload("idle", &so.workload, &err);
+	while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+		switch (o) {
+		case 'm':
+			if (synvm_parse_size(optarg, &so.mem_bytes, &err))
+				goto bad_opt;
+			break;
+		case 'w':
+			if (synvm_parse_workload(optarg, &so.workload, &err))
+				goto bad_opt;
+			break;
+		case 'c': control = optarg; break;
+		case 'f': so.mem_file = optarg; break;
+		case 'F':
+			if (!strcmp(optarg, "mixed")) so.fill = SYNVM_FILL_MIXED;
+			else if (!strcmp(optarg, "random")) so.fill = SYNVM_FILL_RANDOM;
+			else if (!strcmp(optarg, "zero")) so.fill = SYNVM_FILL_ZERO;
+			else {
+				pm_err_set(&err, EINVAL, "--fill must be mixed, random or zero");
+				goto bad_opt;
+			}
+			break;
+		case 'D':
+			if (pm_dirty_method_parse(optarg, &so.dirty)) {
+				pm_err_set(&err, EINVAL, "--dirty must be auto, uffd-wp or soft-dirty");
+				goto bad_opt;
+			}
+			break;
+		case 'i': incoming = optarg; break;
+		case 'T': timeout_ms = strtoul(optarg, NULL, 10); break;
+		case 'P': so.start_paused = true; break;
+		case 'a': dump_pause = optarg; break;
+		case 'r': dump_resume = optarg; break;
+		case 'h': usage(stdout); return 0;
+		default: usage(stderr); return 2;
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, "pmigrate vm: unexpected argument '%s'\n", argv[optind]);
+		return 2;
+	}
+	if (!so.mem_bytes || !control) {
+		fprintf(stderr, "pmigrate vm: --mem and --control are required\n");
+		usage(stderr);
+		return 2;
+	}
+	so.mem_bytes = (so.mem_bytes + PM_PAGE_SIZE - 1) & ~(uint64_t)(PM_PAGE_SIZE - 1);
+	so.incoming = incoming != NULL;
+	if (incoming && so.mem_file) {
+		fprintf(stderr, "pmigrate vm: --mem-file and --incoming exclude each other "
+			"(a destination's memory comes from the source)\n");
+		return 2;
+	}
+
+	/* Listen before anything else so bad addresses fail before a VM exists. */
+	if (incoming) {
+		json_object *list = split_list(incoming);
+		size_t n = json_object_array_length(list);
+		const char *addrs[64];
+		struct pm_incoming_params ip = { .listen = addrs, .nlisten = n, .timeout_ms = timeout_ms,
+						 .dump_on_resume = dump_resume };
+		for (size_t i = 0; i < n && i < 64; i++)
+			addrs[i] = json_object_get_string(json_object_array_get_idx(list, i));
+		int r = n > 64 ? pm_err_set(&err, EINVAL, "too many --incoming addresses") :
+			pm_incoming_listen(&proc.in, &ip, &err);
+		json_object_put(list);
+		if (r) {
+			fprintf(stderr, "pmigrate vm: %s\n", err.msg);
+			return 1;
+		}
+	}
+	if (synvm_create(&proc.vm, &so, &err)) {
+		fprintf(stderr, "pmigrate vm: %s\n", err.msg);
+		pm_incoming_close(proc.in);
+		return 1;
+	}
+	pthread_mutex_init(&proc.lock, NULL);
+	pthread_cond_init(&proc.cond, NULL);
+	the_proc = &proc;
+	signal(SIGPIPE, SIG_IGN);
+	signal(SIGINT, on_signal);
+	signal(SIGTERM, on_signal);
+	static const struct pm_control_ops ops = { .status = vm_status, .quit = vm_quit };
+	if (pm_control_start(&ctl, control, synvm_backend(proc.vm), &ops, &proc,
+			     incoming ? "incoming" : so.start_paused ? "paused" : "running", &err)) {
+		fprintf(stderr, "pmigrate vm: %s\n", err.msg);
+		goto out;
+	}
+	if (dump_pause)
+		pm_control_set_dump_at_pause(ctl, dump_pause);
+
+	if (incoming) {
+		struct pm_report rep;
+		fprintf(stderr, "pmigrate vm: waiting for a migration on");
+		for (unsigned i = 0; pm_incoming_address(proc.in, i); i++)
+			fprintf(stderr, " %s", pm_incoming_address(proc.in, i));
+		fprintf(stderr, "\n");
+		int r = pm_incoming_run(proc.in, synvm_backend(proc.vm), &rep, &err);
+		snprintf(rep.dirty_method, sizeof(rep.dirty_method), "-");
+		pm_control_set_report(ctl, &rep);
+		if (r) {
+			/* Never a half-started VM: report and exit. */
+			pm_control_set_state(ctl, "failed");
+			fprintf(stderr, "pmigrate vm: incoming migration failed: %s\n", err.msg);
+			goto out;
+		}
+		pm_control_set_state(ctl, "running");
+		fprintf(stderr, "pmigrate vm: migration received (%.0f ms, %u channels, %llu stale pages "
+			"skipped); VM running\n", rep.total_time_ms, rep.channels,
+			(unsigned long long)rep.stale_pages);
+		pm_incoming_close(proc.in);
+		proc.in = NULL;
+	}
+	/* Run until "quit" or a signal. */
+	pthread_mutex_lock(&proc.lock);
+	while (!__atomic_load_n(&proc.quit, __ATOMIC_ACQUIRE)) {
+		struct timespec ts;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_nsec += 100000000L;
+		if (ts.tv_nsec >= 1000000000L) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000L;
+		}
+		pthread_cond_timedwait(&proc.cond, &proc.lock, &ts);
+	}
+	pthread_mutex_unlock(&proc.lock);
+	rc = 0;
+out:
+	pm_control_stop(ctl);
+	synvm_destroy(proc.vm);
+	pm_incoming_close(proc.in);
+	the_proc = NULL;
+	return rc;
+bad_opt:
+	fprintf(stderr, "pmigrate vm: %s\n", err.msg);
+	return 2;
+}

@@ -1,0 +1,48 @@
+/* SPDX-License-Identifier: MIT */
+/* pmigrate: parallel live migration of virtual machines. */
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include "cli/cli.h"
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"usage: pmigrate COMMAND [options]   (pmigrate COMMAND --help for details)\n"
+		"  demo      run a source and a destination VM here, migrate live, verify memory\n"
+		"  vm        run a synthetic VM (or wait for one with --incoming)\n"
+		"  migrate   migrate the VM behind a control socket to a destination\n"
+		"  status    show a VM's state, heartbeat and last migration\n"
+		"  version   print the version\n");
+}
+
+int main(int argc, char **argv)
+{
+	signal(SIGPIPE, SIG_IGN);
+	if (argc < 2) {
+		usage(stderr);
+		return 2;
+	}
+	const char *cmd = argv[1];
+	argv++;
+	argc--;
+	if (!strcmp(cmd, "vm"))
+		return cmd_vm(argc, argv);
+	if (!strcmp(cmd, "migrate"))
+		return cmd_migrate(argc, argv);
+	if (!strcmp(cmd, "status"))
+		return cmd_status(argc, argv);
+	if (!strcmp(cmd, "demo"))
+		return cmd_demo(argc, argv);
+	if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
+		printf("pmigrate %s (wire protocol 1)\n", PMIGRATE_VERSION);
+		return 0;
+	}
+	if (!strcmp(cmd, "help") || !strcmp(cmd, "--help") || !strcmp(cmd, "-h")) {
+		usage(stdout);
+		return 0;
+	}
+	fprintf(stderr, "pmigrate: unknown command '%s'\n", cmd);
+	usage(stderr);
+	return 2;
+}

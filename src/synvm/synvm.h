@@ -1,0 +1,69 @@
+/* SPDX-License-Identifier: MIT */
+/* The synthetic VM: guest memory is a memfd mapped once; "vCPUs" are
+ * threads running a workload that dirties memory at a set rate; a heartbeat
+ * vCPU ticks every millisecond and records, in guest memory, the largest gap
+ * it has seen: the pause a guest would notice.  It implements the engine's
+ * backend interface with the process-memory dirty tracker. */
+#ifndef PM_SYNVM_H
+#define PM_SYNVM_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <pmigrate/backend.h>
+#include <pmigrate/dirty.h>
+#include <pmigrate/error.h>
+
+enum synvm_kind { SYNVM_IDLE, SYNVM_SEQ, SYNVM_RANDOM, SYNVM_ZIPF };
+enum synvm_fill { SYNVM_FILL_MIXED, SYNVM_FILL_RANDOM, SYNVM_FILL_ZERO };
+
+struct synvm_workload {
+	enum synvm_kind kind;
+	double rate;            /* bytes dirtied per second (pages * 4096) */
+	double hot;             /* zipf: fraction of memory in the hot set */
+	unsigned threads;       /* workload vCPUs */
+	uint64_t seed;
+};
+
+/* "idle", "seq,rate=100MB/s", "random,rate=1GB/s,threads=2",
+ * "zipf,rate=200MB/s,hot=10%".  MB = 10^6 bytes, MiB = 2^20. */
+int synvm_parse_workload(const char *s, struct synvm_workload *w, struct pm_err *err);
+void synvm_format_workload(const struct synvm_workload *w, char *buf, size_t len);
+/* "256M", "1G", "4096K", plain bytes; binary units. */
+int synvm_parse_size(const char *s, uint64_t *out, struct pm_err *err);
+/* "seq" or "random" or "zipf" ... rates: "200MB/s", "1GiB/s". */
+int synvm_parse_rate(const char *s, double *out, struct pm_err *err);
+
+/* Guest page 0: the heartbeat block (travels with the memory). */
+struct synvm_heartbeat {
+	uint64_t magic;
+	uint64_t count;
+	uint64_t last_ns;        /* CLOCK_REALTIME of the last tick */
+	uint64_t max_gap_ns;     /* largest gap between ticks ever seen */
+	uint64_t resume_gap_ns;  /* gap across the last pause (migration) */
+	uint64_t resumes;
+};
+
+struct synvm_opts {
+	uint64_t mem_bytes;
+	struct synvm_workload workload;
+	const char *mem_file;       /* initial content */
+	enum synvm_fill fill;
+	enum pm_dirty_method dirty;
+	bool incoming;              /* memory stays zero, threads wait for load_state */
+	bool start_paused;
+};
+
+struct synvm;
+
+int synvm_create(struct synvm **out, const struct synvm_opts *o, struct pm_err *err);
+void synvm_destroy(struct synvm *vm);
+struct pm_backend *synvm_backend(struct synvm *vm);
+/* Reads the heartbeat block (a consistent snapshot is not guaranteed while
+ * running; fields are 64-bit and individually atomic on x86-64). */
+void synvm_heartbeat(struct synvm *vm, struct synvm_heartbeat *hb);
+const char *synvm_dirty_method(struct synvm *vm);
+const struct synvm_workload *synvm_workload_of(struct synvm *vm);
+uint64_t synvm_pages_written(struct synvm *vm);
+bool synvm_is_paused(struct synvm *vm);
+
+#endif
