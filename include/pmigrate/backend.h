@@ -40,6 +40,9 @@ struct pm_backend_ops {
 	/* Device state: *buf is malloc'ed, caller frees. */
 	int (*save_state)(void *vm, void **buf, size_t *len, struct pm_err *err);
 	int (*load_state)(void *vm, const void *buf, size_t len, struct pm_err *err);
+
+	/* Optional: name of the dirty-tracking method in use, for reports. */
+	const char *(*dirty_method)(void *vm);
 };
 
 struct pm_backend {

@@ -81,6 +81,7 @@ struct pm_report {
 	enum pm_compress compress;
 	uint64_t vm_pages;
 	double setup_ms, total_time_ms, downtime_ms;
+	double verify_dump_ms;      /* time spent writing dumps, excluded from the above */
 	uint64_t bytes_sent, pages_sent, zero_pages, frames;
 	double throughput_mbps;     /* wire MB/s (10^6 bytes) over the whole migration */
 	unsigned nrounds;

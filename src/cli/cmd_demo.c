@@ -250,8 +250,7 @@ int cmd_demo(int argc, char **argv)
 		goto out;
 	}
 	json_object *v;
-	printf("  source      pid %d, dirty tracking %s\n", src.pid,
-	       json_object_object_get_ex(sst, "dirty_method", &v) ? json_object_get_string(v) : "?");
+	printf("  source      pid %d\n", src.pid);
 	json_object_put(sst);
 	st = wait_status(&dst, 60000, &err);
 	json_object *inc;
@@ -275,8 +274,9 @@ int cmd_demo(int argc, char **argv)
 	json_object_object_add(args, "barrier", json_object_new_boolean(barrier));
 	int r = run_migration(src.sock, args, &mr, &err);
 	struct pm_report rep;
-	if (mr.report_json && !pm_report_from_json(mr.report_json, &rep)) {
-		printf("\n");
+	bool have_rep = mr.report_json && !pm_report_from_json(mr.report_json, &rep);
+	if (have_rep) {
+		printf("  dirty tracking %s\n\n", rep.dirty_method[0] ? rep.dirty_method : "?");
 		pm_report_print(&rep, stdout);
 	}
 	if (r) {
@@ -296,6 +296,9 @@ int cmd_demo(int argc, char **argv)
 	bool alive = c2 > c1 && c1 > 0 && !strcmp(state, "running");
 	printf("guest view   destination %s, heartbeat %.0f -> %.0f (%s), pause seen by the guest %.1f ms\n",
 	       state, c1, c2, alive ? "advancing" : "NOT advancing", gap);
+	if (have_rep && rep.verify_dump_ms > 0)
+		printf("             (of which %.1f ms writing the verification dumps: about %.1f ms without)\n",
+		       rep.verify_dump_ms, gap - rep.verify_dump_ms);
 
 	uint64_t bytes = 0;
 	long long diff = compare_dumps(src_dump, dst_dump, &bytes, &err);

@@ -549,8 +549,11 @@ int pm_incoming_run(struct pm_incoming *in, struct pm_backend *be, struct pm_rep
 	}
 	/* Everything counted has arrived and been applied. */
 	r = be->ops->load_state(be->vm, c->state, c->state_len, err);
+	double t_dump = pm_now_ms();
 	if (!r && in->dump_on_resume)
 		r = pm_dump_memory(be, in->dump_on_resume, err);
+	uint8_t done[PM_DONE_LEN];
+	pm_put64(done, in->dump_on_resume ? (uint64_t)((pm_now_ms() - t_dump) * 1e3) : 0);
 	if (!r)
 		r = be->ops->resume(be->vm, err);
 	if (r) {
@@ -561,7 +564,7 @@ int pm_incoming_run(struct pm_incoming *in, struct pm_backend *be, struct pm_rep
 	for (unsigned i = 0; i < c->nch; i++) {
 		struct pm_err e = { 0 };
 		/* The VM runs here now; a lost DONE only delays the source's report. */
-		pm_send_frame(c->rx[i].fd, PM_FR_DONE, NULL, 0, &e);
+		pm_send_frame(c->rx[i].fd, PM_FR_DONE, done, sizeof(done), &e);
 	}
 out:
 	rep->status = r;

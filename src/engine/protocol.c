@@ -45,8 +45,12 @@ int pm_check_hdr(const struct pm_frame_hdr *h, unsigned chunk_pages, struct pm_e
 		    h->len > PM_LAYOUT_FIXED_LEN + PM_MAX_REGIONS * PM_LAYOUT_REGION_LEN)
 			goto bad_range;
 		return 0;
-	case PM_FR_LAYOUT_ACK:
 	case PM_FR_DONE:
+		max = PM_DONE_LEN;
+		if (h->len != max)
+			goto bad_exact;
+		return 0;
+	case PM_FR_LAYOUT_ACK:
 		max = 0;
 		if (h->len != max)
 			goto bad_exact;

@@ -97,6 +97,7 @@ struct pm_end {
 };
 
 #define PM_ERROR_FIXED_LEN 8u
+#define PM_DONE_LEN 8u        /* u64: µs the destination spent writing a verification dump */
 
 /* Little-endian helpers. */
 static inline void pm_put16(uint8_t *p, uint16_t v) { p[0] = v; p[1] = v >> 8; }

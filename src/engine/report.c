@@ -100,6 +100,8 @@ char *pm_report_to_json(const struct pm_report *r)
 	json_object_object_add(o, "total_time_ms", json_object_new_double(r->total_time_ms));
 	json_object_object_add(o, "downtime_ms", json_object_new_double(r->downtime_ms));
 	json_object_object_add(o, "setup_ms", json_object_new_double(r->setup_ms));
+	if (r->verify_dump_ms > 0)
+		json_object_object_add(o, "verify_dump_ms", json_object_new_double(r->verify_dump_ms));
 	for (unsigned i = 0; i < r->nrounds && i < PM_MAX_ROUNDS; i++)
 		if (r->rounds[i].round)
 			json_object_array_add(rounds, round_json(&r->rounds[i]));
@@ -147,6 +149,8 @@ void pm_report_print(const struct pm_report *r, FILE *f)
 		r->status ? ": " : "", r->status ? r->error : "");
 	fprintf(f, "total time   %.1f ms (setup %.1f ms)\n", r->total_time_ms, r->setup_ms);
 	fprintf(f, "downtime     %.1f ms (engine: pause to destination running)\n", r->downtime_ms);
+	if (r->verify_dump_ms > 0)
+		fprintf(f, "             (%.1f ms spent writing verification dumps excluded)\n", r->verify_dump_ms);
 	fprintf(f, "sent         %.1f MB in %llu frames: %llu data pages, %llu zero pages\n",
 		r->bytes_sent / 1e6, (unsigned long long)r->frames,
 		(unsigned long long)r->pages_sent, (unsigned long long)r->zero_pages);
@@ -194,6 +198,7 @@ int pm_report_from_json(const char *text, struct pm_report *r)
 	r->total_time_ms = jd(o, "total_time_ms");
 	r->downtime_ms = jd(o, "downtime_ms");
 	r->setup_ms = jd(o, "setup_ms");
+	r->verify_dump_ms = jd(o, "verify_dump_ms");
 	r->bytes_sent = ju(o, "bytes_sent");
 	r->pages_sent = ju(o, "pages_sent");
 	r->zero_pages = ju(o, "zero_pages");

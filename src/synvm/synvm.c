@@ -374,7 +374,13 @@ static int be_load_state(void *opaque, const void *buf, size_t len, struct pm_er
 	return 0;
 }
 
+static const char *be_dirty_method(void *opaque)
+{
+	return ((struct synvm *)opaque)->dirty_name;
+}
+
 static const struct pm_backend_ops synvm_ops = {
+	.dirty_method = be_dirty_method,
 	.dirty_start = be_dirty_start,
 	.dirty_sync = be_dirty_sync,
 	.dirty_count = be_dirty_count,
@@ -453,14 +459,20 @@ int synvm_create(struct synvm **out, const struct synvm_opts *o, struct pm_err *
 		goto fail;
 	}
 	/* Mapped once for the VM's life: no address-space changes on the
-	 * migration's hot path.  A destination populates up front so that
-	 * receiving does not fault page by page. */
-	vm->mem = mmap(NULL, o->mem_bytes, PROT_READ | PROT_WRITE,
-		       MAP_SHARED | (o->incoming ? MAP_POPULATE : 0), vm->memfd, 0);
+	 * migration's hot path. */
+	vm->mem = mmap(NULL, o->mem_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, vm->memfd, 0);
 	if (vm->mem == MAP_FAILED) {
 		vm->mem = NULL;
 		r = pm_err_set(err, errno, "cannot map guest memory: %s", strerror(errno));
 		goto fail;
+	}
+	if (o->incoming) {
+		/* A destination needs no write tracking yet: huge pages (where the
+		 * host allows them for shmem) cut the TLB misses of receiving, and
+		 * populating up front keeps page faults off the receive path. */
+		madvise(vm->mem, o->mem_bytes, MADV_HUGEPAGE);
+		if (madvise(vm->mem, o->mem_bytes, MADV_POPULATE_WRITE))
+			memset(vm->mem, 0, o->mem_bytes);
 	}
 	if (!o->incoming) {
 		r = fill_memory(vm, err);
