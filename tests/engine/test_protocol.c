@@ -1,0 +1,674 @@
+/* SPDX-License-Identifier: MIT */
+/* Wire protocol v1 codec: round trips of every frame, header limits per
+ * type, and every validation rule of HELLO, LAYOUT, PAGES and END
+ * (docs/protocol.md is the contract these tests check). */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <cmocka.h>
+#include "engine/protocol.h"
+
+/* Checks that rc is an error and that the message mentions needle. */
+#define assert_rejected(rc, err, needle)                                          \
+	do {                                                                      \
+		int rc_ = (rc);                                                   \
+		if (rc_ >= 0 || !strstr((err).msg, (needle)))                     \
+			fail_msg("expected rejection mentioning '%s', got rc %d: '%s'", \
+				 (needle), rc_, (err).msg);                       \
+		assert_int_equal((err).code, -rc_);                               \
+	} while (0)
+
+/* ------------------------------------------------------------- helpers */
+
+static struct pm_hello good_hello(void)
+{
+	struct pm_hello h = {
+		.magic = PM_PROTO_MAGIC, .version = PM_PROTO_VERSION,
+		.channel = 2, .nchannels = 4, .features = PM_FEAT_BARRIER | PM_FEAT_LZ4,
+		.chunk_pages = 512, .page_size = PM_PAGE_SIZE,
+	};
+	for (int i = 0; i < 16; i++)
+		h.session[i] = (uint8_t)(0xa0 + i);
+	return h;
+}
+
+static struct pm_layout two_regions(void)
+{
+	struct pm_layout l = { .nregions = 2 };
+
+	l.region[0].id = 0;
+	l.region[0].gpa = 0;
+	l.region[0].npages = 1000;
+	l.region[1].id = 1;
+	l.region[1].gpa = 0x100000000ull;
+	l.region[1].npages = 300;
+	return l;
+}
+
+static int decode_hello_of(const struct pm_hello *h, struct pm_hello *out, struct pm_err *e)
+{
+	uint8_t b[PM_HELLO_LEN];
+
+	pm_encode_hello(b, h);
+	return pm_decode_hello(b, sizeof(b), out, e);
+}
+
+/* Decodes a PAGES header (p) against layout l with the given body length. */
+static int decode_pages_of(const struct pm_pages *p, uint32_t body_len, const struct pm_layout *l,
+			   unsigned chunk, struct pm_pages *out, struct pm_err *e)
+{
+	uint8_t b[PM_PAGES_FIXED_LEN];
+
+	pm_encode_pages(b, p);
+	return pm_decode_pages(b, body_len, l, chunk, out, e);
+}
+
+/* --------------------------------------------------------------- header */
+
+static void test_le_helpers(void **state)
+{
+	uint8_t b[8];
+
+	pm_put64(b, 0x0102030405060708ull);
+	assert_int_equal(b[0], 0x08);
+	assert_int_equal(b[7], 0x01);
+	assert_true(pm_get64(b) == 0x0102030405060708ull);
+	pm_put32(b, 0xdeadbeef);
+	assert_int_equal(b[0], 0xef);
+	assert_int_equal(pm_get32(b), 0xdeadbeef);
+	pm_put16(b, 0xabcd);
+	assert_int_equal(b[0], 0xcd);
+	assert_int_equal(pm_get16(b), 0xabcd);
+}
+
+static void test_hdr_roundtrip(void **state)
+{
+	uint8_t b[PM_FRAME_HDR_LEN];
+	struct pm_frame_hdr h;
+
+	pm_encode_hdr(b, PM_FR_PAGES, 0x12345678);
+	assert_int_equal(pm_get32(b), PM_FR_PAGES);
+	assert_int_equal(pm_get32(b + 4), 0x12345678);
+	pm_decode_hdr(b, &h);
+	assert_int_equal(h.type, PM_FR_PAGES);
+	assert_int_equal(h.len, 0x12345678);
+}
+
+static void test_frame_names(void **state)
+{
+	assert_string_equal(pm_frame_name(PM_FR_HELLO), "HELLO");
+	assert_string_equal(pm_frame_name(PM_FR_HELLO_ACK), "HELLO_ACK");
+	assert_string_equal(pm_frame_name(PM_FR_LAYOUT), "LAYOUT");
+	assert_string_equal(pm_frame_name(PM_FR_LAYOUT_ACK), "LAYOUT_ACK");
+	assert_string_equal(pm_frame_name(PM_FR_PAGES), "PAGES");
+	assert_string_equal(pm_frame_name(PM_FR_ROUND_END), "ROUND_END");
+	assert_string_equal(pm_frame_name(PM_FR_ROUND_ACK), "ROUND_ACK");
+	assert_string_equal(pm_frame_name(PM_FR_STATE), "STATE");
+	assert_string_equal(pm_frame_name(PM_FR_END), "END");
+	assert_string_equal(pm_frame_name(PM_FR_DONE), "DONE");
+	assert_string_equal(pm_frame_name(PM_FR_ERROR), "ERROR");
+	assert_string_equal(pm_frame_name(0), "unknown");
+	assert_string_equal(pm_frame_name(12), "unknown");
+	assert_string_equal(pm_frame_name(0xffffffffu), "unknown");
+}
+
+static int check(uint32_t type, uint32_t len, unsigned chunk, struct pm_err *e)
+{
+	struct pm_frame_hdr h = { .type = type, .len = len };
+
+	pm_err_clear(e);
+	return pm_check_hdr(&h, chunk, e);
+}
+
+static void test_check_hdr_exact(void **state)
+{
+	struct pm_err e = { 0 };
+	static const struct { uint32_t type, len; } exact[] = {
+		{ PM_FR_HELLO, PM_HELLO_LEN }, { PM_FR_HELLO_ACK, PM_HELLO_LEN },
+		{ PM_FR_LAYOUT_ACK, 0 }, { PM_FR_DONE, PM_DONE_LEN },
+		{ PM_FR_ROUND_END, PM_ROUND_LEN }, { PM_FR_ROUND_ACK, PM_ROUND_LEN },
+		{ PM_FR_END, PM_END_LEN },
+	};
+
+	for (size_t i = 0; i < sizeof(exact) / sizeof(exact[0]); i++) {
+		assert_int_equal(check(exact[i].type, exact[i].len, 512, &e), 0);
+		assert_rejected(check(exact[i].type, exact[i].len + 1, 512, &e), e, "expected");
+		assert_rejected(check(exact[i].type, 0xffffffffu, 512, &e), e, pm_frame_name(exact[i].type));
+		if (exact[i].len)
+			assert_rejected(check(exact[i].type, exact[i].len - 1, 512, &e), e, "has length");
+	}
+	assert_int_equal(e.code, EPROTO);
+}
+
+static void test_check_hdr_ranges(void **state)
+{
+	struct pm_err e = { 0 };
+
+	/* LAYOUT: 8 .. 8 + 64 * 24. */
+	assert_rejected(check(PM_FR_LAYOUT, 7, 512, &e), e, "out of range");
+	assert_int_equal(check(PM_FR_LAYOUT, 8, 512, &e), 0);
+	assert_int_equal(check(PM_FR_LAYOUT, 8 + 64 * 24, 512, &e), 0);
+	assert_rejected(check(PM_FR_LAYOUT, 8 + 64 * 24 + 1, 512, &e), e, "LAYOUT");
+	/* PAGES: 32 .. 32 + chunk * 4096, chunk from the HELLO. */
+	assert_rejected(check(PM_FR_PAGES, 31, 512, &e), e, "PAGES");
+	assert_int_equal(check(PM_FR_PAGES, 32, 512, &e), 0);
+	assert_int_equal(check(PM_FR_PAGES, 32 + 512 * 4096, 512, &e), 0);
+	assert_rejected(check(PM_FR_PAGES, 32 + 512 * 4096 + 1, 512, &e), e, "out of range");
+	assert_int_equal(check(PM_FR_PAGES, 32 + 64 * 4096, 64, &e), 0);
+	assert_rejected(check(PM_FR_PAGES, 32 + 64 * 4096 + 1, 64, &e), e, "out of range");
+	assert_rejected(check(PM_FR_PAGES, 33, 0, &e), e, "out of range");
+	assert_rejected(check(PM_FR_PAGES, 0xffffffffu, 512, &e), e, "out of range");
+	/* STATE: 0 .. 64 MiB. */
+	assert_int_equal(check(PM_FR_STATE, 0, 512, &e), 0);
+	assert_int_equal(check(PM_FR_STATE, PM_MAX_STATE_LEN, 512, &e), 0);
+	assert_rejected(check(PM_FR_STATE, PM_MAX_STATE_LEN + 1, 512, &e), e, "STATE");
+	/* ERROR: 8 .. 8 + 400. */
+	assert_rejected(check(PM_FR_ERROR, 7, 512, &e), e, "ERROR");
+	assert_int_equal(check(PM_FR_ERROR, 8, 512, &e), 0);
+	assert_int_equal(check(PM_FR_ERROR, 8 + PM_MAX_ERROR_LEN, 512, &e), 0);
+	assert_rejected(check(PM_FR_ERROR, 8 + PM_MAX_ERROR_LEN + 1, 512, &e), e, "ERROR");
+}
+
+static void test_check_hdr_unknown(void **state)
+{
+	struct pm_err e = { 0 };
+	uint32_t bad[] = { 0, 12, 13, 255, 0x47494d50u, 0xffffffffu };
+
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		assert_rejected(check(bad[i], 0, 512, &e), e, "unknown frame type");
+		assert_int_equal(e.code, EPROTO);
+	}
+}
+
+/* ---------------------------------------------------------------- HELLO */
+
+static void test_hello_roundtrip(void **state)
+{
+	struct pm_hello h = good_hello(), d;
+	struct pm_err e = { 0 };
+	uint8_t b[PM_HELLO_LEN];
+
+	pm_encode_hello(b, &h);
+	/* Wire layout: offsets per docs/protocol.md. */
+	assert_int_equal(pm_get32(b), PM_PROTO_MAGIC);
+	assert_memory_equal(b, "PMIG", 4);
+	assert_int_equal(pm_get16(b + 4), 1);
+	assert_int_equal(pm_get16(b + 6), 2);
+	assert_int_equal(pm_get16(b + 8), 4);
+	assert_int_equal(pm_get16(b + 10), 0);
+	assert_int_equal(pm_get32(b + 12), PM_FEAT_BARRIER | PM_FEAT_LZ4);
+	assert_memory_equal(b + 16, h.session, 16);
+	assert_int_equal(pm_get32(b + 32), 512);
+	assert_int_equal(pm_get32(b + 36), 4096);
+	assert_int_equal(pm_decode_hello(b, sizeof(b), &d, &e), 0);
+	assert_int_equal(d.magic, h.magic);
+	assert_int_equal(d.version, h.version);
+	assert_int_equal(d.channel, h.channel);
+	assert_int_equal(d.nchannels, h.nchannels);
+	assert_int_equal(d.reserved, 0);
+	assert_int_equal(d.features, h.features);
+	assert_memory_equal(d.session, h.session, 16);
+	assert_int_equal(d.chunk_pages, h.chunk_pages);
+	assert_int_equal(d.page_size, h.page_size);
+
+	/* Edges that are accepted. */
+	h.channel = 63;
+	h.nchannels = 64;
+	h.chunk_pages = 1;
+	h.features = PM_FEAT_KNOWN;
+	assert_int_equal(decode_hello_of(&h, &d, &e), 0);
+	h.channel = 0;
+	h.nchannels = 1;
+	h.features = 0;
+	assert_int_equal(decode_hello_of(&h, &d, &e), 0);
+}
+
+static void test_hello_encode_zeroes_reserved(void **state)
+{
+	struct pm_hello h = good_hello(), d;
+	struct pm_err e = { 0 };
+	uint8_t b[PM_HELLO_LEN];
+
+	h.reserved = 0x5555;
+	pm_encode_hello(b, &h);
+	assert_int_equal(pm_get16(b + 10), 0);
+	assert_int_equal(pm_decode_hello(b, sizeof(b), &d, &e), 0);
+}
+
+static void test_hello_rejects(void **state)
+{
+	struct pm_hello h, d;
+	struct pm_err e = { 0 };
+	uint8_t b[PM_HELLO_LEN];
+
+#define REJECT(mutate, needle)                                \
+	do {                                                  \
+		h = good_hello();                             \
+		mutate;                                       \
+		pm_err_clear(&e);                             \
+		assert_rejected(decode_hello_of(&h, &d, &e), e, needle); \
+	} while (0)
+
+	REJECT(h.magic = 0x50494d47u, "bad magic");
+	REJECT(h.magic = 0, "not a pmigrate stream");
+	REJECT(h.version = 0, "protocol version 0 is not supported");
+	REJECT(h.version = 2, "protocol version 2");
+	assert_int_equal(e.code, EPROTONOSUPPORT);
+	REJECT((h.channel = 4, h.nchannels = 4), "channel index 4 is not below the channel count 4");
+	REJECT((h.channel = 0xffff), "channel index");
+	REJECT((h.channel = 0, h.nchannels = 0), "0 channels");
+	REJECT((h.channel = 0, h.nchannels = 65), "65 channels");
+	REJECT((h.channel = 0, h.nchannels = 0xffff), "channels (1..64 allowed)");
+	REJECT(h.features = 1u << 3, "unknown feature flags 0x8");
+	REJECT(h.features = 0x80000000u | PM_FEAT_ZSTD, "unknown feature flags 0x80000000");
+	REJECT(h.page_size = 8192, "page size 8192");
+	REJECT(h.page_size = 0, "page size 0");
+	REJECT(h.chunk_pages = 0, "chunk of 0 pages");
+	REJECT(h.chunk_pages = 513, "chunk of 513 pages");
+	REJECT(h.chunk_pages = 0xffffffffu, "out of range");
+#undef REJECT
+
+	/* Reserved is zeroed by the encoder: poke it on the wire. */
+	h = good_hello();
+	pm_encode_hello(b, &h);
+	pm_put16(b + 10, 1);
+	pm_err_clear(&e);
+	assert_rejected(pm_decode_hello(b, sizeof(b), &d, &e), e, "reserved");
+
+	/* Wrong body length. */
+	pm_encode_hello(b, &h);
+	pm_err_clear(&e);
+	assert_rejected(pm_decode_hello(b, sizeof(b) - 1, &d, &e), e, "HELLO has length 39");
+	pm_err_clear(&e);
+	assert_rejected(pm_decode_hello(b, 0, &d, &e), e, "expected 40");
+}
+
+/* --------------------------------------------------------------- LAYOUT */
+
+static void test_layout_roundtrip(void **state)
+{
+	struct pm_layout l = two_regions(), d;
+	struct pm_err e = { 0 };
+	uint8_t b[PM_LAYOUT_FIXED_LEN + PM_MAX_REGIONS * PM_LAYOUT_REGION_LEN];
+
+	assert_int_equal(pm_layout_len(&l), 8 + 2 * 24);
+	memset(b, 0xee, sizeof(b));
+	pm_encode_layout(b, &l);
+	assert_int_equal(pm_get32(b), 2);
+	assert_int_equal(pm_get32(b + 4), 0);
+	assert_int_equal(pm_get32(b + 8 + 24), 1);
+	assert_int_equal(pm_get32(b + 8 + 24 + 4), 0);
+	assert_true(pm_get64(b + 8 + 24 + 8) == 0x100000000ull);
+	assert_true(pm_get64(b + 8 + 24 + 16) == 300);
+	assert_int_equal(pm_decode_layout(b, pm_layout_len(&l), &d, &e), 0);
+	assert_int_equal(d.nregions, 2);
+	for (int i = 0; i < 2; i++) {
+		assert_int_equal(d.region[i].id, i);
+		assert_true(d.region[i].gpa == l.region[i].gpa);
+		assert_true(d.region[i].npages == l.region[i].npages);
+	}
+
+	/* The maximum: 64 regions. */
+	memset(&l, 0, sizeof(l));
+	l.nregions = PM_MAX_REGIONS;
+	for (unsigned i = 0; i < PM_MAX_REGIONS; i++) {
+		l.region[i].id = i;
+		l.region[i].gpa = (uint64_t)i << 32;
+		l.region[i].npages = i + 1;
+	}
+	pm_encode_layout(b, &l);
+	assert_int_equal(pm_layout_len(&l), sizeof(b));
+	assert_int_equal(pm_decode_layout(b, sizeof(b), &d, &e), 0);
+	assert_int_equal(d.nregions, 64);
+	assert_true(d.region[63].npages == 64);
+	assert_true(d.region[63].gpa == 63ull << 32);
+	/* 2^36 pages is the largest region accepted. */
+	l.nregions = 1;
+	l.region[0].npages = 1ull << 36;
+	pm_encode_layout(b, &l);
+	assert_int_equal(pm_decode_layout(b, pm_layout_len(&l), &d, &e), 0);
+}
+
+static void test_layout_rejects(void **state)
+{
+	struct pm_layout l = two_regions(), d;
+	struct pm_err e = { 0 };
+	uint8_t b[PM_LAYOUT_FIXED_LEN + (PM_MAX_REGIONS + 1) * PM_LAYOUT_REGION_LEN];
+	size_t len = pm_layout_len(&l);
+
+	pm_encode_layout(b, &l);
+	/* Truncated. */
+	assert_rejected(pm_decode_layout(b, 0, &d, &e), e, "truncated");
+	pm_err_clear(&e);
+	assert_rejected(pm_decode_layout(b, 7, &d, &e), e, "truncated (7 bytes)");
+	/* Length that does not match the region count. */
+	pm_err_clear(&e);
+	assert_rejected(pm_decode_layout(b, len - 1, &d, &e), e, "LAYOUT of 2 regions has length 55, expected 56");
+	pm_err_clear(&e);
+	assert_rejected(pm_decode_layout(b, len + 24, &d, &e), e, "expected 56");
+	pm_err_clear(&e);
+	assert_rejected(pm_decode_layout(b, 8, &d, &e), e, "length 8");
+	/* No region / too many. */
+	pm_put32(b, 0);
+	pm_err_clear(&e);
+	assert_rejected(pm_decode_layout(b, 8, &d, &e), e, "0 regions (1..64 allowed)");
+	pm_put32(b, 65);
+	pm_err_clear(&e);
+	assert_rejected(pm_decode_layout(b, 8 + 65 * 24, &d, &e), e, "65 regions");
+	pm_put32(b, 0xffffffffu);
+	pm_err_clear(&e);
+	assert_rejected(pm_decode_layout(b, len, &d, &e), e, "regions");
+	/* Ids out of order. */
+	pm_encode_layout(b, &l);
+	pm_put32(b + 8 + 24, 0);
+	pm_err_clear(&e);
+	assert_rejected(pm_decode_layout(b, len, &d, &e), e, "region 1 has id 0");
+	pm_encode_layout(b, &l);
+	pm_put32(b + 8, 1);
+	pm_err_clear(&e);
+	assert_rejected(pm_decode_layout(b, len, &d, &e), e, "ids must be 0..n-1 in order");
+	/* Zero pages, too many pages. */
+	l = two_regions();
+	l.region[1].npages = 0;
+	pm_encode_layout(b, &l);
+	pm_err_clear(&e);
+	assert_rejected(pm_decode_layout(b, len, &d, &e), e, "region 1 has 0 pages");
+	l.region[1].npages = (1ull << 36) + 1;
+	pm_encode_layout(b, &l);
+	pm_err_clear(&e);
+	assert_rejected(pm_decode_layout(b, len, &d, &e), e, "out of range");
+	/* Unaligned guest address. */
+	l = two_regions();
+	l.region[0].gpa = 0x1001;
+	pm_encode_layout(b, &l);
+	pm_err_clear(&e);
+	assert_rejected(pm_decode_layout(b, len, &d, &e), e, "0x1001 is not page aligned");
+	l.region[0].gpa = 0x800;
+	pm_encode_layout(b, &l);
+	pm_err_clear(&e);
+	assert_rejected(pm_decode_layout(b, len, &d, &e), e, "not page aligned");
+}
+
+/* The encoder writes zero in the reserved words; a peer that sets them
+ * speaks something else than v1. */
+static void test_layout_reserved(void **state)
+{
+	struct pm_layout l = two_regions(), d;
+	struct pm_err e = { 0 };
+	uint8_t b[PM_LAYOUT_FIXED_LEN + 2 * PM_LAYOUT_REGION_LEN];
+
+	pm_encode_layout(b, &l);
+	pm_put32(b + 4, 1);
+	assert_rejected(pm_decode_layout(b, sizeof(b), &d, &e), e, "reserved");
+	pm_encode_layout(b, &l);
+	pm_put32(b + 8 + 24 + 4, 0x80);
+	pm_err_clear(&e);
+	assert_rejected(pm_decode_layout(b, sizeof(b), &d, &e), e, "reserved");
+}
+
+static void test_layout_check(void **state)
+{
+	struct pm_layout s = two_regions(), d = two_regions();
+	struct pm_err e = { 0 };
+
+	assert_int_equal(pm_layout_check(&s, &d, &e), 0);
+	/* Smaller destination. */
+	s.region[0].npages = 2048;
+	d.region[0].npages = 1024;
+	assert_rejected(pm_layout_check(&s, &d, &e), e, "smaller");
+	assert_int_equal(e.code, EINVAL);
+	assert_non_null(strstr(e.msg, "source has 8 MiB, destination has 4 MiB"));
+	/* Larger destination: refused, but not called smaller. */
+	pm_err_clear(&e);
+	assert_rejected(pm_layout_check(&d, &s, &e), e, "memory region 0");
+	assert_null(strstr(e.msg, "smaller"));
+	/* Region count. */
+	s = two_regions();
+	d = two_regions();
+	d.nregions = 1;
+	pm_err_clear(&e);
+	assert_rejected(pm_layout_check(&s, &d, &e), e, "source has 2 memory regions, destination has 1");
+	/* Guest address. */
+	d = two_regions();
+	d.region[1].gpa = 0x200000000ull;
+	pm_err_clear(&e);
+	assert_rejected(pm_layout_check(&s, &d, &e), e, "memory region 1: source at 0x100000000, destination at 0x200000000");
+}
+
+static void test_layout_of_backend(void **state)
+{
+	struct pm_region rg[2] = {
+		{ .id = 0, .gpa = 0, .npages = 16 },
+		{ .id = 1, .gpa = 0x40000000, .npages = 8 },
+	};
+	struct pm_backend be = { .kind = "test", .nregions = 2, .regions = rg };
+	struct pm_layout l;
+
+	pm_layout_of(&be, &l);
+	assert_int_equal(l.nregions, 2);
+	assert_int_equal(l.region[1].id, 1);
+	assert_true(l.region[1].gpa == 0x40000000);
+	assert_true(l.region[1].npages == 8);
+}
+
+/* ---------------------------------------------------------------- PAGES */
+
+static struct pm_pages good_pages(void)
+{
+	return (struct pm_pages){ .region = 1, .npages = 4, .first = 10, .round = 3,
+				  .encoding = PM_ENC_RAW, .payload_len = 4 * PM_PAGE_SIZE };
+}
+
+static void test_pages_roundtrip(void **state)
+{
+	struct pm_layout l = two_regions();
+	struct pm_pages p = good_pages(), d;
+	struct pm_err e = { 0 };
+	uint8_t b[PM_PAGES_FIXED_LEN];
+
+	memset(b, 0xee, sizeof(b));
+	pm_encode_pages(b, &p);
+	assert_int_equal(pm_get32(b), 1);
+	assert_int_equal(pm_get32(b + 4), 4);
+	assert_true(pm_get64(b + 8) == 10);
+	assert_int_equal(pm_get32(b + 16), 3);
+	assert_int_equal(pm_get16(b + 20), PM_ENC_RAW);
+	assert_int_equal(pm_get16(b + 22), 0);
+	assert_int_equal(pm_get32(b + 24), 4 * PM_PAGE_SIZE);
+	assert_int_equal(pm_get32(b + 28), 0);
+	assert_int_equal(pm_decode_pages(b, 32 + 4 * PM_PAGE_SIZE, &l, 512, &d, &e), 0);
+	assert_int_equal(d.region, p.region);
+	assert_int_equal(d.npages, p.npages);
+	assert_true(d.first == p.first);
+	assert_int_equal(d.round, p.round);
+	assert_int_equal(d.encoding, p.encoding);
+	assert_int_equal(d.payload_len, p.payload_len);
+
+	/* Zero run, no payload. */
+	p = (struct pm_pages){ .region = 0, .npages = 512, .first = 0, .round = 1, .encoding = PM_ENC_ZERO };
+	assert_int_equal(decode_pages_of(&p, 32, &l, 512, &d, &e), 0);
+	assert_int_equal(d.encoding, PM_ENC_ZERO);
+	/* The very last page of a region. */
+	p = (struct pm_pages){ .region = 1, .npages = 1, .first = 299, .round = 0xffffffffu,
+			       .encoding = PM_ENC_RAW, .payload_len = PM_PAGE_SIZE };
+	assert_int_equal(decode_pages_of(&p, 32 + PM_PAGE_SIZE, &l, 512, &d, &e), 0);
+	/* Compressed: 1 .. raw + raw/64 + 1024 bytes. */
+	for (unsigned enc = PM_ENC_LZ4; enc <= PM_ENC_ZSTD; enc++) {
+		uint32_t raw = 8 * PM_PAGE_SIZE, hi = raw + raw / 64 + 1024;
+		p = (struct pm_pages){ .region = 0, .npages = 8, .first = 992, .round = 2,
+				       .encoding = enc, .payload_len = 1 };
+		assert_int_equal(decode_pages_of(&p, 33, &l, 8, &d, &e), 0);
+		p.payload_len = hi;
+		assert_int_equal(decode_pages_of(&p, 32 + hi, &l, 8, &d, &e), 0);
+		assert_int_equal(d.encoding, enc);
+	}
+}
+
+static void test_pages_rejects(void **state)
+{
+	struct pm_layout l = two_regions();
+	struct pm_pages p, d;
+	struct pm_err e = { 0 };
+	uint8_t b[PM_PAGES_FIXED_LEN];
+	uint32_t body;
+
+#define REJECT(mutate, needle)                                                    \
+	do {                                                                      \
+		p = good_pages();                                                 \
+		body = 0;                                                         \
+		mutate;                                                           \
+		if (!body)                                                        \
+			body = PM_PAGES_FIXED_LEN + p.payload_len;                \
+		pm_err_clear(&e);                                                 \
+		assert_rejected(decode_pages_of(&p, body, &l, 512, &d, &e), e, needle); \
+		assert_int_equal(e.code, EPROTO);                                 \
+	} while (0)
+
+	/* Region out of range. */
+	REJECT(p.region = 2, "names region 2, the layout has 2");
+	REJECT(p.region = 0xffffffffu, "names region");
+	/* first / npages beyond the region. */
+	REJECT(p.first = 300, "[300, +4) is outside region 1 of 300 pages");
+	REJECT(p.first = 297, "[297, +4) is outside region 1");
+	REJECT(p.first = UINT64_MAX, "outside region");
+	REJECT(p.first = UINT64_MAX - 2, "outside region");
+	REJECT((p.region = 0, p.first = 1000, p.npages = 1, p.payload_len = PM_PAGE_SIZE), "outside region 0 of 1000 pages");
+	/* npages 0 or above the chunk. */
+	REJECT((p.npages = 0, p.payload_len = 0), "covers 0 pages (1..512 allowed)");
+	REJECT((p.npages = 513, p.region = 0, p.first = 0, p.payload_len = 513 * PM_PAGE_SIZE), "covers 513 pages");
+	/* Round 0. */
+	REJECT(p.round = 0, "round 0");
+	/* Body length does not match the payload length. */
+	REJECT(body = PM_PAGES_FIXED_LEN + p.payload_len - 1, "does not match frame length");
+	REJECT(body = PM_PAGES_FIXED_LEN + p.payload_len + 1, "does not match");
+	REJECT(body = PM_PAGES_FIXED_LEN, "payload length 16384 does not match frame length 32");
+	REJECT(p.payload_len = 0xffffffffu, "does not match");
+	/* Raw payload must be npages * 4096. */
+	REJECT(p.payload_len = 3 * PM_PAGE_SIZE, "raw PAGES frame of 4 pages carries 12288 bytes");
+	REJECT(p.payload_len = 5 * PM_PAGE_SIZE, "raw PAGES frame");
+	REJECT(p.payload_len = 0, "raw PAGES frame of 4 pages carries 0 bytes");
+	/* Zero run with payload. */
+	REJECT((p.encoding = PM_ENC_ZERO, p.payload_len = 1), "zero PAGES frame carries 1 bytes");
+	REJECT((p.encoding = PM_ENC_ZERO), "zero PAGES frame carries 16384 bytes");
+	/* Compressed payload bounds. */
+	REJECT((p.encoding = PM_ENC_LZ4, p.payload_len = 0), "compressed PAGES frame of 4 pages has payload 0");
+	REJECT((p.encoding = PM_ENC_ZSTD, p.payload_len = 0), "out of range");
+	REJECT((p.encoding = PM_ENC_LZ4, p.payload_len = 4 * 4096 + 4 * 4096 / 64 + 1025), "has payload");
+	REJECT((p.encoding = PM_ENC_ZSTD, p.payload_len = 4 * 4096 + 4 * 4096 / 64 + 1025), "has payload");
+	/* Unknown encoding. */
+	REJECT(p.encoding = 4, "unknown encoding 4");
+	REJECT(p.encoding = 0xffff, "unknown encoding 65535");
+#undef REJECT
+
+	/* Non-zero reserved fields (the encoder writes zero: poke the wire). */
+	p = good_pages();
+	pm_encode_pages(b, &p);
+	pm_put16(b + 22, 1);
+	pm_err_clear(&e);
+	assert_rejected(pm_decode_pages(b, 32 + p.payload_len, &l, 512, &d, &e), e, "non-zero reserved");
+	pm_encode_pages(b, &p);
+	pm_put32(b + 28, 0x100);
+	pm_err_clear(&e);
+	assert_rejected(pm_decode_pages(b, 32 + p.payload_len, &l, 512, &d, &e), e, "reserved");
+
+	/* npages bounded by the negotiated chunk, not only by 512. */
+	p = good_pages();
+	pm_err_clear(&e);
+	assert_int_equal(decode_pages_of(&p, 32 + p.payload_len, &l, 4, &d, &e), 0);
+	assert_rejected(decode_pages_of(&p, 32 + p.payload_len, &l, 3, &d, &e), e, "covers 4 pages (1..3 allowed)");
+}
+
+/* ------------------------------------------------------------------ END */
+
+static void test_end_roundtrip(void **state)
+{
+	struct pm_end en = { .final_round = 7, .frames = 0x1122334455ull, .pages = 1ull << 40,
+			     .payload_bytes = UINT64_MAX }, d;
+	struct pm_err e = { 0 };
+	uint8_t b[PM_END_LEN];
+
+	memset(b, 0xee, sizeof(b));
+	pm_encode_end(b, &en);
+	assert_int_equal(pm_get32(b), 7);
+	assert_int_equal(pm_get32(b + 4), 0);
+	assert_true(pm_get64(b + 8) == en.frames);
+	assert_true(pm_get64(b + 16) == en.pages);
+	assert_true(pm_get64(b + 24) == en.payload_bytes);
+	assert_int_equal(pm_decode_end(b, sizeof(b), &d, &e), 0);
+	assert_int_equal(d.final_round, 7);
+	assert_true(d.frames == en.frames);
+	assert_true(d.pages == en.pages);
+	assert_true(d.payload_bytes == en.payload_bytes);
+	/* An empty channel (no frames) is fine. */
+	en = (struct pm_end){ .final_round = 1 };
+	pm_encode_end(b, &en);
+	assert_int_equal(pm_decode_end(b, sizeof(b), &d, &e), 0);
+}
+
+static void test_end_rejects(void **state)
+{
+	struct pm_end en = { .final_round = 2, .frames = 1, .pages = 1, .payload_bytes = 4096 }, d;
+	struct pm_err e = { 0 };
+	uint8_t b[PM_END_LEN + 1];
+
+	pm_encode_end(b, &en);
+	pm_put32(b + 4, 1);
+	assert_rejected(pm_decode_end(b, PM_END_LEN, &d, &e), e, "END reserved field is not zero");
+	en.final_round = 0;
+	pm_encode_end(b, &en);
+	pm_err_clear(&e);
+	assert_rejected(pm_decode_end(b, PM_END_LEN, &d, &e), e, "final round 0");
+	en.final_round = 2;
+	pm_encode_end(b, &en);
+	pm_err_clear(&e);
+	assert_rejected(pm_decode_end(b, PM_END_LEN - 1, &d, &e), e, "END has length 31, expected 32");
+	pm_err_clear(&e);
+	assert_rejected(pm_decode_end(b, PM_END_LEN + 1, &d, &e), e, "expected 32");
+}
+
+/* pm_err_set keeps the first error. */
+static void test_err_first_wins(void **state)
+{
+	struct pm_err e = { 0 };
+
+	assert_int_equal(pm_err_set(&e, EPROTO, "first"), -EPROTO);
+	assert_int_equal(pm_err_set(&e, EINVAL, "second"), -EPROTO);
+	assert_string_equal(e.msg, "first");
+	assert_int_equal(pm_err_reset(&e, -EINVAL, "third %d", 3), -EINVAL);
+	assert_string_equal(e.msg, "third 3");
+	assert_int_equal(e.code, EINVAL);
+	assert_int_equal(pm_err_set(NULL, ENOMEM, "x"), -ENOMEM);
+	pm_err_clear(&e);
+	assert_int_equal(e.code, 0);
+	assert_string_equal(e.msg, "");
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_le_helpers),
+		cmocka_unit_test(test_hdr_roundtrip),
+		cmocka_unit_test(test_frame_names),
+		cmocka_unit_test(test_check_hdr_exact),
+		cmocka_unit_test(test_check_hdr_ranges),
+		cmocka_unit_test(test_check_hdr_unknown),
+		cmocka_unit_test(test_hello_roundtrip),
+		cmocka_unit_test(test_hello_encode_zeroes_reserved),
+		cmocka_unit_test(test_hello_rejects),
+		cmocka_unit_test(test_layout_roundtrip),
+		cmocka_unit_test(test_layout_rejects),
+		cmocka_unit_test(test_layout_reserved),
+		cmocka_unit_test(test_layout_check),
+		cmocka_unit_test(test_layout_of_backend),
+		cmocka_unit_test(test_pages_roundtrip),
+		cmocka_unit_test(test_pages_rejects),
+		cmocka_unit_test(test_end_roundtrip),
+		cmocka_unit_test(test_end_rejects),
+		cmocka_unit_test(test_err_first_wins),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

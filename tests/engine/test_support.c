@@ -1,0 +1,446 @@
+/* SPDX-License-Identifier: MIT */
+/* Engine support code: address parsing (net.c), page-run compression
+ * (codec.c), the JSON report and its parser (report.c), option names. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <cmocka.h>
+#include <pmigrate/migrate.h>
+#include "engine/codec.h"
+#include "engine/net.h"
+#include "engine/protocol.h"
+
+/* ------------------------------------------------------------ addresses */
+
+static void test_addr_ipv4(void **state)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = 0;
+	struct pm_err e = { 0 };
+	char buf[80];
+
+	assert_int_equal(pm_parse_addr("127.0.0.1:4444", &ss, &len, 0, &e), 0);
+	assert_int_equal(ss.ss_family, AF_INET);
+	assert_int_equal(len, sizeof(struct sockaddr_in));
+	assert_int_equal(ntohs(((struct sockaddr_in *)&ss)->sin_port), 4444);
+	pm_format_addr((struct sockaddr *)&ss, buf, sizeof(buf));
+	assert_string_equal(buf, "127.0.0.1:4444");
+
+	assert_int_equal(pm_parse_addr("10.1.2.3:0", &ss, &len, 0, &e), 0);
+	assert_int_equal(ntohs(((struct sockaddr_in *)&ss)->sin_port), 0);
+	assert_int_equal(pm_parse_addr("10.1.2.3:65535", &ss, &len, 0, &e), 0);
+	assert_int_equal(ntohs(((struct sockaddr_in *)&ss)->sin_port), 65535);
+	/* A name that resolves locally. */
+	assert_int_equal(pm_parse_addr("localhost:80", &ss, &len, 0, &e), 0);
+	/* Host alone is fine for bind addresses. */
+	assert_int_equal(pm_parse_addr("127.0.0.1", &ss, &len, 1, &e), 0);
+	assert_int_equal(ntohs(((struct sockaddr_in *)&ss)->sin_port), 0);
+	assert_int_equal(pm_parse_addr("127.0.0.1:5", &ss, &len, 1, &e), 0);
+	assert_int_equal(ntohs(((struct sockaddr_in *)&ss)->sin_port), 5);
+}
+
+static void test_addr_ipv6(void **state)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = 0;
+	struct pm_err e = { 0 };
+	char buf[80];
+
+	assert_int_equal(pm_parse_addr("[::1]:4444", &ss, &len, 0, &e), 0);
+	assert_int_equal(ss.ss_family, AF_INET6);
+	assert_int_equal(len, sizeof(struct sockaddr_in6));
+	assert_int_equal(ntohs(((struct sockaddr_in6 *)&ss)->sin6_port), 4444);
+	pm_format_addr((struct sockaddr *)&ss, buf, sizeof(buf));
+	assert_string_equal(buf, "[::1]:4444");
+	assert_int_equal(pm_parse_addr("[fe80::1:2]:1", &ss, &len, 0, &e), 0);
+	assert_int_equal(pm_parse_addr("[::1]", &ss, &len, 1, &e), 0);
+	assert_int_equal(ntohs(((struct sockaddr_in6 *)&ss)->sin6_port), 0);
+}
+
+static void expect_bad(const char *s, int allow_no_port, const char *needle)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = 0;
+	struct pm_err e = { 0 };
+	int r = pm_parse_addr(s, &ss, &len, allow_no_port, &e);
+
+	if (r >= 0 || !strstr(e.msg, needle))
+		fail_msg("'%s': expected an error mentioning '%s', got %d '%s'", s ? s : "(null)",
+			 needle, r, e.msg);
+	assert_int_equal(r, -EINVAL);
+}
+
+static void test_addr_bad(void **state)
+{
+	char longname[400];
+
+	/* Missing port. */
+	expect_bad("127.0.0.1", 0, "has no port (expected host:port)");
+	expect_bad("[::1]", 0, "has no port");
+	expect_bad("localhost", 0, "has no port");
+	/* Bad ports. */
+	expect_bad("127.0.0.1:", 0, "bad port");
+	expect_bad("127.0.0.1:65536", 0, "bad port in address '127.0.0.1:65536'");
+	expect_bad("127.0.0.1:-1", 0, "bad port");
+	expect_bad("127.0.0.1:80x", 0, "bad port");
+	expect_bad("127.0.0.1:99999999999999999999", 0, "bad port");
+	expect_bad("[::1]:", 0, "bad port");
+	expect_bad("[::1]:http", 0, "bad port");
+	/* IPv6 without brackets. */
+	expect_bad("::1:80", 0, "write IPv6 as [addr]:port");
+	expect_bad("fe80::1", 1, "[addr]:port");
+	/* Brackets. */
+	expect_bad("[::1:80", 0, "missing ']'");
+	expect_bad("[::1]80", 0, "expected ':' after ']'");
+	/* Empty things. */
+	expect_bad("", 0, "empty");
+	expect_bad(NULL, 0, "empty");
+	expect_bad(":80", 0, "has no host");
+	expect_bad("[]:80", 0, "has no host");
+	/* Names that do not resolve, oversized input. */
+	expect_bad("no-such-host.invalid:80", 0, "cannot resolve 'no-such-host.invalid'");
+	memset(longname, 'a', sizeof(longname) - 1);
+	longname[sizeof(longname) - 1] = '\0';
+	expect_bad(longname, 0, "too long");
+}
+
+static void test_connect_refused(void **state)
+{
+	struct pm_err e = { 0 };
+	char addr[80];
+	int l = pm_tcp_listen("127.0.0.1:0", &e);
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof(ss);
+
+	/* Learn a free port, then close it: nothing listens there now. */
+	assert_true(l >= 0);
+	assert_int_equal(getsockname(l, (struct sockaddr *)&ss, &sl), 0);
+	pm_format_addr((struct sockaddr *)&ss, addr, sizeof(addr));
+	close(l);
+	int r = pm_tcp_connect(addr, NULL, 2000, &e);
+	assert_true(r < 0);
+	assert_non_null(strstr(e.msg, "cannot connect to 127.0.0.1:"));
+	assert_non_null(strstr(e.msg, "refused"));
+	/* Family mismatch between bind and destination. */
+	pm_err_clear(&e);
+	r = pm_tcp_connect(addr, "[::1]", 2000, &e);
+	assert_true(r < 0);
+	assert_non_null(strstr(e.msg, "different families"));
+	/* Listen on a bad address. */
+	pm_err_clear(&e);
+	assert_true(pm_tcp_listen("127.0.0.1", &e) < 0);
+	assert_non_null(strstr(e.msg, "no port"));
+}
+
+/* ----------------------------------------------------------- compression */
+
+#define NPG 16
+
+static void fill_compressible(uint8_t *p, size_t len)
+{
+	for (size_t i = 0; i < len; i++)
+		p[i] = (uint8_t)((i / 64) % 7 + (i % 3 == 0));
+}
+
+static void fill_random(uint8_t *p, size_t len, uint64_t seed)
+{
+	uint64_t x = seed | 1;
+
+	for (size_t i = 0; i < len; i++) {
+		x ^= x << 13;
+		x ^= x >> 7;
+		x ^= x << 17;
+		p[i] = (uint8_t)(x >> 24);
+	}
+}
+
+static void codec_roundtrip(enum pm_compress kind, int level)
+{
+	size_t raw = NPG * PM_PAGE_SIZE, bound = pm_codec_bound(kind, raw);
+	uint8_t *src = malloc(raw), *out = malloc(raw), *dst = malloc(bound);
+	struct pm_codec *c = NULL;
+
+	assert_non_null(src);
+	assert_non_null(dst);
+	assert_non_null(out);
+	assert_true(bound >= raw);
+	/* The receiver's buffer (raw + raw/64 + 1024) holds either codec's worst case. */
+	assert_true(bound <= raw + raw / 64 + 1024);
+	assert_int_equal(pm_codec_new(&c, kind, level), 0);
+	fill_compressible(src, raw);
+	size_t n = pm_codec_compress(c, src, raw, dst, bound);
+	assert_true(n > 0);
+	assert_true(n < raw / 4);
+	memset(out, 0xcc, raw);
+	assert_int_equal(pm_codec_decompress(c, pm_codec_encoding(kind), dst, n, out, raw), 0);
+	assert_memory_equal(out, src, raw);
+
+	/* A zero run compresses too. */
+	memset(src, 0, raw);
+	n = pm_codec_compress(c, src, raw, dst, bound);
+	assert_true(n > 0);
+	assert_int_equal(pm_codec_decompress(c, pm_codec_encoding(kind), dst, n, out, raw), 0);
+	assert_memory_equal(out, src, raw);
+
+	/* Incompressible: 0 ("send raw"). */
+	fill_random(src, raw, 42);
+	assert_int_equal(pm_codec_compress(c, src, raw, dst, bound), 0);
+	/* Output buffer too small to be useful: 0 as well. */
+	fill_compressible(src, raw);
+	assert_int_equal(pm_codec_compress(c, src, raw, dst, 8), 0);
+
+	/* Corrupt input is rejected, never overruns. */
+	n = pm_codec_compress(c, src, raw, dst, bound);
+	assert_true(n > 0);
+	/* Truncated. */
+	assert_int_equal(pm_codec_decompress(c, pm_codec_encoding(kind), dst, n / 2, out, raw), -EPROTO);
+	/* Wrong expected size (one page short or long). */
+	assert_int_equal(pm_codec_decompress(c, pm_codec_encoding(kind), dst, n, out, raw - PM_PAGE_SIZE), -EPROTO);
+	/* Garbage. */
+	fill_random(dst, n, 7);
+	assert_int_equal(pm_codec_decompress(c, pm_codec_encoding(kind), dst, n, out, raw), -EPROTO);
+	/* Not a compressed encoding. */
+	assert_int_equal(pm_codec_decompress(c, PM_ENC_RAW, dst, n, out, raw), -EPROTO);
+	assert_int_equal(pm_codec_decompress(c, PM_ENC_ZERO, dst, n, out, raw), -EPROTO);
+	assert_int_equal(pm_codec_decompress(c, 77, dst, n, out, raw), -EPROTO);
+
+	pm_codec_free(c);
+	free(src);
+	free(dst);
+	free(out);
+}
+
+static void test_codec_lz4(void **state)
+{
+	assert_int_equal(pm_codec_encoding(PM_COMPRESS_LZ4), PM_ENC_LZ4);
+	codec_roundtrip(PM_COMPRESS_LZ4, 0);
+	codec_roundtrip(PM_COMPRESS_LZ4, 8);
+}
+
+static void test_codec_zstd(void **state)
+{
+	assert_int_equal(pm_codec_encoding(PM_COMPRESS_ZSTD), PM_ENC_ZSTD);
+	codec_roundtrip(PM_COMPRESS_ZSTD, 0);
+	codec_roundtrip(PM_COMPRESS_ZSTD, 19);
+}
+
+/* The stream of one codec is garbage to the other. */
+static void test_codec_cross(void **state)
+{
+	size_t raw = NPG * PM_PAGE_SIZE;
+	uint8_t *src = malloc(raw), *out = malloc(raw), *dst = malloc(2 * raw);
+	struct pm_codec *lz = NULL, *zs = NULL;
+
+	assert_int_equal(pm_codec_new(&lz, PM_COMPRESS_LZ4, 0), 0);
+	assert_int_equal(pm_codec_new(&zs, PM_COMPRESS_ZSTD, 0), 0);
+	fill_compressible(src, raw);
+	size_t n = pm_codec_compress(zs, src, raw, dst, 2 * raw);
+	assert_true(n > 0);
+	assert_int_equal(pm_codec_decompress(lz, PM_ENC_LZ4, dst, n, out, raw), -EPROTO);
+	/* Either codec object decodes either encoding by the frame's encoding. */
+	assert_int_equal(pm_codec_decompress(lz, PM_ENC_ZSTD, dst, n, out, raw), 0);
+	assert_memory_equal(out, src, raw);
+	n = pm_codec_compress(lz, src, raw, dst, 2 * raw);
+	assert_true(n > 0);
+	assert_int_equal(pm_codec_decompress(zs, PM_ENC_ZSTD, dst, n, out, raw), -EPROTO);
+	assert_int_equal(pm_codec_decompress(zs, PM_ENC_LZ4, dst, n, out, raw), 0);
+	assert_memory_equal(out, src, raw);
+	pm_codec_free(lz);
+	pm_codec_free(zs);
+	pm_codec_free(NULL);
+	free(src);
+	free(out);
+	free(dst);
+}
+
+/* ----------------------------------------------------------------- report */
+
+static void full_report(struct pm_report *r)
+{
+	memset(r, 0, sizeof(*r));
+	r->role = "source";
+	r->status = 0;
+	snprintf(r->dirty_method, sizeof(r->dirty_method), "uffd-wp");
+	r->channels = 4;
+	r->barrier = true;
+	r->serial = false;
+	r->compress = PM_COMPRESS_ZSTD;
+	r->vm_pages = 65536;
+	r->setup_ms = 1.5;
+	r->verify_dump_ms = 3.25;
+	r->total_time_ms = 1234.25;
+	r->downtime_ms = 12.5;
+	r->bytes_sent = 300000000ull;
+	r->pages_sent = 70000;
+	r->zero_pages = 1234;
+	r->frames = 999;
+	r->throughput_mbps = 243.0625;
+	r->nrounds = 3;
+	for (unsigned i = 0; i < 3; i++) {
+		r->rounds[i] = (struct pm_round_stat){ .round = i + 1, .dirty_at_start = 65536 >> i,
+			.pages = 60000 >> (2 * i), .zero_pages = 1000 + i, .bytes = 250000000ull >> i,
+			.duration_ms = 800.5 / (i + 1), .final = i == 2 };
+	}
+	for (unsigned i = 0; i < 4; i++)
+		r->channel_bytes[i] = 75000000ull + i;
+	snprintf(r->switchover_reason, sizeof(r->switchover_reason), "converged");
+	r->throttle_pct = 30;
+	r->stale_pages = 0;
+}
+
+static void assert_reports_equal(const struct pm_report *a, const struct pm_report *b)
+{
+	assert_string_equal(a->role, b->role);
+	assert_int_equal(a->status, b->status);
+	assert_string_equal(a->error, b->error);
+	assert_string_equal(a->dirty_method, b->dirty_method);
+	assert_int_equal(a->channels, b->channels);
+	assert_int_equal(a->barrier, b->barrier);
+	assert_int_equal(a->serial, b->serial);
+	assert_int_equal(a->compress, b->compress);
+	assert_true(a->vm_pages == b->vm_pages);
+	assert_true(a->setup_ms == b->setup_ms);
+	assert_true(a->total_time_ms == b->total_time_ms);
+	assert_true(a->downtime_ms == b->downtime_ms);
+	assert_true(a->verify_dump_ms == b->verify_dump_ms);
+	assert_true(a->bytes_sent == b->bytes_sent);
+	assert_true(a->pages_sent == b->pages_sent);
+	assert_true(a->zero_pages == b->zero_pages);
+	assert_true(a->frames == b->frames);
+	assert_true(a->throughput_mbps == b->throughput_mbps);
+	assert_int_equal(a->nrounds, b->nrounds);
+	for (unsigned i = 0; i < a->nrounds; i++) {
+		assert_int_equal(a->rounds[i].round, b->rounds[i].round);
+		assert_true(a->rounds[i].dirty_at_start == b->rounds[i].dirty_at_start);
+		assert_true(a->rounds[i].pages == b->rounds[i].pages);
+		assert_true(a->rounds[i].zero_pages == b->rounds[i].zero_pages);
+		assert_true(a->rounds[i].bytes == b->rounds[i].bytes);
+		assert_true(a->rounds[i].duration_ms == b->rounds[i].duration_ms);
+		assert_int_equal(a->rounds[i].final, b->rounds[i].final);
+	}
+	assert_string_equal(a->switchover_reason, b->switchover_reason);
+	assert_int_equal(a->throttle_pct, b->throttle_pct);
+	assert_true(a->stale_pages == b->stale_pages);
+}
+
+static void test_report_roundtrip(void **state)
+{
+	struct pm_report *a = calloc(1, sizeof(*a)), *b = calloc(1, sizeof(*b));
+	char *s;
+
+	full_report(a);
+	s = pm_report_to_json(a);
+	assert_non_null(s);
+	/* The keys the issue names. */
+	const char *keys[] = { "\"status\"", "\"total_time_ms\"", "\"downtime_ms\"", "\"rounds\"",
+			       "\"pages\"", "\"bytes\"", "\"duration_ms\"", "\"bytes_sent\"",
+			       "\"pages_sent\"", "\"zero_pages\"", "\"channels\"", "\"throughput_mbps\"" };
+	for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++)
+		assert_non_null(strstr(s, keys[i]));
+	assert_non_null(strstr(s, "\"completed\""));
+	assert_int_equal(pm_report_from_json(s, b), 0);
+	assert_reports_equal(a, b);
+	free(s);
+
+	/* A failed destination report: error and stale_pages survive. */
+	full_report(a);
+	a->role = "destination";
+	a->status = -EIO;
+	snprintf(a->error, sizeof(a->error), "channel 1: connection closed by peer \"quoted\"\n");
+	a->stale_pages = 77;
+	a->compress = PM_COMPRESS_LZ4;
+	a->barrier = false;
+	a->serial = true;
+	s = pm_report_to_json(a);
+	assert_non_null(strstr(s, "\"failed\""));
+	assert_int_equal(pm_report_from_json(s, b), 0);
+	assert_reports_equal(a, b);
+	free(s);
+
+	/* An empty report. */
+	memset(a, 0, sizeof(*a));
+	a->role = "source";
+	s = pm_report_to_json(a);
+	assert_int_equal(pm_report_from_json(s, b), 0);
+	assert_reports_equal(a, b);
+	free(s);
+	free(a);
+	free(b);
+}
+
+static void test_report_malformed(void **state)
+{
+	struct pm_report *r = calloc(1, sizeof(*r));
+	const char *bad[] = { "", "{", "{\"status\":}", "[1,2,3]", "42", "\"text\"", "null",
+			      "{\"status\":\"completed\"", "not json at all" };
+
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+		if (pm_report_from_json(bad[i], r) != -EINVAL)
+			fail_msg("'%s' was accepted", bad[i]);
+	/* Wrongly typed fields do not crash. */
+	assert_int_equal(pm_report_from_json("{\"rounds\": 5, \"channels\": \"x\", \"role\": [1]}", r), 0);
+	assert_int_equal(r->nrounds, 0);
+	assert_int_equal(pm_report_from_json("{\"rounds\": [1, \"a\", null, {}]}", r), 0);
+	free(r);
+}
+
+static void test_report_print(void **state)
+{
+	struct pm_report *r = calloc(1, sizeof(*r));
+	char *buf = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&buf, &len);
+
+	full_report(r);
+	pm_report_print(r, f);
+	fclose(f);
+	assert_non_null(strstr(buf, "(paused)"));
+	assert_non_null(strstr(buf, "completed"));
+	assert_non_null(strstr(buf, "4 channels"));
+	assert_non_null(strstr(buf, "converged"));
+	free(buf);
+	free(r);
+}
+
+static void test_option_names(void **state)
+{
+	enum pm_compress c;
+	enum pm_nonconverge p;
+
+	for (int i = PM_COMPRESS_NONE; i <= PM_COMPRESS_ZSTD; i++) {
+		assert_int_equal(pm_compress_parse(pm_compress_name(i), &c), 0);
+		assert_int_equal(c, i);
+	}
+	assert_int_equal(pm_compress_parse("gzip", &c), -EINVAL);
+	for (int i = PM_NC_THROTTLE; i <= PM_NC_ABORT; i++) {
+		assert_int_equal(pm_nonconverge_parse(pm_nonconverge_name(i), &p), 0);
+		assert_int_equal(p, i);
+	}
+	assert_int_equal(pm_nonconverge_parse("", &p), -EINVAL);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_addr_ipv4),
+		cmocka_unit_test(test_addr_ipv6),
+		cmocka_unit_test(test_addr_bad),
+		cmocka_unit_test(test_connect_refused),
+		cmocka_unit_test(test_codec_lz4),
+		cmocka_unit_test(test_codec_zstd),
+		cmocka_unit_test(test_codec_cross),
+		cmocka_unit_test(test_report_roundtrip),
+		cmocka_unit_test(test_report_malformed),
+		cmocka_unit_test(test_report_print),
+		cmocka_unit_test(test_option_names),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
