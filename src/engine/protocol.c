@@ -168,11 +168,15 @@ int pm_decode_layout(const uint8_t *in, size_t len, struct pm_layout *l, struct 
 	if (len != pm_layout_len(l))
 		return pm_err_set(err, EPROTO, "LAYOUT of %u regions has length %zu, expected %zu",
 				  l->nregions, len, pm_layout_len(l));
+	if (pm_get32(in + 4))
+		return pm_err_set(err, EPROTO, "LAYOUT reserved field is not zero");
 	for (uint32_t i = 0; i < l->nregions; i++) {
 		const uint8_t *r = in + PM_LAYOUT_FIXED_LEN + i * PM_LAYOUT_REGION_LEN;
 		l->region[i].id = pm_get32(r);
 		l->region[i].gpa = pm_get64(r + 8);
 		l->region[i].npages = pm_get64(r + 16);
+		if (pm_get32(r + 4))
+			return pm_err_set(err, EPROTO, "LAYOUT region %u reserved field is not zero", i);
 		if (l->region[i].id != i)
 			return pm_err_set(err, EPROTO, "LAYOUT region %u has id %u (ids must be 0..n-1 in order)",
 					  i, l->region[i].id);
