@@ -9,6 +9,8 @@
 #include <stdint.h>
 #include <pmigrate/error.h>
 
+struct pm_rangelock;
+
 #define PM_PAGE_SIZE 4096u
 #define PM_PAGE_SHIFT 12
 
@@ -51,6 +53,12 @@ struct pm_backend {
 	void *vm;
 	unsigned nregions;
 	struct pm_region *regions;
+	/* Optional: a range lock over the VM's pages (region i's page p is
+	 * number base_i + p, regions numbered back to back) that the VM takes
+	 * for writing around layout changes (discard, hot-add, DMA).  Workers
+	 * hold it for reading over a chunk from harvest to send, so a chunk is
+	 * never read half before and half after such a change. */
+	struct pm_rangelock *layout_lock;
 };
 
 #endif

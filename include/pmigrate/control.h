@@ -17,6 +17,11 @@ struct pm_control_ops {
 	void (*status)(void *opaque, json_object *out);
 	/* "quit" command: ask the VM process to exit (called from the server thread). */
 	void (*quit)(void *opaque);
+	/* Optional: VM-specific commands.  Returns 0 and sets *ret (may stay
+	 * NULL for {}), -ENOENT for an unknown command, or another -errno with
+	 * err set. */
+	int (*command)(void *opaque, const char *name, json_object *args, json_object **ret,
+		       struct pm_err *err);
 };
 
 /* Serves path in a thread of its own.  state is the initial VM state

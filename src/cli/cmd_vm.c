@@ -48,6 +48,24 @@ static void vm_status(void *opaque, json_object *o)
 	}
 }
 
+/* VM-specific control commands: "discard" {"offset": bytes, "length": bytes}. */
+static int vm_command(void *opaque, const char *name, json_object *args, json_object **ret,
+		      struct pm_err *err)
+{
+	struct vm_proc *p = opaque;
+	json_object *off, *len;
+
+	(void)ret;
+	if (strcmp(name, "discard"))
+		return -ENOENT;
+	if (!args || !json_object_object_get_ex(args, "offset", &off) ||
+	    !json_object_object_get_ex(args, "length", &len) ||
+	    !json_object_is_type(off, json_type_int) || !json_object_is_type(len, json_type_int) ||
+	    json_object_get_int64(off) < 0 || json_object_get_int64(len) <= 0)
+		return pm_err_set(err, EINVAL, "discard needs integer 'offset' and 'length' in bytes");
+	return synvm_discard(p->vm, json_object_get_int64(off), json_object_get_int64(len), err);
+}
+
 static void vm_quit(void *opaque)
 {
 	struct vm_proc *p = opaque;
@@ -184,7 +202,8 @@ int cmd_vm(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 	signal(SIGINT, on_signal);
 	signal(SIGTERM, on_signal);
-	static const struct pm_control_ops ops = { .status = vm_status, .quit = vm_quit };
+	static const struct pm_control_ops ops = { .status = vm_status, .quit = vm_quit,
+						   .command = vm_command };
 	if (pm_control_start(&ctl, control, synvm_backend(proc.vm), &ops, &proc,
 			     incoming ? "incoming" : so.start_paused ? "paused" : "running", &err)) {
 		fprintf(stderr, "pmigrate vm: %s\n", err.msg);

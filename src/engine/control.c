@@ -375,9 +375,18 @@ static void handle_line(struct pm_control *c, int fd, const char *line)
 		if (c->ops && c->ops->quit)
 			c->ops->quit(c->opaque);
 	} else {
-		char why[160];
-		snprintf(why, sizeof(why), "unknown command '%.100s' (status, migrate, stop, cont, quit)", name);
-		send_error(c, fd, "CommandNotFound", why);
+		json_object *ret = NULL;
+		struct pm_err err = { 0 };
+		int r = c->ops && c->ops->command ? c->ops->command(c->opaque, name, args, &ret, &err) : -ENOENT;
+		if (r == 0) {
+			send_return(c, fd, ret);
+		} else if (r == -ENOENT) {
+			char why[160];
+			snprintf(why, sizeof(why), "unknown command '%.100s' (status, migrate, stop, cont, quit)", name);
+			send_error(c, fd, "CommandNotFound", why);
+		} else {
+			send_error(c, fd, "GenericError", err.msg);
+		}
 	}
 	json_object_put(req);
 }

@@ -14,6 +14,7 @@
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#include <pmigrate/rangelock.h>
 #include "engine/codec.h"
 #include "engine/net.h"
 #include "engine/protocol.h"
@@ -53,6 +54,7 @@ struct src_ctx {
 	struct chunk_ref *chunks;
 	pthread_mutex_t *chunk_lock;
 	uint32_t *chunk_round;          /* last round each chunk was harvested in */
+	uint64_t region_base[PM_MAX_REGIONS]; /* global page number of each region */
 	struct pm_queue q;
 	struct worker *w;
 	atomic_bool failed;
@@ -161,7 +163,7 @@ static int emit_run(struct worker *w, const struct chunk_ref *ch, uint64_t first
 }
 
 /* Harvests one chunk and sends its dirty pages. */
-static int process_chunk(struct worker *w, struct pm_task t)
+static int send_chunk(struct worker *w, struct pm_task t)
 {
 	struct src_ctx *c = w->c;
 	const struct chunk_ref *ch = &c->chunks[t.chunk];
@@ -204,6 +206,25 @@ static int process_chunk(struct worker *w, struct pm_task t)
 		i = j;
 	}
 	return flush(w, &niov);
+}
+
+/* A chunk is harvested and sent under a read lock of the VM's layout lock
+ * (if it has one), so a discard or hot-add never lands in the middle. */
+static int process_chunk(struct worker *w, struct pm_task t)
+{
+	struct src_ctx *c = w->c;
+	struct pm_rangelock *ll = c->be->layout_lock;
+	const struct chunk_ref *ch = &c->chunks[t.chunk];
+	uint64_t g = c->region_base[ch->region] + ch->first;
+	struct pm_range lr;
+	int r;
+
+	if (ll)
+		pm_range_rdlock(ll, &lr, g, g + ch->npages);
+	r = send_chunk(w, t);
+	if (ll)
+		pm_range_unlock(ll, &lr);
+	return r;
 }
 
 static void *worker_main(void *arg)
@@ -512,6 +533,7 @@ static int setup(struct src_ctx *c, struct pm_backend *be, const struct pm_migra
 		return pm_err_set(err, EINVAL, "VM has %u memory regions (1..%u supported)",
 				  be->nregions, PM_MAX_REGIONS);
 	for (unsigned i = 0; i < be->nregions; i++) {
+		c->region_base[i] = c->vm_pages;
 		c->vm_pages += be->regions[i].npages;
 		c->nchunks += (be->regions[i].npages + c->chunk_pages - 1) / c->chunk_pages;
 	}

@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+#include <pmigrate/rangelock.h>
 #include "synvm/synvm.h"
 
 #define HB_MAGIC 0x5042454154484231ull   /* "PBEATHB1" */
@@ -36,6 +37,10 @@ struct synvm {
 	struct pm_backend be;
 	struct pm_dirty_tracker *dt;
 	char dirty_name[32];
+	/* Layout changes (discard) take this for writing over their pages and
+	 * leave the pages in forced_dirty, which harvest folds in. */
+	struct pm_rangelock layout_lock;
+	uint64_t *forced_dirty;
 
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
@@ -295,10 +300,42 @@ static int be_dirty_harvest(void *opaque, uint32_t region, uint64_t first, uint6
 			    uint64_t *bitmap, struct pm_err *err)
 {
 	struct synvm *vm = opaque;
+	int r;
 
 	if (region != 0)
 		return pm_err_set(err, EINVAL, "synthetic VM has one region, not %u", region);
-	return pm_dirty_harvest(vm->dt, first, n, bitmap, err);
+	r = pm_dirty_harvest(vm->dt, first, n, bitmap, err);
+	for (uint64_t i = 0; !r && i < n; i++) {
+		uint64_t p = first + i, bit = 1ull << (p % 64);
+		uint64_t *word = &vm->forced_dirty[p / 64];
+		if (__atomic_load_n(word, __ATOMIC_RELAXED) == 0) {
+			i += 63 - p % 64;   /* skip the rest of an empty word */
+			continue;
+		}
+		if (__atomic_fetch_and(word, ~bit, __ATOMIC_ACQ_REL) & bit)
+			bitmap[i / 64] |= 1ull << (i % 64);
+	}
+	return r;
+}
+
+int synvm_discard(struct synvm *vm, uint64_t offset, uint64_t len, struct pm_err *err)
+{
+	struct pm_range lr;
+	uint64_t first = offset / PM_PAGE_SIZE, n = len / PM_PAGE_SIZE;
+
+	if (offset % PM_PAGE_SIZE || len % PM_PAGE_SIZE || !len)
+		return pm_err_set(err, EINVAL, "discard offset and length must be non-zero multiples of 4096");
+	if (first == 0 || first >= vm->npages || n > vm->npages - first)
+		return pm_err_set(err, EINVAL, "discard range is outside guest memory (page 0 is the heartbeat)");
+	pm_range_wrlock(&vm->layout_lock, &lr, first, first + n);
+	int r = fallocate(vm->memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, len);
+	int e = errno;
+	for (uint64_t p = first; p < first + n; p++)
+		__atomic_fetch_or(&vm->forced_dirty[p / 64], 1ull << (p % 64), __ATOMIC_RELEASE);
+	pm_range_unlock(&vm->layout_lock, &lr);
+	if (r)
+		return pm_err_set(err, e, "discard failed: %s", strerror(e));
+	return 0;
 }
 
 static void be_dirty_stop(void *opaque)
@@ -450,7 +487,14 @@ int synvm_create(struct synvm **out, const struct synvm_opts *o, struct pm_err *
 		return pm_err_set(err, ENOMEM, "out of memory");
 	vm->o = *o;
 	vm->npages = o->mem_bytes / PM_PAGE_SIZE;
+	vm->memfd = -1;
 	pthread_mutex_init(&vm->lock, NULL);
+	pm_rangelock_init(&vm->layout_lock);
+	vm->forced_dirty = calloc((vm->npages + 63) / 64, sizeof(uint64_t));
+	if (!vm->forced_dirty) {
+		r = pm_err_set(err, ENOMEM, "out of memory");
+		goto fail;
+	}
 	pthread_cond_init(&vm->cond, NULL);
 	vm->memfd = memfd_create("pmigrate-guest", MFD_CLOEXEC);
 	if (vm->memfd < 0 || ftruncate(vm->memfd, o->mem_bytes)) {
@@ -484,7 +528,8 @@ int synvm_create(struct synvm **out, const struct synvm_opts *o, struct pm_err *
 	}
 	vm->region = (struct pm_region){ .id = 0, .gpa = 0, .npages = vm->npages, .host = vm->mem };
 	vm->be = (struct pm_backend){ .kind = "synthetic", .ops = &synvm_ops, .vm = vm,
-				      .nregions = 1, .regions = &vm->region };
+				      .nregions = 1, .regions = &vm->region,
+				      .layout_lock = &vm->layout_lock };
 	snprintf(vm->dirty_name, sizeof(vm->dirty_name), "%s", pm_dirty_method_name(o->dirty));
 	if (!o->incoming) {
 		vm->pause_req = o->start_paused;
@@ -519,6 +564,8 @@ void synvm_destroy(struct synvm *vm)
 		close(vm->memfd);
 	pthread_mutex_destroy(&vm->lock);
 	pthread_cond_destroy(&vm->cond);
+	pm_rangelock_destroy(&vm->layout_lock);
+	free(vm->forced_dirty);
 	free(vm);
 }
 

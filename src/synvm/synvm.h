@@ -65,5 +65,9 @@ const char *synvm_dirty_method(struct synvm *vm);
 const struct synvm_workload *synvm_workload_of(struct synvm *vm);
 uint64_t synvm_pages_written(struct synvm *vm);
 bool synvm_is_paused(struct synvm *vm);
+/* Gives pages back (like a balloon): they read as zero afterwards.  Safe
+ * during a migration: done under the layout range lock and the pages are
+ * marked dirty so the destination gets the zeros too. */
+int synvm_discard(struct synvm *vm, uint64_t offset, uint64_t len, struct pm_err *err);
 
 #endif
