@@ -6,7 +6,8 @@ Usage: report.py OUTDIR   (reads OUTDIR/raw.jsonl and OUTDIR/meta.json)
 Each raw run is one JSON object with at least: scenario, topology, tool,
 channels, rate (dirty MB/s or null), rep, status. For each configuration
 (scenario, topology, tool, channels, rate) the best run is kept: the shortest
-total time for migrations, the highest throughput for iperf3. Runs flagged
+total time for migrations and bare copies (loopcopy), the highest throughput
+for iperf3. Runs flagged
 "verify" (memory dumps inside the pause) are never used for timings.
 Standard library only; plots need gnuplot (skipped with a note otherwise).
 """
@@ -17,7 +18,7 @@ import shutil
 import subprocess
 import sys
 
-TOOLS_ORDER = ["iperf3", "pmigrate", "pmigrate-barrier", "pmigrate-serial", "qemu-multifd", "qemu-precopy"]
+TOOLS_ORDER = ["iperf3", "loopcopy", "loopcopy-thp", "pmigrate", "pmigrate-barrier", "pmigrate-serial", "qemu-multifd", "qemu-precopy"]
 SCEN_TITLE = {
     1: "Scenario 1: paused VM, incompressible memory, loopback",
     2: "Scenario 2: paused VM, incompressible memory, K shaped veth links (multi-NIC)",
@@ -77,7 +78,8 @@ def best_rows(runs):
             row["first_error"] = str(errs[0])[:300]
         if best:
             for f in ("total_time_ms", "downtime_ms", "guest_gap_ms", "rounds", "bytes_sent",
-                      "throughput_MBps", "links_used", "gbit_s", "dirty_method", "achieved_dirty_MBps"):
+                      "throughput_MBps", "links_used", "gbit_s", "dirty_method", "achieved_dirty_MBps",
+                      "dst_huge_kb", "dst_mem"):
                 if best.get(f) is not None:
                     row[f] = best[f]
             # all timed values, to show the spread
@@ -131,34 +133,55 @@ def throughput_tables(rows, scen, md, ratios):
     topo = sorted({r["topology"] for r in rows if r["scenario"] == scen})
     for t in topo:
         rs = [r for r in rows if r["scenario"] == scen and r["topology"] == t]
-        chans = sorted({r["channels"] for r in rs if r["tool"] in ("pmigrate", "qemu-multifd", "iperf3")})
+        chans = sorted({r["channels"] for r in rs
+                        if r["tool"] in ("pmigrate", "qemu-multifd", "iperf3", "loopcopy")})
         serial = find(rs, tool="pmigrate-serial")
         pre = find(rs, tool="qemu-precopy")
         md.append("Topology `%s`." % t)
         md.append("")
-        md.append("| N | iperf3 N streams (limit) | pmigrate N ch | % of limit | QEMU multifd N ch (links used) "
+        md.append("| N | iperf3 N streams (link) | bare copy N streams (link + memory) | pmigrate N ch "
+                  "| % of iperf3 | % of bare copy | QEMU multifd N ch (links used) "
                   "| pmigrate speedup vs multifd | vs pmigrate serial | vs QEMU pre-copy |")
-        md.append("|---|---|---|---|---|---|---|---|")
+        md.append("|---|---|---|---|---|---|---|---|---|---|")
+        mbps = lambda r: (fmt(r.get("throughput_MBps"), 0) + " MB/s") if r and r.get("throughput_MBps") else "–"
+        pcts = lambda x: (fmt(x * 100, 0) + "%") if x else "–"
         for n in chans:
             ip = find(rs, tool="iperf3", channels=n)
+            bc = find(rs, tool="loopcopy", channels=n)
             pm = find(rs, tool="pmigrate", channels=n)
             qm = find(rs, tool="qemu-multifd", channels=n)
             pct = ratio((pm or {}).get("throughput_MBps"), (ip or {}).get("throughput_MBps"))
+            pct_bc = ratio((pm or {}).get("throughput_MBps"), (bc or {}).get("throughput_MBps"))
             s_mf = ratio(secs(qm), secs(pm))
             s_ser = ratio(secs(serial), secs(pm))
             s_pre = ratio(secs(pre), secs(pm))
-            md.append("| %d | %s | %s | %s | %s | %s | %s | %s |" % (
-                n, (fmt(ip.get("throughput_MBps"), 0) + " MB/s") if ip and ip.get("throughput_MBps") else "–",
-                cell_time(pm), (fmt(pct * 100, 0) + "%") if pct else "–",
+            md.append("| %d | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+                n, mbps(ip), mbps(bc), cell_time(pm), pcts(pct), pcts(pct_bc),
                 cell_time(qm) + ((" (%s)" % qm.get("links_used")) if qm and qm.get("links_used") else ""),
                 (fmt(s_mf, 2) + "x") if s_mf else "–", (fmt(s_ser, 2) + "x") if s_ser else "–",
                 (fmt(s_pre, 2) + "x") if s_pre else "–"))
             ratios.append({"scenario": scen, "topology": t, "channels": n,
-                           "pmigrate_fraction_of_iperf3": pct, "speedup_vs_qemu_multifd": s_mf,
+                           "pmigrate_fraction_of_iperf3": pct, "pmigrate_fraction_of_bare_copy": pct_bc,
+                           "bare_copy_fraction_of_iperf3": ratio((bc or {}).get("throughput_MBps"),
+                                                                 (ip or {}).get("throughput_MBps")),
+                           "speedup_vs_qemu_multifd": s_mf,
                            "speedup_vs_pmigrate_serial": s_ser, "speedup_vs_qemu_precopy": s_pre})
         md.append("")
         md.append("Baselines: pmigrate 1 channel `--serial`: %s; QEMU classic pre-copy: %s." % (
             cell_time(serial), cell_time(pre)))
+        thp = [r for r in rs if r["tool"] == "loopcopy-thp" and r.get("throughput_MBps")]
+        for r in thp:
+            bc = find(rs, tool="loopcopy", channels=r["channels"])
+            md.append("Bare copy, %d streams, into anonymous memory with transparent huge pages "
+                      "(%s MiB of 2 MiB pages): %s MB/s, %s of the memfd bare copy." % (
+                          r["channels"], fmt((r.get("dst_huge_kb") or 0) // 1024, 0),
+                          fmt(r["throughput_MBps"], 0),
+                          (fmt(ratio(r["throughput_MBps"], (bc or {}).get("throughput_MBps")), 2) + "x")
+                          if bc else "–"))
+        huge = [r.get("dst_huge_kb") for r in rs if r["tool"] == "loopcopy" and r.get("dst_huge_kb") is not None]
+        if huge:
+            md.append("Bare copy's memfd destination (MADV_HUGEPAGE, like pmigrate's) got %s MiB of 2 MiB pages."
+                      % fmt(max(huge) // 1024, 0))
         md.append("")
 
 
@@ -225,7 +248,7 @@ def plots(out, rows, md):
     for scen in (1, 2):
         for t in sorted({r["topology"] for r in rows if r["scenario"] == scen}):
             series = []
-            for tool in ("iperf3", "pmigrate", "qemu-multifd", "pmigrate-serial", "qemu-precopy"):
+            for tool in ("iperf3", "loopcopy", "pmigrate", "qemu-multifd", "pmigrate-serial", "qemu-precopy"):
                 pts = [(r["channels"], r["throughput_MBps"]) for r in rows
                        if r["scenario"] == scen and r["topology"] == t and r["tool"] == tool
                        and r.get("throughput_MBps")]

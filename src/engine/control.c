@@ -172,7 +172,12 @@ static void *migration_main(void *arg)
 		snprintf(rep->error, sizeof(rep->error), "%s", err.msg);
 	}
 	pm_control_set_report(c, rep);
-	/* On failure the engine resumed the VM if it had paused it. */
+	/* On failure the engine resumed the VM if it had paused it; a VM the
+	 * user had stopped goes back to being stopped. */
+	if (r && !strcmp(prev, "paused")) {
+		struct pm_err e2 = { 0 };
+		c->be->ops->pause(c->be->vm, &e2);
+	}
 	pm_control_set_state(c, r ? prev : "migrated");
 
 	char *s = pm_report_to_json(rep);
