@@ -21,9 +21,16 @@
 #include "loader.h"
 #include "pmvm.h"
 
+/* What the control socket's callbacks see. */
+struct ctl_ctx {
+	struct pmvm *vm;
+	struct pm_incoming *in;     /* while waiting for a migration */
+};
+
 static void ctl_status(void *opaque, json_object *out)
 {
-	struct pmvm *vm = opaque;
+	struct ctl_ctx *cc = opaque;
+	struct pmvm *vm = cc->vm;
 
 	json_object_object_add(out, "vm", json_object_new_string("kvm"));
 	json_object_object_add(out, "vcpus", json_object_new_int((int)vm->nvcpus));
@@ -35,11 +42,18 @@ static void ctl_status(void *opaque, json_object *out)
 	if (vm->failed)
 		json_object_object_add(out, "vm_error", json_object_new_string(vm->fail_msg));
 	pthread_mutex_unlock(&vm->lock);
+	struct pm_incoming *in = __atomic_load_n(&cc->in, __ATOMIC_ACQUIRE);
+	if (in) {
+		json_object *a = json_object_new_array();
+		for (unsigned i = 0; pm_incoming_address(in, i); i++)
+			json_object_array_add(a, json_object_new_string(pm_incoming_address(in, i)));
+		json_object_object_add(out, "incoming", a);
+	}
 }
 
 static void ctl_quit(void *opaque)
 {
-	struct pmvm *vm = opaque;
+	struct pmvm *vm = ((struct ctl_ctx *)opaque)->vm;
 
 	pthread_mutex_lock(&vm->lock);
 	vm->quit = true;
@@ -83,6 +97,7 @@ static int run(struct pmvm_config *c)
 	struct pm_report *rep = calloc(1, sizeof(*rep));
 	struct pm_incoming *in = NULL;
 	struct pm_control *ctl = NULL;
+	struct ctl_ctx cc = { 0 };
 	struct pm_backend be;
 	struct pmvm_image info;
 	uint8_t *image = NULL;
@@ -116,6 +131,7 @@ static int run(struct pmvm_config *c)
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
+	cc.vm = vm;
 	if (pmvm_create(vm, c, &err))
 		goto fail;
 	if (!c->nlisten && pmvm_boot(vm, c, image, image_len, &err))
@@ -138,7 +154,8 @@ static int run(struct pmvm_config *c)
 	if (pmvm_vcpus_start(vm, c->nlisten > 0, &err))
 		goto fail;
 	if (c->control) {
-		if (pm_control_start(&ctl, c->control, &be, &ctl_ops, vm,
+		cc.in = in;
+		if (pm_control_start(&ctl, c->control, &be, &ctl_ops, &cc,
 				     c->nlisten ? "incoming" : "running", &err))
 			goto fail;
 		if (c->dump_at_pause)
@@ -147,8 +164,8 @@ static int run(struct pmvm_config *c)
 	if (in) {
 		int r = pm_incoming_run(in, &be, rep, &err);
 
-		pm_incoming_close(in);
-		in = NULL;
+		/* Closed at exit: a status request may still be reading it. */
+		__atomic_store_n(&cc.in, NULL, __ATOMIC_RELEASE);
 		if (r) {
 			fprintf(stderr, "pmvm: incoming migration failed: %s\n", err.msg);
 			goto out;
@@ -175,7 +192,7 @@ static int run(struct pmvm_config *c)
 		}
 		sig = sigtimedwait(&set, NULL, &ts);
 		if (sig == SIGINT || sig == SIGTERM)
-			ctl_quit(vm);
+			ctl_quit(&cc);
 	}
 	switch (o) {
 	case GUEST_EXIT:
