@@ -18,6 +18,7 @@
 #include "synvm/synvm.h"
 
 struct child {
+	const char *exe;
 	pid_t pid;
 	char sock[256];
 	char log[256];
@@ -35,7 +36,7 @@ static int spawn(struct child *c, char *const argv[])
 			dup2(fd, 1);
 			dup2(fd, 2);
 		}
-		execv(self_exe(), argv);
+		execv(c->exe ? c->exe : self_exe(), argv);
 		_exit(127);
 	}
 	c->pid = pid;
@@ -164,14 +165,59 @@ static double hb_field(json_object *st, const char *key)
 	return -1;
 }
 
+/* pmvm and its verifier guest: next to pmigrate in a build tree or install. */
+static const char *find_sibling(const char *env, const char *const rel[], char *buf, size_t len)
+{
+	const char *e = getenv(env);
+	char dir[2048];
+
+	if (e && *e)
+		return e;
+	snprintf(dir, sizeof(dir), "%s", self_exe());
+	char *slash = strrchr(dir, '/');
+	if (slash)
+		*slash = '\0';
+	for (unsigned i = 0; rel[i]; i++) {
+		snprintf(buf, len, "%s/%s", dir, rel[i]);
+		if (access(buf, R_OK) == 0)
+			return buf;
+	}
+	return NULL;
+}
+
+/* Counts "VERIFY OK" lines and any "VERIFY FAIL" in a guest's serial log. */
+static void scan_serial(const char *path, long *oks, bool *fail, char *last, size_t len)
+{
+	FILE *f = fopen(path, "r");
+	char line[256];
+
+	*oks = 0;
+	*fail = false;
+	if (!f)
+		return;
+	while (fgets(line, sizeof(line), f)) {
+		if (strstr(line, "VERIFY OK")) {
+			(*oks)++;
+			line[strcspn(line, "\r\n")] = '\0';
+			snprintf(last, len, "%.100s", line);
+		}
+		if (strstr(line, "VERIFY FAIL"))
+			*fail = true;
+	}
+	fclose(f);
+}
+
 static void usage(FILE *f)
 {
 	fprintf(f,
 		"usage: pmigrate demo [--mem SIZE] [--channels N] [--workload SPEC] [--json FILE]\n"
-		"                     [--barrier] [--downtime MS] [--keep]\n"
+		"                     [--barrier] [--downtime MS] [--keep] [--vm synthetic|kvm] [--guest FILE]\n"
 		"  Runs a source and a destination synthetic VM as processes on this host, migrates\n"
 		"  live over loopback and verifies the destination's memory against the source's.\n"
-		"  Defaults: --mem 512M --channels 4 --workload zipf,rate=300MB/s,hot=10%%\n");
+		"  Defaults: --mem 512M --channels 4 --workload zipf,rate=300MB/s,hot=10%%\n"
+		"  --vm kvm: a pmvm KVM guest (the verifier, 2 vCPUs, 32M) instead; needs /dev/kvm.\n"
+		"  It checks that the guest keeps printing VERIFY OK at the destination and never\n"
+		"  VERIFY FAIL. pmvm and the guest are found next to pmigrate, or via $PMVM / --guest.\n");
 }
 
 int cmd_demo(int argc, char **argv)
@@ -180,7 +226,10 @@ int cmd_demo(int argc, char **argv)
 		{ "mem", required_argument, 0, 'm' }, { "channels", required_argument, 0, 'n' },
 		{ "workload", required_argument, 0, 'w' }, { "json", required_argument, 0, 'j' },
 		{ "barrier", no_argument, 0, 'B' }, { "downtime", required_argument, 0, 'd' },
-		{ "keep", no_argument, 0, 'k' }, { "help", no_argument, 0, 'h' }, { 0 } };
+		{ "keep", no_argument, 0, 'k' }, { "vm", required_argument, 0, 'v' },
+		{ "guest", required_argument, 0, 'g' }, { "help", no_argument, 0, 'h' }, { 0 } };
+	bool kvm = false, mem_given = false;
+	const char *guest = NULL;
 	const char *mem = "512M", *workload = "zipf,rate=300MB/s,hot=10%", *json_path = NULL;
 	unsigned channels = 4, downtime = 300;
 	bool barrier = false, keep = false, verified = false;
@@ -193,7 +242,15 @@ int cmd_demo(int argc, char **argv)
 
 	while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
 		switch (o) {
-		case 'm': mem = optarg; break;
+		case 'm': mem = optarg; mem_given = true; break;
+		case 'v':
+			if (strcmp(optarg, "kvm") && strcmp(optarg, "synthetic")) {
+				fprintf(stderr, "pmigrate demo: --vm must be synthetic or kvm\n");
+				return 2;
+			}
+			kvm = !strcmp(optarg, "kvm");
+			break;
+		case 'g': guest = optarg; break;
 		case 'w': workload = optarg; break;
 		case 'j': json_path = optarg; break;
 		case 'B': barrier = true; break;
@@ -222,6 +279,28 @@ int cmd_demo(int argc, char **argv)
 		fprintf(stderr, "pmigrate demo: %s\n", err.msg);
 		return 2;
 	}
+	char pmvm_buf[4096], guest_buf[4096];
+	if (kvm) {
+		static const char *const pmvm_rel[] = { "../pmvm/pmvm", "pmvm", NULL };
+		static const char *const guest_rel[] = { "../../guests/verifier.bin", "../share/pmigrate/verifier.bin", NULL };
+		int kfd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+		if (kfd < 0) {
+			fprintf(stderr, "pmigrate demo: KVM is not available here (/dev/kvm: %s); "
+				"the synthetic-VM demo (without --vm kvm) works everywhere\n", strerror(errno));
+			return 1;
+		}
+		close(kfd);
+		src.exe = dst.exe = find_sibling("PMVM", pmvm_rel, pmvm_buf, sizeof(pmvm_buf));
+		if (!guest)
+			guest = find_sibling("PMVM_GUEST", guest_rel, guest_buf, sizeof(guest_buf));
+		if (!src.exe || !guest) {
+			fprintf(stderr, "pmigrate demo: cannot find %s (set %s)\n", src.exe ? "the verifier guest" : "pmvm",
+				src.exe ? "--guest FILE" : "PMVM=/path/to/pmvm");
+			return 1;
+		}
+		if (!mem_given)
+			mem = "32M";
+	}
 	if (!mkdtemp(dir)) {
 		fprintf(stderr, "pmigrate demo: cannot create a temporary directory: %s\n", strerror(errno));
 		return 1;
@@ -233,13 +312,25 @@ int cmd_demo(int argc, char **argv)
 	snprintf(src_dump, sizeof(src_dump), "%s/source-at-pause.mem", dir);
 	snprintf(dst_dump, sizeof(dst_dump), "%s/destination-at-resume.mem", dir);
 
-	printf("pmigrate demo: %s VM, workload %s, %u channels over loopback%s\n", mem, workload,
-	       channels, barrier ? ", barrier mode" : "");
+	char src_serial[300], dst_serial[300];
+	snprintf(src_serial, sizeof(src_serial), "%s/source.serial", dir);
+	snprintf(dst_serial, sizeof(dst_serial), "%s/destination.serial", dir);
+	if (kvm)
+		printf("pmigrate demo: KVM guest %s (2 vCPUs, %s), %u channels over loopback%s\n", guest, mem,
+		       channels, barrier ? ", barrier mode" : "");
+	else
+		printf("pmigrate demo: %s VM, workload %s, %u channels over loopback%s\n", mem, workload,
+		       channels, barrier ? ", barrier mode" : "");
 	char *src_argv[] = { "pmigrate", "vm", "--mem", (char *)mem, "--workload", (char *)workload,
 			     "--control", src.sock, "--dump-at-pause", src_dump, NULL };
 	char *dst_argv[] = { "pmigrate", "vm", "--mem", (char *)mem, "--control", dst.sock,
 			     "--incoming", "127.0.0.1:0", "--dump-on-resume", dst_dump, NULL };
-	if (spawn(&src, src_argv) || spawn(&dst, dst_argv)) {
+	char *ksrc_argv[] = { "pmvm", "run", "--mem", (char *)mem, "--vcpus", "2", "--guest", (char *)guest,
+			      "--control", src.sock, "--serial", src_serial, "--dump-at-pause", src_dump, NULL };
+	char *kdst_argv[] = { "pmvm", "run", "--mem", (char *)mem, "--vcpus", "2", "--guest", (char *)guest,
+			      "--control", dst.sock, "--serial", dst_serial, "--incoming", "127.0.0.1:0",
+			      "--dump-on-resume", dst_dump, NULL };
+	if (spawn(&src, kvm ? ksrc_argv : src_argv) || spawn(&dst, kvm ? kdst_argv : dst_argv)) {
 		fprintf(stderr, "pmigrate demo: cannot start VM processes: %s\n", strerror(errno));
 		goto out;
 	}
@@ -285,6 +376,28 @@ int cmd_demo(int argc, char **argv)
 		goto out;
 	}
 
+	if (kvm) {
+		/* The guest checks itself: more VERIFY OK at the destination, no FAIL. */
+		long s_ok, d1, d2;
+		bool s_fail, d_fail;
+		char s_last[128] = "", d_last[128] = "";
+		scan_serial(src_serial, &s_ok, &s_fail, s_last, sizeof(s_last));
+		scan_serial(dst_serial, &d1, &d_fail, d_last, sizeof(d_last));
+		sleep_ms(3000);
+		scan_serial(dst_serial, &d2, &d_fail, d_last, sizeof(d_last));
+		bool alive = d2 > d1;
+		printf("guest view   source's last: \"%s\"; destination's latest: \"%s\" (%ld -> %ld lines)\n",
+		       s_last, d_last, d1, d2);
+		uint64_t bytes = 0;
+		long long diff = compare_dumps(src_dump, dst_dump, &bytes, &err);
+		printf("verify       guest self-check %s; memory at resume %s memory at pause\n",
+		       s_fail || d_fail ? "FAILED (VERIFY FAIL seen)" : alive ? "OK" : "NOT advancing",
+		       diff == 0 ? "==" : "!=");
+		verified = alive && !s_fail && !d_fail && diff == 0;
+		printf("result       %s\n", verified ? "migrated live and verified" : "FAILED");
+		rc = verified ? 0 : 1;
+		goto out;
+	}
 	/* The destination must be running with its heartbeat advancing. */
 	st = wait_status(&dst, 10000, &err);
 	double c1 = st ? hb_field(st, "count") : -1, gap = st ? hb_field(st, "resume_gap_ms") : -1;
