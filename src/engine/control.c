@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
 #include <pmigrate/control.h>
@@ -55,10 +56,11 @@ static void send_json(struct pm_control *c, int fd, json_object *o)
 	size_t len = strlen(s);
 
 	pthread_mutex_lock(&c->write_lock);
-	if (fd >= 0) {
-		send(fd, s, len, MSG_NOSIGNAL);
-		send(fd, "\n", 1, MSG_NOSIGNAL);
-	}
+	/* A client that stops reading gets cut off (after the send timeout set
+	 * at accept) rather than stalling the migration's progress events. */
+	if (fd >= 0 && (send(fd, s, len, MSG_NOSIGNAL) != (ssize_t)len ||
+			send(fd, "\n", 1, MSG_NOSIGNAL) != 1))
+		shutdown(fd, SHUT_RDWR);
 	pthread_mutex_unlock(&c->write_lock);
 	json_object_put(o);
 }
@@ -443,6 +445,8 @@ static void *server_main(void *arg)
 				continue;
 			break;
 		}
+		struct timeval tv = { .tv_sec = 2 };
+		setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
 		pthread_mutex_lock(&c->lock);
 		struct client *cl = NULL;
 		for (unsigned i = 0; i < MAX_CLIENTS && !c->stopping; i++) {
