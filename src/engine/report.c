@@ -215,6 +215,10 @@ int pm_report_from_json(const char *text, struct pm_report *r)
 	js(o, "switchover_reason", r->switchover_reason, sizeof(r->switchover_reason));
 	js(o, "dirty_method", r->dirty_method, sizeof(r->dirty_method));
 	r->nrounds = ju(o, "nrounds");
+	json_object *chb;
+	if (json_object_object_get_ex(o, "channel_bytes", &chb) && json_object_is_type(chb, json_type_array))
+		for (size_t i = 0; i < json_object_array_length(chb) && i < PM_MAX_CHANNELS; i++)
+			r->channel_bytes[i] = json_object_get_int64(json_object_array_get_idx(chb, i));
 	if (json_object_object_get_ex(o, "rounds", &rounds) && json_object_is_type(rounds, json_type_array)) {
 		size_t n = json_object_array_length(rounds);
 		for (size_t i = 0; i < n && i < PM_MAX_ROUNDS; i++) {

@@ -34,6 +34,7 @@ struct worker {
 	bool started;
 	struct pm_codec *codec;
 	uint8_t *cbuf;                  /* compressed payloads of one chunk */
+	uint8_t *snap;                  /* stable copy of the run being compressed */
 	size_t cbuf_cap;
 	uint8_t (*hdrs)[PM_FRAME_HDR_LEN + PM_PAGES_FIXED_LEN];
 	struct iovec *iov;
@@ -130,7 +131,11 @@ static int emit_run(struct worker *w, const struct chunk_ref *ch, uint64_t first
 			*nhdr = 0;
 			h = w->hdrs[0];
 		}
-		size_t clen = pm_codec_compress(w->codec, src, raw, w->cbuf + *cused, bound);
+		/* Compress a private copy: a compressor reading live memory can
+		 * encode a stable page as a match against a page being written,
+		 * and the stable page would never be sent again. */
+		memcpy(w->snap, src, raw);
+		size_t clen = pm_codec_compress(w->codec, w->snap, raw, w->cbuf + *cused, bound);
 		if (clen) {
 			pg.encoding = pm_codec_encoding(c->p->compress);
 			pg.payload_len = clen;
@@ -564,7 +569,8 @@ static int setup(struct src_ctx *c, struct pm_backend *be, const struct pm_migra
 		if (p->compress != PM_COMPRESS_NONE) {
 			w->cbuf_cap = pm_codec_bound(p->compress, run) * 2;
 			w->cbuf = malloc(w->cbuf_cap);
-			if (!w->cbuf || pm_codec_new(&w->codec, p->compress, p->compress_level))
+			w->snap = malloc(run);
+			if (!w->cbuf || !w->snap || pm_codec_new(&w->codec, p->compress, p->compress_level))
 				return pm_err_set(err, ENOMEM, "out of memory");
 		}
 	}
@@ -586,6 +592,7 @@ static void teardown(struct src_ctx *c)
 			close(w->fd);
 		pm_codec_free(w->codec);
 		free(w->cbuf);
+		free(w->snap);
 		free(w->hdrs);
 		free(w->iov);
 	}

@@ -302,7 +302,7 @@ static void test_busy_4ch_barrier(void **s)
 	run_migration(&(struct cfg){ .channels = 4, .chunk_pages = 128, .barrier = true, BUSY });
 }
 static void test_busy_serial(void **s) { run_migration(&(struct cfg){ .channels = 4, .serial = true, BUSY }); }
-/* Compression with an idle guest.  (With a writer, see the known bug below.) */
+/* Compression with an idle guest.  (With a writer, see the regression tests below.) */
 static void test_idle_lz4(void **s)
 {
 	run_migration(&(struct cfg){ .channels = 4, .chunk_pages = 64, .compress = PM_COMPRESS_LZ4 });
@@ -313,13 +313,13 @@ static void test_idle_zstd_barrier(void **s)
 				     .downtime_ms = 1, .max_rounds = 3 });
 }
 
-/* KNOWN BUG (suite 'known-bugs'): source.c emit_run() compresses straight
- * from guest memory while the guest writes it.  lz4/zstd do not promise a
+/* Regression (found by this test, fixed in source.c): emit_run() compressed
+ * straight from guest memory while the guest wrote it.  lz4/zstd do not promise a
  * correct stream for input that changes under them: a match found between
  * a stable page and a page being written can decode to the written page's
  * later bytes, so the stable page -- not dirty again, never resent --
  * arrives corrupted.  Seen as "page N differs" about once in 150 zstd
- * migrations with this writer.  Fix: compress from a private copy of the
+ * migrations with this writer.  The fix compresses a private copy of the
  * run (as QEMU's multifd zlib/zstd do). */
 __attribute__((unused)) static void test_busy_lz4(void **s)
 {
@@ -332,8 +332,8 @@ __attribute__((unused)) static void test_busy_zstd(void **s)
 		run_migration(&(struct cfg){ .channels = 1, .compress = PM_COMPRESS_ZSTD, BUSY });
 }
 
-/* KNOWN BUG (suite 'known-bugs'): report.c pm_report_from_json() does not
- * parse "channel_bytes" back although pm_report_to_json() writes it. */
+/* Regression (fixed in report.c): pm_report_from_json() did not parse
+ * "channel_bytes" back although pm_report_to_json() writes it. */
 __attribute__((unused)) static void test_report_channel_bytes(void **s)
 {
 	struct pm_report *a = calloc(1, sizeof(*a)), *b = calloc(1, sizeof(*b));
@@ -569,7 +569,7 @@ int main(void)
 {
 	if (getenv("PM_TEST_FILTER"))
 		cmocka_set_test_filter(getenv("PM_TEST_FILTER"));
-#ifdef PM_KNOWN_BUGS
+#ifdef PM_REGRESSIONS
 	const struct CMUnitTest known[] = {
 		cmocka_unit_test(test_report_channel_bytes),
 		cmocka_unit_test(test_busy_zstd),
