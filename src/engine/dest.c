@@ -225,6 +225,9 @@ static int handle_frame(struct receiver *x, const struct pm_frame_hdr *h)
 		r = pm_recv_buf(x->fd, fb, PM_ROUND_LEN, &x->err, "receiving round end");
 		if (r)
 			return r;
+		if (pm_get32(fb) == 0 || pm_get32(fb) > PM_MAX_ROUNDS || pm_get32(fb + 4))
+			return pm_err_set(&x->err, EPROTO, "ROUND_END on channel %u names round %u "
+					  "(or has non-zero reserved bytes)", x->idx, pm_get32(fb));
 		/* Everything of this round on every channel is applied past here. */
 		if (drain_wait(c))
 			return pm_err_set(&x->err, ECANCELED, "migration failed on another channel");
