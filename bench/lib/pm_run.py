@@ -195,7 +195,8 @@ def main():
             res["rounds"] = len(rounds)
         elif isinstance(rounds, int):
             res["rounds"] = rounds
-        for k in ("dirty_method", "switchover_reason", "throttle_pct", "stale_pages", "setup_ms"):
+        for k in ("dirty_method", "switchover_reason", "throttle_pct", "stale_pages", "setup_ms",
+                  "verify_dump_ms"):
             if k in rep:
                 res[k] = rep[k]
         if res["status"] == "completed":

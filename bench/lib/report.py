@@ -203,6 +203,12 @@ def live_tables(rows, scen, md, ratios):
             r["ok"], r["runs"], r["dead_guests"],
             {True: "yes", False: "NO", None: "–"}[r.get("memory_verified")]))
     md.append("")
+    methods = sorted({r["dirty_method"] for r in rs if r.get("dirty_method")})
+    if methods:
+        md.append("pmigrate's dirty tracking: %s (reported by the engine as `dirty_method`). "
+                  "\"dirtied while migrating\" is what the workload achieved, not the rate it asked for."
+                  % ", ".join("`%s`" % m for m in methods))
+        md.append("")
     rates = sorted({r["rate"] for r in rs if r["rate"] is not None})
     lines = []
     for rate in rates:

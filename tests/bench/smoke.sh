@@ -2,11 +2,12 @@
 # TAP smoke test of the benchmark harness: runs `bench/run --smoke` (64 MiB VM, one
 # rep, every scenario, QEMU paused runs when QEMU is installed) and checks that it
 # wrote valid results.json / results.csv / summary.md (and plots with gnuplot), that
-# the migrations it drove completed, and that it left no namespace behind.
+# the migrations it drove completed, that the bare-copy limit (bench/loopcopy) was
+# measured beside iperf3 and moved the right bytes, and that it left no namespace behind.
 # It never asserts timings. PMIGRATE_BIN: the pmigrate executable (set by meson).
 set -u
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-N=8
+N=9
 if [[ $(id -u) != 0 ]] || ! command -v ip >/dev/null || ! command -v python3 >/dev/null; then
 	echo "1..0 # SKIP needs root, iproute2 and python3 (network namespaces)"
 	exit 0
@@ -77,6 +78,19 @@ import json, sys
 runs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 v = [r for r in runs if r.get("verify")]
 assert v and all(r.get("memory_equal") for r in v), v
+PY
+
+check "bare copy (loopcopy) measured in scenarios 1 and 2, memory checked" python3 - "$OUT/results.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+if any("no bare-copy limit" in n for n in d["meta"].get("notes", [])):
+    sys.exit(0)  # loopcopy could not be built here: nothing to check
+bc = [r for r in d["best"] if r["tool"] == "loopcopy"]
+assert {1, 2} <= {r["scenario"] for r in bc}, bc
+assert all(r.get("throughput_MBps") for r in bc), bc
+runs = [r for r in d["runs"] if r["tool"] == "loopcopy"]
+assert runs and all(r.get("memory_equal") for r in runs), runs[:2]
+assert any(x.get("pmigrate_fraction_of_bare_copy") for x in d["ratios"]), d["ratios"]
 PY
 
 if command -v gnuplot >/dev/null; then
