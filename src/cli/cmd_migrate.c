@@ -135,7 +135,10 @@ int cmd_migrate(int argc, char **argv)
 		case 'n': case 'd': case 'r': case 'T':
 			errno = 0;
 			v = strtol(optarg, &end, 10);
-			if (*end || errno || v < 0 || (o == 'n' && (v < 1 || v > PM_MAX_CHANNELS))) {
+			/* The same limits as the control socket's, so that a bad value
+			 * is a usage error (exit 2) here rather than a failure. */
+			if (!*optarg || *end || errno || v < 0 || (o == 'n' && (v < 1 || v > PM_MAX_CHANNELS)) ||
+			    (o == 'r' && v > PM_MAX_ROUNDS - 1) || ((o == 'd' || o == 'T') && v > 3600000)) {
 				fprintf(stderr, "pmigrate migrate: bad value '%s' for --%s\n", optarg,
 					o == 'n' ? "channels" : o == 'd' ? "downtime" : o == 'r' ? "max-rounds" : "timeout");
 				goto bad;

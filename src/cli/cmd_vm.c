@@ -21,6 +21,21 @@ struct vm_proc {
 };
 
 static struct vm_proc *the_proc;
+/* While waiting for (or receiving) an incoming migration the main thread is
+ * inside pm_incoming_run, which a flag cannot interrupt: a signal or "quit"
+ * then ends the process at once (no VM runs yet, nothing to save). */
+static volatile sig_atomic_t incoming_phase;
+static const char *control_path;
+
+static void incoming_abandon(int rc, const char *msg, size_t len)
+{
+	if (write(2, msg, len) < 0) {
+		/* nothing more to say */
+	}
+	if (control_path)
+		unlink(control_path);
+	_exit(rc);
+}
 
 static void vm_status(void *opaque, json_object *o)
 {
@@ -69,7 +84,10 @@ static int vm_command(void *opaque, const char *name, json_object *args, json_ob
 static void vm_quit(void *opaque)
 {
 	struct vm_proc *p = opaque;
+	static const char m[] = "pmigrate vm: quit while waiting for a migration; no VM was started\n";
 
+	if (incoming_phase)
+		incoming_abandon(0, m, sizeof(m) - 1);
 	pthread_mutex_lock(&p->lock);
 	p->quit = true;
 	pthread_cond_broadcast(&p->cond);
@@ -78,7 +96,11 @@ static void vm_quit(void *opaque)
 
 static void on_signal(int sig)
 {
+	static const char m[] = "pmigrate vm: interrupted while waiting for a migration; no VM was started\n";
+
 	(void)sig;
+	if (incoming_phase)
+		incoming_abandon(1, m, sizeof(m) - 1);
 	/* Only async-signal-safe work here: the waiter polls the flag. */
 	if (the_proc)
 		__atomic_store_n(&the_proc->quit, true, __ATOMIC_RELEASE);
@@ -149,7 +171,17 @@ int cmd_vm(int argc, char **argv)
 			}
 			break;
 		case 'i': incoming = optarg; break;
-		case 'T': timeout_ms = strtoul(optarg, NULL, 10); break;
+		case 'T': {
+			char *end;
+			errno = 0;
+			unsigned long v = strtoul(optarg, &end, 10);
+			if (!*optarg || *end || errno || *optarg == '-' || v == 0 || v > 3600000) {
+				pm_err_set(&err, EINVAL, "bad --timeout '%s' (milliseconds, 1 to 3600000)", optarg);
+				goto bad_opt;
+			}
+			timeout_ms = v;
+			break;
+		}
 		case 'P': so.start_paused = true; break;
 		case 'a': dump_pause = optarg; break;
 		case 'r': dump_resume = optarg; break;
@@ -199,6 +231,7 @@ int cmd_vm(int argc, char **argv)
 	pthread_mutex_init(&proc.lock, NULL);
 	pthread_cond_init(&proc.cond, NULL);
 	the_proc = &proc;
+	incoming_phase = incoming != NULL;
 	signal(SIGPIPE, SIG_IGN);
 	signal(SIGINT, on_signal);
 	signal(SIGTERM, on_signal);
@@ -209,6 +242,7 @@ int cmd_vm(int argc, char **argv)
 		fprintf(stderr, "pmigrate vm: %s\n", err.msg);
 		goto out;
 	}
+	control_path = control;
 	if (dump_pause)
 		pm_control_set_dump_at_pause(ctl, dump_pause);
 
@@ -219,6 +253,7 @@ int cmd_vm(int argc, char **argv)
 			fprintf(stderr, " %s", pm_incoming_address(proc.in, i));
 		fprintf(stderr, "\n");
 		int r = pm_incoming_run(proc.in, synvm_backend(proc.vm), &rep, &err);
+		incoming_phase = 0;
 		snprintf(rep.dirty_method, sizeof(rep.dirty_method), "-");
 		pm_control_set_report(ctl, &rep);
 		if (r) {

@@ -1,0 +1,48 @@
+#!/bin/bash
+# A destination fed garbage, truncated, oversized, out-of-range or
+# otherwise wrong frames (by pmtool.py, which speaks the wire protocol):
+# it exits non-zero with a message naming the problem, tells the peer why
+# (ERROR frame) where the stream allows it, and never resumes its VM.
+set -u
+. "$(dirname "$0")/lib.sh"
+
+MEM=$((16 << 20))
+# case | phrase in the destination's message | phrase in its ERROR frame (or -)
+cases=(
+	"garbage|not HELLO|-"
+	"http|not a pmigrate source|-"
+	"truncated-hello|receiving HELLO: connection closed|-"
+	"oversized-hello|HELLO frame has length 1073741824, expected 40|-"
+	"bad-magic|bad magic 0x12345678|bad magic"
+	"bad-version|protocol version 7 is not supported|version 7"
+	"bad-page-size|page size 65536 is not supported|page size"
+	"bad-layout|destination has 16 MiB.*smaller|destination memory is smaller"
+	"pages-out-of-range|PAGES frame \[4095, \+2\) is outside region 0 of 4096 pages|outside region"
+	"pages-bad-region|PAGES frame names region 3|region 3"
+	"pages-oversized|PAGES frame length 2147483632 is out of range|-"
+	"pages-truncated|channel 0: receiving pages: connection closed|-"
+	"silent|waiting for HELLO: timed out|-"
+	"channel-index|channel index 4 is not below the channel count 4|channel index"
+	"compressed-unnegotiated|compression was not negotiated|not negotiated"
+	"corrupt-lz4|corrupt compressed run at region 0 page 0|corrupt compressed"
+	"round-too-big|PAGES frame has round 100000|round 100000"
+	"unknown-frame|unknown frame type 77|-"
+	"end-mismatch|source counted 9 frames|source counted"
+)
+for c in "${cases[@]}"; do
+	IFS='|' read -r name phrase answer <<<"$c"
+	if ! start_vm "$name" --mem $MEM --incoming 127.0.0.1:0 --timeout 2000 --dump-on-resume "$T/$name.resume"; then
+		not_ok "$name: start the destination"
+		continue
+	fi
+	"${TOOL[@]}" speak "$(incoming_of "$name")" "$name" $MEM >"$T/$name.speak" 2>&1
+	check "$name: destination exits non-zero" exited_nonzero "$name" 20
+	check "$name: destination says what was wrong (/$phrase/)" \
+		grep_file "$T/$name.err" "incoming migration failed: .*$phrase"
+	check "$name: destination never resumed" never_resumed "$name"
+	if [ "$answer" != - ]; then
+		check "$name: destination answered with an ERROR frame (/$answer/)" \
+			grep_file "$T/$name.speak" "^ERROR: .*$answer"
+	fi
+done
+finish
