@@ -286,7 +286,7 @@ static void *receiver_main(void *arg)
 		struct pm_frame_hdr h;
 		char what[48];
 
-		snprintf(what, sizeof(what), "channel %u", x->idx);
+		snprintf(what, sizeof(what), "receiving a frame header");
 		if (pm_recv_buf(x->fd, hb, sizeof(hb), &x->err, what))
 			break;
 		pm_decode_hdr(hb, &h);

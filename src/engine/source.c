@@ -39,6 +39,7 @@ struct worker {
 	uint8_t (*hdrs)[PM_FRAME_HDR_LEN + PM_PAGES_FIXED_LEN];
 	struct iovec *iov;
 	struct pm_end sent;             /* what END will count */
+	char what[160];                 /* "channel 2 (10.0.0.2:7000): sending pages" */
 	_Atomic uint64_t wire_bytes;
 	struct pm_err err;
 };
@@ -101,7 +102,7 @@ static int flush(struct worker *w, int *niov)
 	int r = 0;
 
 	if (*niov)
-		r = pm_send_all(w->fd, w->iov, *niov, &w->err, "sending pages");
+		r = pm_send_all(w->fd, w->iov, *niov, &w->err, w->what);
 	*niov = 0;
 	return r;
 }
@@ -355,6 +356,7 @@ static int connect_channels(struct src_ctx *c, const uint8_t session[16], struct
 		int r;
 
 		snprintf(peer, sizeof(peer), "%s (channel %u)", to, i);
+		snprintf(c->w[i].what, sizeof(c->w[i].what), "channel %u (%.100s): sending pages", i, to);
 		memcpy(h.session, session, 16);
 		r = pm_tcp_connect(to, bind, c->timeout_ms, err);
 		if (r < 0)
@@ -537,6 +539,15 @@ static int setup(struct src_ctx *c, struct pm_backend *be, const struct pm_migra
 	if (!be->nregions || be->nregions > PM_MAX_REGIONS)
 		return pm_err_set(err, EINVAL, "VM has %u memory regions (1..%u supported)",
 				  be->nregions, PM_MAX_REGIONS);
+	/* Every address is checked before the first connection. */
+	for (unsigned i = 0; i < p->nto + p->nbind; i++) {
+		struct sockaddr_storage ss;
+		socklen_t sl;
+		const char *a = i < p->nto ? p->to[i] : p->bind[i - p->nto];
+		int r = pm_parse_addr(a, &ss, &sl, i >= p->nto, err);
+		if (r)
+			return r;
+	}
 	for (unsigned i = 0; i < be->nregions; i++) {
 		c->region_base[i] = c->vm_pages;
 		c->vm_pages += be->regions[i].npages;
@@ -579,11 +590,14 @@ static int setup(struct src_ctx *c, struct pm_backend *be, const struct pm_migra
 	return 0;
 }
 
-static void teardown(struct src_ctx *c)
+static void teardown(struct src_ctx *c, const struct pm_err *why)
 {
 	pm_queue_close(&c->q);
 	for (unsigned i = 0; c->w && i < c->nch; i++) {
 		struct worker *w = &c->w[i];
+		/* A failed migration tells the destination why before hanging up. */
+		if (w->fd >= 0 && why && why->code)
+			pm_send_error_frame(w->fd, why->code, why->msg);
 		if (w->fd >= 0)
 			shutdown(w->fd, SHUT_RDWR);
 		if (w->started)
@@ -788,10 +802,10 @@ out:
 		be->ops->dirty_stop(be->vm);
 	if (c->throttle && be->ops->throttle)
 		be->ops->throttle(be->vm, 0);
-	teardown(c);
+	if (!done && !r)
+		r = pm_err_set(err, EIO, "migration failed");
+	teardown(c, done ? NULL : err);
 	if (!done) {
-		if (!r)
-			r = pm_err_set(err, EIO, "migration failed");
 		if (paused) {
 			struct pm_err e2 = { 0 };
 			if (be->ops->resume(be->vm, &e2))
