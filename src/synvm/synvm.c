@@ -46,6 +46,7 @@ struct synvm {
 	pthread_cond_t cond;
 	bool pause_req, quit, threads_started;
 	unsigned nthreads, parked;
+	unsigned discards;                /* in progress; pause waits for them */
 	atomic_uint throttle;
 	struct vcpu vcpu[MAX_VCPUS];
 };
@@ -229,7 +230,7 @@ static int be_pause(void *opaque, struct pm_err *err)
 
 	pthread_mutex_lock(&vm->lock);
 	__atomic_store_n(&vm->pause_req, true, __ATOMIC_RELEASE);
-	while (vm->threads_started && vm->parked < vm->nthreads)
+	while ((vm->threads_started && vm->parked < vm->nthreads) || vm->discards)
 		pthread_cond_wait(&vm->cond, &vm->lock);
 	pthread_mutex_unlock(&vm->lock);
 	return 0;
@@ -327,12 +328,27 @@ int synvm_discard(struct synvm *vm, uint64_t offset, uint64_t len, struct pm_err
 		return pm_err_set(err, EINVAL, "discard offset and length must be non-zero multiples of 4096");
 	if (first == 0 || first >= vm->npages || n > vm->npages - first)
 		return pm_err_set(err, EINVAL, "discard range is outside guest memory (page 0 is the heartbeat)");
+	/* A discard is the guest's doing (a balloon): a paused VM makes none,
+	 * and pausing waits for one in progress. */
+	pthread_mutex_lock(&vm->lock);
+	if (vm->pause_req || !vm->threads_started) {
+		pthread_mutex_unlock(&vm->lock);
+		return pm_err_set(err, EBUSY, "the VM is paused: no discard until it runs");
+	}
+	vm->discards++;
+	pthread_mutex_unlock(&vm->lock);
+
 	pm_range_wrlock(&vm->layout_lock, &lr, first, first + n);
 	int r = fallocate(vm->memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, len);
 	int e = errno;
 	for (uint64_t p = first; p < first + n; p++)
 		__atomic_fetch_or(&vm->forced_dirty[p / 64], 1ull << (p % 64), __ATOMIC_RELEASE);
 	pm_range_unlock(&vm->layout_lock, &lr);
+
+	pthread_mutex_lock(&vm->lock);
+	vm->discards--;
+	pthread_cond_broadcast(&vm->cond);
+	pthread_mutex_unlock(&vm->lock);
 	if (r)
 		return pm_err_set(err, e, "discard failed: %s", strerror(e));
 	return 0;

@@ -16,7 +16,8 @@ pids+=($!)
 pids+=($!)
 wait_sock "$T/s.sock" && wait_sock "$T/d.sock" || { echo "not ok 1 - VMs did not start"; echo "not ok 2 - skipped"; exit 0; }
 to=$("$PM" status --control "$T/d.sock" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["incoming"][0])')
-# Discard random ranges until the migration is over.
+# Discard random ranges until the migration is over (refused once the VM
+# is paused for switchover: a paused guest makes no balloon requests).
 python3 - "$T/s.sock" "$T/stop" > "$T/discards" <<'PY' &
 import json, os, random, socket, sys, time
 sock, stop = sys.argv[1], sys.argv[2]
@@ -32,11 +33,15 @@ while not os.path.exists(stop) and n < 20000:
     r = s.makefile().readline()
     n += 1
     ok += '"return"' in r
+    if ok == 1:
+        open(stop + ".ready", "w").close()
     s.close()
     time.sleep(0.002)
 print(n, ok)
 PY
 dpid=$!
+# Migrate only once discards are landing, so they overlap the pre-copy.
+for _ in $(seq 300); do [ -e "$T/stop.ready" ] && break; sleep 0.02; done
 "$PM" migrate --control "$T/s.sock" --to "$to" --channels 4 --no-progress --quiet --json "$T/r.json" >"$T/m.out" 2>&1
 rc=$?
 touch "$T/stop"
