@@ -122,16 +122,6 @@ static int drain_wait(struct dst_ctx *c)
 	return r;
 }
 
-static bool page_is_zero(const uint8_t *p)
-{
-	const uint64_t *w = (const uint64_t *)p;
-
-	for (unsigned i = 0; i < PM_PAGE_SIZE / 8; i += 4)
-		if (w[i] | w[i + 1] | w[i + 2] | w[i + 3])
-			return false;
-	return true;
-}
-
 static int apply_pages(struct receiver *x, const struct pm_pages *pg)
 {
 	struct dst_ctx *c = x->c;
@@ -171,7 +161,7 @@ static int apply_pages(struct receiver *x, const struct pm_pages *pg)
 			break;
 		}
 		case PM_ENC_ZERO:
-			if (newer && (c->page_round[g + k] || !page_is_zero(dst)))
+			if (newer && (c->page_round[g + k] || !pm_page_is_zero(dst)))
 				memset(dst, 0, PM_PAGE_SIZE);
 			break;
 		default:

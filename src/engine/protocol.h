@@ -107,6 +107,20 @@ static inline uint16_t pm_get16(const uint8_t *p) { return p[0] | (uint16_t)p[1]
 static inline uint32_t pm_get32(const uint8_t *p) { return pm_get16(p) | (uint32_t)pm_get16(p + 2) << 16; }
 static inline uint64_t pm_get64(const uint8_t *p) { return pm_get32(p) | (uint64_t)pm_get32(p + 4) << 32; }
 
+/* True if a 4 KiB page is all zeroes.  Most data pages differ from zero in
+ * their first words, so the common case exits at once. */
+static inline bool pm_page_is_zero(const uint8_t *p)
+{
+	const uint64_t *w = (const uint64_t *)p;
+
+	if (w[0] | w[1])
+		return false;
+	for (unsigned i = 0; i < PM_PAGE_SIZE / 8; i += 4)
+		if (w[i] | w[i + 1] | w[i + 2] | w[i + 3])
+			return false;
+	return true;
+}
+
 const char *pm_frame_name(uint32_t type);
 
 void pm_encode_hdr(uint8_t out[PM_FRAME_HDR_LEN], uint32_t type, uint32_t len);

@@ -84,19 +84,6 @@ static void fail(struct src_ctx *c, const struct pm_err *e)
 	atomic_store(&c->failed, true);
 }
 
-static bool page_is_zero(const uint8_t *p)
-{
-	const uint64_t *w = (const uint64_t *)p;
-
-	/* Most data pages differ from zero in their first word: cheap exit. */
-	if (w[0] | w[1])
-		return false;
-	for (unsigned i = 0; i < PM_PAGE_SIZE / 8; i += 4)
-		if (w[i] | w[i + 1] | w[i + 2] | w[i + 3])
-			return false;
-	return true;
-}
-
 static int flush(struct worker *w, int *niov)
 {
 	int r = 0;
@@ -201,10 +188,10 @@ static int send_chunk(struct worker *w, struct pm_task t)
 			i++;
 			continue;
 		}
-		bool zero = page_is_zero(base + (ch->first + i) * PM_PAGE_SIZE);
+		bool zero = pm_page_is_zero(base + (ch->first + i) * PM_PAGE_SIZE);
 		uint32_t j = i + 1;
 		while (j < ch->npages && (bm[j / 64] >> (j % 64) & 1) &&
-		       page_is_zero(base + (ch->first + j) * PM_PAGE_SIZE) == zero)
+		       pm_page_is_zero(base + (ch->first + j) * PM_PAGE_SIZE) == zero)
 			j++;
 		r = emit_run(w, ch, ch->first + i, j - i, zero, t.round, &niov, &nhdr, &cused);
 		if (r)
