@@ -110,6 +110,9 @@ const char *pm_incoming_address(const struct pm_incoming *in, unsigned i);
 /* Receives one migration into be; on success the VM has been resumed. */
 int pm_incoming_run(struct pm_incoming *in, struct pm_backend *be,
 		    struct pm_report *rep, struct pm_err *err);
+/* Makes a pm_incoming_run() in progress (waiting or receiving) fail with
+ * -ECANCELED without resuming anything.  Async-signal-safe. */
+void pm_incoming_cancel(struct pm_incoming *in);
 void pm_incoming_close(struct pm_incoming *in);
 
 /* Writes every region of be, in order, to path (for cmp-style checks). */

@@ -21,21 +21,9 @@ struct vm_proc {
 };
 
 static struct vm_proc *the_proc;
-/* While waiting for (or receiving) an incoming migration the main thread is
- * inside pm_incoming_run, which a flag cannot interrupt: a signal or "quit"
- * then ends the process at once (no VM runs yet, nothing to save). */
-static volatile sig_atomic_t incoming_phase;
-static const char *control_path;
-
-static void incoming_abandon(int rc, const char *msg, size_t len)
-{
-	if (write(2, msg, len) < 0) {
-		/* nothing more to say */
-	}
-	if (control_path)
-		unlink(control_path);
-	_exit(rc);
-}
+/* While waiting for (or receiving) an incoming migration, a signal or
+ * "quit" cancels it: no VM has run yet, so there is nothing to save. */
+static volatile sig_atomic_t incoming_phase, incoming_stop; /* 1: signal, 2: quit */
 
 static void vm_status(void *opaque, json_object *o)
 {
@@ -84,10 +72,11 @@ static int vm_command(void *opaque, const char *name, json_object *args, json_ob
 static void vm_quit(void *opaque)
 {
 	struct vm_proc *p = opaque;
-	static const char m[] = "pmigrate vm: quit while waiting for a migration; no VM was started\n";
 
-	if (incoming_phase)
-		incoming_abandon(0, m, sizeof(m) - 1);
+	if (incoming_phase) {
+		incoming_stop = 2;
+		pm_incoming_cancel(p->in);
+	}
 	pthread_mutex_lock(&p->lock);
 	p->quit = true;
 	pthread_cond_broadcast(&p->cond);
@@ -96,11 +85,11 @@ static void vm_quit(void *opaque)
 
 static void on_signal(int sig)
 {
-	static const char m[] = "pmigrate vm: interrupted while waiting for a migration; no VM was started\n";
-
 	(void)sig;
-	if (incoming_phase)
-		incoming_abandon(1, m, sizeof(m) - 1);
+	if (incoming_phase && the_proc) {
+		incoming_stop = 1;
+		pm_incoming_cancel(the_proc->in);   /* async-signal-safe */
+	}
 	/* Only async-signal-safe work here: the waiter polls the flag. */
 	if (the_proc)
 		__atomic_store_n(&the_proc->quit, true, __ATOMIC_RELEASE);
@@ -242,7 +231,6 @@ int cmd_vm(int argc, char **argv)
 		fprintf(stderr, "pmigrate vm: %s\n", err.msg);
 		goto out;
 	}
-	control_path = control;
 	if (dump_pause)
 		pm_control_set_dump_at_pause(ctl, dump_pause);
 
@@ -269,6 +257,12 @@ int cmd_vm(int argc, char **argv)
 		incoming_phase = 0;
 		snprintf(rep.dirty_method, sizeof(rep.dirty_method), "-");
 		pm_control_set_report(ctl, &rep);
+		if (r && incoming_stop) {
+			fprintf(stderr, "pmigrate vm: %s while waiting for a migration; no VM was started\n",
+				incoming_stop == 2 ? "quit" : "interrupted");
+			rc = incoming_stop == 2 ? 0 : 1;
+			goto out;
+		}
 		if (r) {
 			/* Never a half-started VM: report and exit. */
 			pm_control_set_state(ctl, "failed");

@@ -9,6 +9,7 @@
  * The VM is resumed only after every channel's END has arrived with counts
  * matching what was applied and the device state has been loaded. */
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -26,6 +27,7 @@
 #define MAX_LISTEN 64
 
 struct pm_incoming {
+	int cancel[2];          /* pipe: a byte here cancels a run */
 	unsigned n;
 	int lfd[MAX_LISTEN];
 	char addr[MAX_LISTEN][80];
@@ -70,6 +72,7 @@ struct dst_ctx {
 	uint32_t features;
 	struct receiver *rx;
 	struct drain drain;
+	atomic_uint finished;           /* receivers that have returned */
 	atomic_bool failed;
 	pthread_mutex_t err_lock;
 	struct pm_err err;
@@ -288,6 +291,7 @@ static void *receiver_main(void *arg)
 		pm_err_set(&e, x->err.code, "channel %u: %s", x->idx, x->err.msg);
 		dst_fail(c, &e);
 	}
+	atomic_fetch_add(&c->finished, 1);
 	return NULL;
 }
 
@@ -301,6 +305,12 @@ int pm_incoming_listen(struct pm_incoming **out, const struct pm_incoming_params
 	in = calloc(1, sizeof(*in));
 	if (!in)
 		return pm_err_set(err, ENOMEM, "out of memory");
+	in->cancel[0] = in->cancel[1] = -1;
+	if (pipe2(in->cancel, O_CLOEXEC | O_NONBLOCK)) {
+		int e = errno;
+		free(in);
+		return pm_err_set(err, e, "pipe: %s", strerror(e));
+	}
 	in->timeout_ms = p->timeout_ms ? p->timeout_ms : 30000;
 	in->dump_on_resume = p->dump_on_resume;
 	for (unsigned i = 0; i < p->nlisten; i++) {
@@ -325,10 +335,26 @@ const char *pm_incoming_address(const struct pm_incoming *in, unsigned i)
 	return i < in->n ? in->addr[i] : NULL;
 }
 
+void pm_incoming_cancel(struct pm_incoming *in)
+{
+	if (in && write(in->cancel[1], "c", 1) < 0) {
+		/* already full: already cancelled */
+	}
+}
+
+static bool cancelled(const struct pm_incoming *in)
+{
+	struct pollfd p = { .fd = in->cancel[0], .events = POLLIN };
+
+	return poll(&p, 1, 0) > 0;
+}
+
 void pm_incoming_close(struct pm_incoming *in)
 {
 	if (!in)
 		return;
+	close(in->cancel[0]);
+	close(in->cancel[1]);
 	for (unsigned i = 0; i < in->n; i++)
 		close(in->lfd[i]);
 	free(in);
@@ -345,11 +371,12 @@ static int accept_channels(struct pm_incoming *in, struct dst_ctx *c, struct pm_
 	for (unsigned i = 0; i < PM_MAX_CHANNELS; i++)
 		fds[i] = -1;
 	for (;;) {
-		struct pollfd pfd[MAX_LISTEN];
+		struct pollfd pfd[MAX_LISTEN + 1];
 		int wait = -1;
 
 		for (unsigned i = 0; i < in->n; i++)
 			pfd[i] = (struct pollfd){ .fd = in->lfd[i], .events = POLLIN };
+		pfd[in->n] = (struct pollfd){ .fd = in->cancel[0], .events = POLLIN };
 		if (deadline) {
 			wait = deadline - pm_now_ms();
 			if (wait <= 0) {
@@ -358,9 +385,13 @@ static int accept_channels(struct pm_incoming *in, struct dst_ctx *c, struct pm_
 				goto fail;
 			}
 		}
-		r = poll(pfd, in->n, wait);
+		r = poll(pfd, in->n + 1, wait);
 		if (r < 0 && errno == EINTR)
 			continue;
+		if (pfd[in->n].revents & POLLIN) {
+			r = pm_err_set(err, ECANCELED, "cancelled while waiting for the source");
+			goto fail;
+		}
 		for (unsigned i = 0; i < in->n && r > 0; i++) {
 			if (!(pfd[i].revents & POLLIN))
 				continue;
@@ -528,6 +559,18 @@ int pm_incoming_run(struct pm_incoming *in, struct pm_backend *be, struct pm_rep
 		}
 		c->rx[i].started = true;
 	}
+	/* Watch for a cancel while the receivers work. */
+	unsigned started = 0;
+	for (unsigned i = 0; i < c->nch; i++)
+		started += c->rx[i].started;
+	while (atomic_load(&c->finished) < started) {
+		struct pollfd p = { .fd = in->cancel[0], .events = POLLIN };
+		if (poll(&p, 1, 50) > 0 && !atomic_load(&c->failed)) {
+			struct pm_err e = { 0 };
+			pm_err_set(&e, ECANCELED, "cancelled on the destination");
+			dst_fail(c, &e);
+		}
+	}
 	for (unsigned i = 0; i < c->nch; i++)
 		if (c->rx[i].started)
 			pthread_join(c->rx[i].thread, NULL);
@@ -538,6 +581,12 @@ int pm_incoming_run(struct pm_incoming *in, struct pm_backend *be, struct pm_rep
 	}
 	if (atomic_load(&c->failed)) {
 		r = pm_err_set(err, c->err.code, "%s", c->err.msg);
+		goto out;
+	}
+	if (cancelled(in)) {
+		r = pm_err_set(err, ECANCELED, "cancelled on the destination before resuming");
+		for (unsigned i = 0; i < c->nch; i++)
+			pm_send_error_frame(c->rx[i].fd, err->code, err->msg);
 		goto out;
 	}
 	/* Everything counted has arrived and been applied. */
