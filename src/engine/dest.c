@@ -51,6 +51,8 @@ struct receiver {
 	struct iovec *iov;
 	uint64_t stale, zero, data, bytes;
 	uint32_t max_round;
+	uint8_t *rbuf;                  /* receive buffer for headers and small runs */
+	size_t roff, rlen;
 	struct pm_err err;
 };
 
@@ -125,6 +127,59 @@ static int drain_wait(struct dst_ctx *c)
 	return r;
 }
 
+
+#define RX_BUF (64u << 10)
+
+/* Reads exactly into iov: first what is buffered, then large remainders
+ * straight into place (guest memory), small ones through one recv that may
+ * also buffer the frames behind -- so a stream of one-page runs does not
+ * cost three syscalls a page. */
+static int rx_readv(struct receiver *x, struct iovec *iov, int n, const char *what)
+{
+	for (;;) {
+		while (n > 0 && x->roff < x->rlen) {
+			size_t k = x->rlen - x->roff;
+			if (k > iov->iov_len)
+				k = iov->iov_len;
+			memcpy(iov->iov_base, x->rbuf + x->roff, k);
+			x->roff += k;
+			iov->iov_base = (uint8_t *)iov->iov_base + k;
+			iov->iov_len -= k;
+			if (!iov->iov_len) {
+				iov++;
+				n--;
+			}
+		}
+		size_t left = 0;
+		for (int i = 0; i < n; i++)
+			left += iov[i].iov_len;
+		if (!left)
+			return 0;
+		if (left >= RX_BUF / 4)
+			return pm_recv_all(x->fd, iov, n, &x->err, what);
+		x->roff = x->rlen = 0;
+		while (x->rlen < left) {
+			ssize_t r = recv(x->fd, x->rbuf + x->rlen, RX_BUF - x->rlen, 0);
+			if (r < 0 && errno == EINTR)
+				continue;
+			if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+				return pm_err_set(&x->err, ETIMEDOUT, "%s: timed out (peer silent)", what);
+			if (r < 0)
+				return pm_err_set(&x->err, errno, "%s: %s", what, strerror(errno));
+			if (r == 0)
+				return pm_err_set(&x->err, ECONNRESET, "%s: connection closed by peer", what);
+			x->rlen += r;
+		}
+	}
+}
+
+static int rx_read(struct receiver *x, void *buf, size_t len, const char *what)
+{
+	struct iovec iov = { buf, len };
+
+	return rx_readv(x, &iov, 1, what);
+}
+
 static int apply_pages(struct receiver *x, const struct pm_pages *pg)
 {
 	struct dst_ctx *c = x->c;
@@ -136,7 +191,7 @@ static int apply_pages(struct receiver *x, const struct pm_pages *pg)
 	if (pg->encoding == PM_ENC_LZ4 || pg->encoding == PM_ENC_ZSTD) {
 		if (!x->codec)
 			return pm_err_set(&x->err, EPROTO, "compressed PAGES frame but compression was not negotiated");
-		r = pm_recv_buf(x->fd, x->cbuf, pg->payload_len, &x->err, "receiving pages");
+		r = rx_read(x, x->cbuf, pg->payload_len, "receiving pages");
 		if (r)
 			return r;
 		if (pm_codec_decompress(x->codec, pg->encoding, x->cbuf, pg->payload_len, x->run,
@@ -175,7 +230,7 @@ static int apply_pages(struct receiver *x, const struct pm_pages *pg)
 			c->page_round[g + k] = pg->round;
 	}
 	if (pg->encoding == PM_ENC_RAW)
-		r = pm_recv_all(x->fd, x->iov, niov, &x->err, "receiving pages");
+		r = rx_readv(x, x->iov, niov, "receiving pages");
 	pm_range_unlock(&c->lock, &lr);
 	if (pg->encoding == PM_ENC_ZERO)
 		x->zero += pg->npages;
@@ -193,7 +248,7 @@ static int handle_frame(struct receiver *x, const struct pm_frame_hdr *h)
 	switch (h->type) {
 	case PM_FR_PAGES: {
 		struct pm_pages pg;
-		r = pm_recv_buf(x->fd, fb, PM_PAGES_FIXED_LEN, &x->err, "receiving pages");
+		r = rx_read(x, fb, PM_PAGES_FIXED_LEN, "receiving pages");
 		if (r)
 			return r;
 		r = pm_decode_pages(fb, h->len, &c->layout, c->chunk_pages, &pg, &x->err);
@@ -215,7 +270,7 @@ static int handle_frame(struct receiver *x, const struct pm_frame_hdr *h)
 	case PM_FR_ROUND_END:
 		if (!(c->features & PM_FEAT_BARRIER))
 			return pm_err_set(&x->err, EPROTO, "ROUND_END on channel %u without barrier mode", x->idx);
-		r = pm_recv_buf(x->fd, fb, PM_ROUND_LEN, &x->err, "receiving round end");
+		r = rx_read(x, fb, PM_ROUND_LEN, "receiving round end");
 		if (r)
 			return r;
 		if (pm_get32(fb) == 0 || pm_get32(fb) > PM_MAX_ROUNDS || pm_get32(fb + 4))
@@ -233,9 +288,9 @@ static int handle_frame(struct receiver *x, const struct pm_frame_hdr *h)
 			return pm_err_set(&x->err, ENOMEM, "out of memory for %u bytes of device state", h->len);
 		c->state_len = h->len;
 		c->have_state = true;
-		return pm_recv_buf(x->fd, c->state, h->len, &x->err, "receiving device state");
+		return rx_read(x, c->state, h->len, "receiving device state");
 	case PM_FR_END:
-		r = pm_recv_buf(x->fd, fb, PM_END_LEN, &x->err, "receiving END");
+		r = rx_read(x, fb, PM_END_LEN, "receiving END");
 		if (!r)
 			r = pm_decode_end(fb, PM_END_LEN, &x->end, &x->err);
 		if (r)
@@ -254,7 +309,7 @@ static int handle_frame(struct receiver *x, const struct pm_frame_hdr *h)
 		x->ended = true;
 		return 0;
 	case PM_FR_ERROR: {
-		r = pm_recv_buf(x->fd, fb, h->len, &x->err, "receiving error");
+		r = rx_read(x, fb, h->len, "receiving error");
 		if (r)
 			return r;
 		uint32_t ml = pm_get32(fb + 4);
@@ -280,7 +335,7 @@ static void *receiver_main(void *arg)
 		char what[48];
 
 		snprintf(what, sizeof(what), "receiving a frame header");
-		if (pm_recv_buf(x->fd, hb, sizeof(hb), &x->err, what))
+		if (rx_read(x, hb, sizeof(hb), what))
 			break;
 		pm_decode_hdr(hb, &h);
 		if (pm_check_hdr(&h, c->chunk_pages, &x->err) || handle_frame(x, &h))
@@ -498,7 +553,8 @@ static int setup_receivers(struct dst_ctx *c, struct pm_err *err)
 		struct receiver *x = &c->rx[i];
 		x->run = malloc(run);
 		x->iov = calloc(c->chunk_pages, sizeof(*x->iov));
-		if (!x->run || !x->iov)
+		x->rbuf = malloc(RX_BUF);
+		if (!x->run || !x->iov || !x->rbuf)
 			return pm_err_set(err, ENOMEM, "out of memory");
 		if (comp != PM_COMPRESS_NONE) {
 			/* Accept either codec's worst case. */
@@ -630,6 +686,7 @@ out:
 		free(x->cbuf);
 		free(x->run);
 		free(x->iov);
+		free(x->rbuf);
 	}
 	rep->throughput_mbps = rep->total_time_ms > 0 ? rep->bytes_sent / 1e3 / rep->total_time_ms : 0;
 	free(c->rx);
