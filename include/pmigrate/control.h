@@ -34,7 +34,7 @@ void pm_control_set_state(struct pm_control *c, const char *state);
 /* Copies r; shown as "last_migration" in status. */
 void pm_control_set_report(struct pm_control *c, const struct pm_report *r);
 void pm_control_set_dump_at_pause(struct pm_control *c, const char *path);
-/* Blocks until the VM was migrated away, quit was asked, or never. */
+/* Copies the current state ("running", "migrated", ...) into buf. */
 const char *pm_control_state(struct pm_control *c, char *buf, size_t len);
 
 #endif

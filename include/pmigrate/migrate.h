@@ -101,7 +101,6 @@ struct pm_incoming_params {
 	unsigned nlisten;
 	unsigned timeout_ms;        /* after the first connection; 0: 30000 */
 	const char *dump_on_resume; /* write guest memory here just before resume */
-	bool barrier_ok;            /* accept barrier mode (always true today) */
 };
 int pm_incoming_listen(struct pm_incoming **out, const struct pm_incoming_params *p,
 		       struct pm_err *err);

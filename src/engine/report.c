@@ -10,39 +10,45 @@
 #include <unistd.h>
 #include <pmigrate/migrate.h>
 
+static const char *const compress_names[] = { "none", "lz4", "zstd" };
+static const char *const nonconverge_names[] = { "throttle", "force", "abort" };
+
+/* Index of s in names, or -EINVAL. */
+static int name_index(const char *const *names, int n, const char *s)
+{
+	for (int i = 0; i < n; i++)
+		if (!strcmp(names[i], s))
+			return i;
+	return -EINVAL;
+}
+
 const char *pm_compress_name(enum pm_compress c)
 {
-	return c == PM_COMPRESS_LZ4 ? "lz4" : c == PM_COMPRESS_ZSTD ? "zstd" : "none";
+	return (unsigned)c < 3 ? compress_names[c] : "none";
 }
 
 int pm_compress_parse(const char *s, enum pm_compress *out)
 {
-	if (!strcmp(s, "none"))
-		*out = PM_COMPRESS_NONE;
-	else if (!strcmp(s, "lz4"))
-		*out = PM_COMPRESS_LZ4;
-	else if (!strcmp(s, "zstd"))
-		*out = PM_COMPRESS_ZSTD;
-	else
-		return -EINVAL;
+	int i = name_index(compress_names, 3, s);
+
+	if (i < 0)
+		return i;
+	*out = i;
 	return 0;
 }
 
 const char *pm_nonconverge_name(enum pm_nonconverge p)
 {
-	return p == PM_NC_FORCE ? "force" : p == PM_NC_ABORT ? "abort" : "throttle";
+	return (unsigned)p < 3 ? nonconverge_names[p] : "throttle";
 }
 
 int pm_nonconverge_parse(const char *s, enum pm_nonconverge *out)
 {
-	if (!strcmp(s, "throttle"))
-		*out = PM_NC_THROTTLE;
-	else if (!strcmp(s, "force"))
-		*out = PM_NC_FORCE;
-	else if (!strcmp(s, "abort"))
-		*out = PM_NC_ABORT;
-	else
-		return -EINVAL;
+	int i = name_index(nonconverge_names, 3, s);
+
+	if (i < 0)
+		return i;
+	*out = i;
 	return 0;
 }
 

@@ -28,7 +28,6 @@ struct chunk_ref {
 
 struct worker {
 	struct src_ctx *c;
-	unsigned idx;
 	int fd;
 	pthread_t thread;
 	bool started;
@@ -558,7 +557,6 @@ static int setup(struct src_ctx *c, struct pm_backend *be, const struct pm_migra
 	for (unsigned i = 0; i < c->nch; i++) {
 		struct worker *w = &c->w[i];
 		w->c = c;
-		w->idx = i;
 		w->fd = -1;
 		w->hdrs = calloc(c->chunk_pages, sizeof(*w->hdrs));
 		w->iov = calloc(2 * c->chunk_pages, sizeof(*w->iov));

@@ -143,7 +143,6 @@ static int run(struct pmvm_config *c)
 			.listen = c->listen,
 			.nlisten = c->nlisten,
 			.dump_on_resume = c->dump_on_resume,
-			.barrier_ok = true,
 		};
 
 		if (pm_incoming_listen(&in, &ip, &err))

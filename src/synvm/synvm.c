@@ -621,7 +621,3 @@ uint64_t synvm_pages_written(struct synvm *vm)
 	return n;
 }
 
-bool synvm_is_paused(struct synvm *vm)
-{
-	return __atomic_load_n(&vm->pause_req, __ATOMIC_ACQUIRE);
-}

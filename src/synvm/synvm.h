@@ -64,7 +64,6 @@ void synvm_heartbeat(struct synvm *vm, struct synvm_heartbeat *hb);
 const char *synvm_dirty_method(struct synvm *vm);
 const struct synvm_workload *synvm_workload_of(struct synvm *vm);
 uint64_t synvm_pages_written(struct synvm *vm);
-bool synvm_is_paused(struct synvm *vm);
 /* Gives pages back (like a balloon): they read as zero afterwards.  Safe
  * during a migration: done under the layout range lock and the pages are
  * marked dirty so the destination gets the zeros too. */

@@ -54,7 +54,7 @@ static void dest_start(struct dest_run *d, struct fakevm *vm, unsigned nlisten, 
 {
 	const char *listen[4] = { "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0" };
 	struct pm_incoming_params ip = { .listen = listen, .nlisten = nlisten, .timeout_ms = 15000,
-					 .dump_on_resume = dump, .barrier_ok = true };
+					 .dump_on_resume = dump };
 	struct pm_err e = { 0 };
 
 	memset(d, 0, sizeof(*d));
