@@ -349,6 +349,20 @@ static unsigned quiet_vcpus(struct pmvm *vm)
 	return n;
 }
 
+/* Waits on vm->cond (vm->lock held) for at most ms milliseconds. */
+static void wait_ms(struct pmvm *vm, long ms)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_nsec += ms * 1000000L;
+	if (ts.tv_nsec >= 1000000000L) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000L;
+	}
+	pthread_cond_timedwait(&vm->cond, &vm->lock, &ts);
+}
+
 int pmvm_pause(struct pmvm *vm, struct pm_err *err)
 {
 	pthread_mutex_lock(&vm->lock);
@@ -356,16 +370,8 @@ int pmvm_pause(struct pmvm *vm, struct pm_err *err)
 	for (unsigned i = 0; i < vm->nvcpus; i++)
 		vm->vcpus[i].run->immediate_exit = 1;
 	while (quiet_vcpus(vm) < vm->nvcpus) {
-		struct timespec ts;
-
 		kick_all(vm);
-		clock_gettime(CLOCK_REALTIME, &ts);
-		ts.tv_nsec += 50 * 1000000L;
-		if (ts.tv_nsec >= 1000000000L) {
-			ts.tv_sec++;
-			ts.tv_nsec -= 1000000000L;
-		}
-		pthread_cond_timedwait(&vm->cond, &vm->lock, &ts);
+		wait_ms(vm, 50);
 	}
 	pthread_mutex_unlock(&vm->lock);
 	(void)err;
@@ -401,17 +407,9 @@ static void *throttle_thread(void *arg)
 
 	pthread_mutex_lock(&vm->lock);
 	while (!vm->stopping) {
-		struct timespec ts;
-
 		if (vm->throttle_pct && !vm->pause_req)
 			kick_all(vm);
-		clock_gettime(CLOCK_REALTIME, &ts);
-		ts.tv_nsec += 10 * 1000000L;
-		if (ts.tv_nsec >= 1000000000L) {
-			ts.tv_sec++;
-			ts.tv_nsec -= 1000000000L;
-		}
-		pthread_cond_timedwait(&vm->cond, &vm->lock, &ts);
+		wait_ms(vm, 10);
 	}
 	pthread_mutex_unlock(&vm->lock);
 	return NULL;
@@ -445,7 +443,6 @@ void pmvm_vcpus_stop(struct pmvm *vm)
 	pthread_cond_broadcast(&vm->cond);
 	while (true) {
 		unsigned done = 0;
-		struct timespec ts;
 
 		for (unsigned i = 0; i < vm->nvcpus; i++)
 			if (!vm->vcpus[i].started || vm->vcpus[i].done)
@@ -453,13 +450,7 @@ void pmvm_vcpus_stop(struct pmvm *vm)
 		if (done == vm->nvcpus)
 			break;
 		kick_all(vm);
-		clock_gettime(CLOCK_REALTIME, &ts);
-		ts.tv_nsec += 50 * 1000000L;
-		if (ts.tv_nsec >= 1000000000L) {
-			ts.tv_sec++;
-			ts.tv_nsec -= 1000000000L;
-		}
-		pthread_cond_timedwait(&vm->cond, &vm->lock, &ts);
+		wait_ms(vm, 50);
 	}
 	pthread_mutex_unlock(&vm->lock);
 	for (unsigned i = 0; i < vm->nvcpus; i++)
