@@ -265,6 +265,7 @@ static void cmd_migrate(struct pm_control *c, int fd, json_object *args)
 		send_error(c, fd, "InvalidState", why);
 		return;
 	}
+	c->migrating = true;    /* claimed here, so two clients cannot both start one */
 	pthread_mutex_unlock(&c->lock);
 	if (c->mig_joinable) {
 		pthread_join(c->mig_thread, NULL);
@@ -277,13 +278,13 @@ static void cmd_migrate(struct pm_control *c, int fd, json_object *args)
 	if (!args || !json_object_object_get_ex(args, "to", &v) ||
 	    addr_list(v, &c->to_buf, c->to, &p->nto) || !p->nto) {
 		send_error(c, fd, "InvalidParameter", "'to' must list one or more host:port addresses");
-		return;
+		goto unclaim;
 	}
 	p->to = c->to;
 	if (json_object_object_get_ex(args, "bind", &v)) {
 		if (addr_list(v, &c->bind_buf, c->bind, &p->nbind)) {
 			send_error(c, fd, "InvalidParameter", "'bind' must list local addresses");
-			return;
+			goto unclaim;
 		}
 		p->bind = c->bind;
 	}
@@ -316,11 +317,10 @@ static void cmd_migrate(struct pm_control *c, int fd, json_object *args)
 	}
 	if (r) {
 		send_error(c, fd, "InvalidParameter", why);
-		return;
+		goto unclaim;
 	}
 	pthread_mutex_lock(&c->lock);
 	p->dump_at_pause = c->dump_at_pause;
-	c->migrating = true;
 	pthread_mutex_unlock(&c->lock);
 	p->progress = progress_event;
 	p->progress_opaque = c;
@@ -334,6 +334,11 @@ static void cmd_migrate(struct pm_control *c, int fd, json_object *args)
 		return;
 	}
 	c->mig_joinable = true;
+	return;
+unclaim:
+	pthread_mutex_lock(&c->lock);
+	c->migrating = false;
+	pthread_mutex_unlock(&c->lock);
 }
 
 static void cmd_pause(struct pm_control *c, int fd, bool pause)
