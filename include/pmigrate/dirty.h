@@ -1,13 +1,18 @@
 /* SPDX-License-Identifier: MIT */
 /* Dirty-page tracking of ordinary process memory (the synthetic VM).
  *
- * Two methods, chosen at run time:
+ * Two methods that any process gets from the kernel, chosen at run time:
  *  - uffd-wp: userfaultfd write-protect in async mode plus the PAGEMAP_SCAN
  *    ioctl, which returns the written pages of a range and re-protects them
  *    in one call (Linux 6.7+).  Exact and per range.
  *  - soft-dirty: /proc/self/clear_refs + /proc/self/pagemap.  clear_refs is
  *    process-wide, so this method gathers and clears all bits in
  *    pm_dirty_sync(), which the caller must run with writers quiesced.
+ *
+ * A third, "self", is for writers that record their own writes (as a VMM's
+ * device model or KVM's dirty ring do): they call pm_dirty_log_mark() after
+ * each write into a struct pm_dirty_log, and pm_dirty_open_self() tracks it.
+ * No fault per first write, so it costs what hardware logging costs.
  *
  * Tracking starts "all dirty": the first harvest of every page reports it.
  * Page size is 4096.  Thread-safe for concurrent pm_dirty_harvest() calls on
@@ -32,6 +37,7 @@ enum pm_dirty_method {
 	PM_DIRTY_AUTO = 0,
 	PM_DIRTY_UFFD_WP,
 	PM_DIRTY_SOFT_DIRTY,
+	PM_DIRTY_SELF,          /* writers log their writes: pm_dirty_open_self() */
 };
 
 struct pm_dirty_tracker;
@@ -43,9 +49,24 @@ int pm_dirty_open(struct pm_dirty_tracker **out, void *base, uint64_t npages,
 		  enum pm_dirty_method method, struct pm_err *err);
 void pm_dirty_close(struct pm_dirty_tracker *t);
 
+/* Method self.  A log of npages pages, kept by the writers for the memory's
+ * whole life (marking is always on, so no writer races with its creation
+ * or destruction); destroy it only after every writer and tracker is gone. */
+struct pm_dirty_log;
+int pm_dirty_log_create(struct pm_dirty_log **out, uint64_t npages, struct pm_err *err);
+void pm_dirty_log_destroy(struct pm_dirty_log *log);
+/* Records a write to page: call AFTER the stores to that page (a harvest
+ * that clears the bit then reads the page sees them).  Lock-free, any
+ * thread; a page outside the log is ignored. */
+void pm_dirty_log_mark(struct pm_dirty_log *log, uint64_t page);
+/* A tracker over log (one at a time: a second one fails with -EBUSY);
+ * pm_dirty_open() with PM_DIRTY_SELF fails with -EINVAL (it has no log). */
+int pm_dirty_open_self(struct pm_dirty_tracker **out, struct pm_dirty_log *log,
+		       struct pm_err *err);
+
 enum pm_dirty_method pm_dirty_method_of(const struct pm_dirty_tracker *t);
-const char *pm_dirty_method_name(enum pm_dirty_method m); /* "uffd-wp", "soft-dirty", "auto" */
-/* Parses "auto", "uffd-wp", "soft-dirty"; returns -EINVAL otherwise. */
+const char *pm_dirty_method_name(enum pm_dirty_method m); /* "uffd-wp", "soft-dirty", "self", "auto" */
+/* Parses "auto", "uffd-wp", "soft-dirty", "self"; returns -EINVAL otherwise. */
 int pm_dirty_method_parse(const char *s, enum pm_dirty_method *out);
 /* True when the method needs writers quiesced around pm_dirty_sync(). */
 bool pm_dirty_sync_needs_quiesce(const struct pm_dirty_tracker *t);

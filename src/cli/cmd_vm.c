@@ -42,6 +42,11 @@ static void vm_status(void *opaque, json_object *o)
 	json_object_object_add(o, "workload", json_object_new_string(wl));
 	json_object_object_add(o, "dirty_method", json_object_new_string(synvm_dirty_method(p->vm)));
 	json_object_object_add(o, "pages_written", json_object_new_int64(synvm_pages_written(p->vm)));
+	/* Asked and achieved side by side: tracking can slow the guest down. */
+	json_object_object_add(o, "write_rate_asked_mbps",
+			       json_object_new_double(synvm_workload_of(p->vm)->kind == SYNVM_IDLE ? 0 :
+						      synvm_workload_of(p->vm)->rate / 1e6));
+	json_object_object_add(o, "write_rate_mbps", json_object_new_double(synvm_write_rate(p->vm) / 1e6));
 	json_object_object_add(o, "pid", json_object_new_int(getpid()));
 	if (p->in) {
 		json_object *a = json_object_new_array();
@@ -106,7 +111,8 @@ static void usage(FILE *f)
 		"  --mem-file FILE       initial memory content (as QEMU's memory-backend-file)\n"
 		"  --fill F              without --mem-file: mixed (default: 3/4 random, 1/4 zero),\n"
 		"                        random, zero\n"
-		"  --dirty M             dirty tracking: auto (default), uffd-wp, soft-dirty\n"
+		"  --dirty M             dirty tracking: auto (default), uffd-wp, soft-dirty, or self\n"
+		"                        (the vCPUs log their own writes, as KVM's dirty ring does)\n"
 		"  --incoming ADDR,...   wait as a migration destination on these host:port\n"
 		"  --timeout MS          destination: channel silence that fails it (default 30000)\n"
 		"  --paused              start with the vCPUs paused\n"
@@ -155,7 +161,7 @@ int cmd_vm(int argc, char **argv)
 			break;
 		case 'D':
 			if (pm_dirty_method_parse(optarg, &so.dirty)) {
-				pm_err_set(&err, EINVAL, "--dirty must be auto, uffd-wp or soft-dirty");
+				pm_err_set(&err, EINVAL, "--dirty must be auto, uffd-wp, soft-dirty or self");
 				goto bad_opt;
 			}
 			break;

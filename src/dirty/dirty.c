@@ -20,6 +20,8 @@ const char *pm_dirty_method_name(enum pm_dirty_method m)
 		return "uffd-wp";
 	case PM_DIRTY_SOFT_DIRTY:
 		return "soft-dirty";
+	case PM_DIRTY_SELF:
+		return "self";
 	}
 	return "unknown";
 }
@@ -27,7 +29,7 @@ const char *pm_dirty_method_name(enum pm_dirty_method m)
 int pm_dirty_method_parse(const char *s, enum pm_dirty_method *out)
 {
 	static const enum pm_dirty_method all[] = {
-		PM_DIRTY_AUTO, PM_DIRTY_UFFD_WP, PM_DIRTY_SOFT_DIRTY,
+		PM_DIRTY_AUTO, PM_DIRTY_UFFD_WP, PM_DIRTY_SOFT_DIRTY, PM_DIRTY_SELF,
 	};
 
 	if (!s || !out)
@@ -100,6 +102,9 @@ int pm_dirty_open(struct pm_dirty_tracker **out, void *base, uint64_t npages,
 		return pm_err_set(err, EINVAL,
 				  "dirty tracker: range at %p of %llu pages wraps around the address space",
 				  base, (unsigned long long)npages);
+	if (method == PM_DIRTY_SELF)
+		return pm_err_set(err, EINVAL, "dirty tracker: method self tracks the writers' own log: "
+				  "use pm_dirty_open_self()");
 	if (method != PM_DIRTY_AUTO && method != PM_DIRTY_UFFD_WP &&
 	    method != PM_DIRTY_SOFT_DIRTY)
 		return pm_err_set(err, EINVAL, "dirty tracker: unknown method %d", (int)method);
@@ -107,7 +112,7 @@ int pm_dirty_open(struct pm_dirty_tracker **out, void *base, uint64_t npages,
 	if (method == PM_DIRTY_AUTO) {
 		env = getenv("PMIGRATE_DIRTY");
 		if (env && *env) {
-			if (pm_dirty_method_parse(env, &method) < 0)
+			if (pm_dirty_method_parse(env, &method) < 0 || method == PM_DIRTY_SELF)
 				return pm_err_set(err, EINVAL,
 						  "dirty tracker: PMIGRATE_DIRTY=\"%s\" is not one of auto, uffd-wp, soft-dirty",
 						  env);
@@ -184,6 +189,8 @@ void pm_dirty_close(struct pm_dirty_tracker *t)
 		return;
 	if (t->method == PM_DIRTY_UFFD_WP)
 		pm_dirty_uffd_close(t);
+	else if (t->method == PM_DIRTY_SELF)
+		pm_dirty_self_close(t);
 	else
 		pm_dirty_sd_close(t);
 	if (t->pagemap_fd >= 0)
@@ -207,6 +214,8 @@ int pm_dirty_count(struct pm_dirty_tracker *t, uint64_t *count, struct pm_err *e
 		return pm_err_set(err, EINVAL, "dirty tracker: count needs a tracker and a result pointer");
 	if (t->method == PM_DIRTY_UFFD_WP)
 		return pm_dirty_uffd_count(t, count, err);
+	if (t->method == PM_DIRTY_SELF)
+		return pm_dirty_self_count(t, count, err);
 	return pm_dirty_sd_count(t, count, err);
 }
 
@@ -227,5 +236,7 @@ int pm_dirty_harvest(struct pm_dirty_tracker *t, uint64_t first, uint64_t n,
 	memset(bitmap, 0, pm_bm_words(n) * sizeof(uint64_t));
 	if (t->method == PM_DIRTY_UFFD_WP)
 		return pm_dirty_uffd_harvest(t, first, n, bitmap, err);
+	if (t->method == PM_DIRTY_SELF)
+		return pm_dirty_self_harvest(t, first, n, bitmap, err);
 	return pm_dirty_sd_harvest(t, first, n, bitmap, err);
 }

@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* Internal to src/dirty: the tracker object shared by the two methods, and
+/* Internal to src/dirty: the tracker object shared by the three methods, and
  * small bitmap helpers.  Not a public header. */
 #ifndef PMIGRATE_DIRTY_IMPL_H
 #define PMIGRATE_DIRTY_IMPL_H
@@ -27,6 +27,7 @@ struct pm_dirty_tracker {
 	uint64_t nwords;
 
 	int uffd;                  /* uffd-wp only, else -1 */
+	struct pm_dirty_log *log;  /* self only: the writers' log, borrowed */
 	struct pm_dirty_tracker *sd_next; /* soft-dirty registry link */
 
 	/* Why AUTO did not pick uffd-wp (empty when it did, or not AUTO). */
@@ -46,6 +47,11 @@ int pm_dirty_sd_sync(struct pm_dirty_tracker *t, struct pm_err *err);
 int pm_dirty_sd_count(struct pm_dirty_tracker *t, uint64_t *count, struct pm_err *err);
 int pm_dirty_sd_harvest(struct pm_dirty_tracker *t, uint64_t first, uint64_t n,
 			uint64_t *bitmap, struct pm_err *err);
+
+void pm_dirty_self_close(struct pm_dirty_tracker *t);
+int pm_dirty_self_count(struct pm_dirty_tracker *t, uint64_t *count, struct pm_err *err);
+int pm_dirty_self_harvest(struct pm_dirty_tracker *t, uint64_t first, uint64_t n,
+			  uint64_t *bitmap, struct pm_err *err);
 
 /* ---- bitmap helpers (64-bit words, LSB first) ---- */
 

@@ -36,7 +36,13 @@ struct synvm {
 	struct pm_region region;
 	struct pm_backend be;
 	struct pm_dirty_tracker *dt;
+	/* --dirty self: the vCPUs log every page they write, always (as a
+	 * VMM's device model does), so tracking costs no fault per write. */
+	struct pm_dirty_log *wlog;
 	char dirty_name[32];
+	/* Pages written per second over the last second (a double's bits),
+	 * measured by the heartbeat vCPU: the rate the workload achieved. */
+	uint64_t write_rate_bits;
 	/* Layout changes (discard) take this for writing over their pages and
 	 * leave the pages in forced_dirty, which harvest folds in. */
 	struct pm_rangelock layout_lock;
@@ -113,8 +119,19 @@ static void *heartbeat_main(void *arg)
 	struct synvm *vm = v->vm;
 	struct synvm_heartbeat *hb = hb_of(vm);
 	bool after_pause = true;
+	uint64_t meter_t = now_ns(CLOCK_MONOTONIC), meter_n = synvm_pages_written(vm);
 
 	while (checkpoint(vm)) {
+		uint64_t mono = now_ns(CLOCK_MONOTONIC);
+		if (mono - meter_t >= 1000000000ull) {
+			uint64_t n = synvm_pages_written(vm);
+			double rate = (double)(n - meter_n) * 1e9 / (double)(mono - meter_t);
+			uint64_t bits;
+			memcpy(&bits, &rate, sizeof(bits));
+			__atomic_store_n(&vm->write_rate_bits, bits, __ATOMIC_RELAXED);
+			meter_t = mono;
+			meter_n = n;
+		}
 		uint64_t now = now_ns(CLOCK_REALTIME), last = hb->last_ns;
 		if (last && now > last) {
 			uint64_t gap = now - last;
@@ -128,6 +145,8 @@ static void *heartbeat_main(void *arg)
 		after_pause = false;
 		__atomic_store_n(&hb->last_ns, now, __ATOMIC_RELAXED);
 		__atomic_store_n(&hb->count, hb->count + 1, __ATOMIC_RELAXED);
+		if (vm->wlog)
+			pm_dirty_log_mark(vm->wlog, 0);
 		sleep_ns(SLICE_NS);
 		if (__atomic_load_n(&vm->pause_req, __ATOMIC_ACQUIRE))
 			after_pause = true;
@@ -186,6 +205,8 @@ static void *workload_main(void *arg)
 			uint64_t val = xorshift(&v->rng);
 			uint64_t *slot = (uint64_t *)(vm->mem + p * PM_PAGE_SIZE) + (val & 511);
 			__atomic_store_n(slot, val | 1, __ATOMIC_RELAXED);
+			if (vm->wlog)
+				pm_dirty_log_mark(vm->wlog, p);   /* after the store */
 			done++;
 			__atomic_store_n(&v->written, v->written + 1, __ATOMIC_RELAXED);
 		}
@@ -265,7 +286,10 @@ static int be_dirty_start(void *opaque, struct pm_err *err)
 
 	if (vm->dt)
 		return pm_err_set(err, EBUSY, "dirty tracking is already running");
-	r = pm_dirty_open(&vm->dt, vm->mem, vm->npages, vm->o.dirty, err);
+	if (vm->wlog)
+		r = pm_dirty_open_self(&vm->dt, vm->wlog, err);
+	else
+		r = pm_dirty_open(&vm->dt, vm->mem, vm->npages, vm->o.dirty, err);
 	if (!r)
 		snprintf(vm->dirty_name, sizeof(vm->dirty_name), "%s",
 			 pm_dirty_method_name(pm_dirty_method_of(vm->dt)));
@@ -512,6 +536,11 @@ int synvm_create(struct synvm **out, const struct synvm_opts *o, struct pm_err *
 		goto fail;
 	}
 	pthread_cond_init(&vm->cond, NULL);
+	if (o->dirty == PM_DIRTY_SELF) {
+		r = pm_dirty_log_create(&vm->wlog, vm->npages, err);
+		if (r)
+			goto fail;
+	}
 	vm->memfd = memfd_create("pmigrate-guest", MFD_CLOEXEC);
 	if (vm->memfd < 0 || ftruncate(vm->memfd, o->mem_bytes)) {
 		r = pm_err_set(err, errno, "cannot create %llu MiB of guest memory: %s",
@@ -581,6 +610,7 @@ void synvm_destroy(struct synvm *vm)
 	pthread_mutex_destroy(&vm->lock);
 	pthread_cond_destroy(&vm->cond);
 	pm_rangelock_destroy(&vm->layout_lock);
+	pm_dirty_log_destroy(vm->wlog);
 	free(vm->forced_dirty);
 	free(vm);
 }
@@ -610,6 +640,15 @@ const char *synvm_dirty_method(struct synvm *vm)
 const struct synvm_workload *synvm_workload_of(struct synvm *vm)
 {
 	return &vm->o.workload;
+}
+
+double synvm_write_rate(struct synvm *vm)
+{
+	uint64_t bits = __atomic_load_n(&vm->write_rate_bits, __ATOMIC_RELAXED);
+	double rate;
+
+	memcpy(&rate, &bits, sizeof(rate));
+	return rate * PM_PAGE_SIZE;
 }
 
 uint64_t synvm_pages_written(struct synvm *vm)

@@ -3,7 +3,8 @@
  * threads running a workload that dirties memory at a set rate; a heartbeat
  * vCPU ticks every millisecond and records, in guest memory, the largest gap
  * it has seen: the pause a guest would notice.  It implements the engine's
- * backend interface with the process-memory dirty tracker. */
+ * backend interface with the process-memory dirty tracker, or (--dirty
+ * self) with a log its vCPUs keep of every page they write. */
 #ifndef PM_SYNVM_H
 #define PM_SYNVM_H
 
@@ -64,6 +65,9 @@ void synvm_heartbeat(struct synvm *vm, struct synvm_heartbeat *hb);
 const char *synvm_dirty_method(struct synvm *vm);
 const struct synvm_workload *synvm_workload_of(struct synvm *vm);
 uint64_t synvm_pages_written(struct synvm *vm);
+/* Bytes (pages x 4096) the workload wrote per second over the last full
+ * second: what it achieved, beside the rate it asked for. */
+double synvm_write_rate(struct synvm *vm);
 /* Gives pages back (like a balloon): they read as zero afterwards.  Safe
  * during a migration: done under the layout range lock and the pages are
  * marked dirty so the destination gets the zeros too. */

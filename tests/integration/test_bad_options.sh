@@ -28,7 +28,7 @@ refused "vm --workload bogus" 2 "unknown workload 'bogus'" -- vm --mem 16M --con
 refused "vm --workload random,rate=fast" 2 "bad rate 'fast'" -- vm --mem 16M --control "$sock" --workload random,rate=fast
 refused "vm --workload zipf hot=500%" 2 "bad hot set '500%'" -- vm --mem 16M --control "$sock" --workload zipf,rate=10MB/s,hot=500%
 refused "vm --fill bogus" 2 "--fill must be mixed, random or zero" -- vm --mem 16M --control "$sock" --fill bogus
-refused "vm --dirty bogus" 2 "--dirty must be auto, uffd-wp or soft-dirty" -- vm --mem 16M --control "$sock" --dirty bogus
+refused "vm --dirty bogus" 2 "--dirty must be auto, uffd-wp, soft-dirty or self" -- vm --mem 16M --control "$sock" --dirty bogus
 refused "vm --timeout abc" 2 "bad --timeout 'abc'" -- vm --mem 16M --control "$sock" --incoming 127.0.0.1:0 --timeout abc
 refused "vm unknown option" 2 "unrecognized option '--bogus'" -- vm --mem 16M --control "$sock" --bogus
 refused "vm stray argument" 2 "unexpected argument 'extra'" -- vm --mem 16M --control "$sock" extra
