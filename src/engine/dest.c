@@ -40,7 +40,7 @@ struct dst_ctx;
 struct receiver {
 	struct dst_ctx *c;
 	unsigned idx;
-	int fd;
+	struct pm_conn conn;
 	pthread_t thread;
 	bool started, ended;
 	struct pm_end got;              /* what arrived, compared with END */
@@ -100,9 +100,9 @@ static void dst_fail(struct dst_ctx *c, const struct pm_err *e)
 		return;
 	/* Tell the source why, then wake every receiver. */
 	for (unsigned i = 0; i < c->nch; i++)
-		if (c->rx[i].fd >= 0) {
-			pm_send_error_frame(c->rx[i].fd, e->code, e->msg);
-			shutdown(c->rx[i].fd, SHUT_RDWR);
+		if (c->rx[i].conn.fd >= 0) {
+			pm_send_error_frame(&c->rx[i].conn, e->code, e->msg);
+			pm_conn_shutdown(&c->rx[i].conn);
 		}
 }
 
@@ -156,18 +156,12 @@ static int rx_readv(struct receiver *x, struct iovec *iov, int n, const char *wh
 		if (!left)
 			return 0;
 		if (left >= RX_BUF / 4)
-			return pm_recv_all(x->fd, iov, n, &x->err, what);
+			return pm_recv_all(&x->conn, iov, n, &x->err, what);
 		x->roff = x->rlen = 0;
 		while (x->rlen < left) {
-			ssize_t r = recv(x->fd, x->rbuf + x->rlen, RX_BUF - x->rlen, 0);
-			if (r < 0 && errno == EINTR)
-				continue;
-			if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-				return pm_err_set(&x->err, ETIMEDOUT, "%s: timed out (peer silent)", what);
+			ssize_t r = pm_recv_some(&x->conn, x->rbuf + x->rlen, RX_BUF - x->rlen, &x->err, what);
 			if (r < 0)
-				return pm_err_set(&x->err, errno, "%s: %s", what, strerror(errno));
-			if (r == 0)
-				return pm_err_set(&x->err, ECONNRESET, "%s: connection closed by peer", what);
+				return r;
 			x->rlen += r;
 		}
 	}
@@ -279,7 +273,7 @@ static int handle_frame(struct receiver *x, const struct pm_frame_hdr *h)
 		/* Everything of this round on every channel is applied past here. */
 		if (drain_wait(c))
 			return pm_err_set(&x->err, ECANCELED, "migration failed on another channel");
-		return pm_send_frame(x->fd, PM_FR_ROUND_ACK, fb, PM_ROUND_LEN, &x->err);
+		return pm_send_frame(&x->conn, PM_FR_ROUND_ACK, fb, PM_ROUND_LEN, &x->err);
 	case PM_FR_STATE:
 		if (x->idx != 0 || c->have_state)
 			return pm_err_set(&x->err, EPROTO, "unexpected STATE frame on channel %u", x->idx);
@@ -421,10 +415,11 @@ static int accept_channels(struct pm_incoming *in, struct dst_ctx *c, struct pm_
 	uint8_t session[16];
 	unsigned have = 0;
 	double deadline = 0;
-	int fds[PM_MAX_CHANNELS], r = 0;
+	struct pm_conn conns[PM_MAX_CHANNELS];
+	int r = 0;
 
 	for (unsigned i = 0; i < PM_MAX_CHANNELS; i++)
-		fds[i] = -1;
+		pm_conn_init(&conns[i], -1);
 	for (;;) {
 		struct pollfd pfd[MAX_LISTEN + 1];
 		int wait = -1;
@@ -451,6 +446,7 @@ static int accept_channels(struct pm_incoming *in, struct dst_ctx *c, struct pm_
 			if (!(pfd[i].revents & POLLIN))
 				continue;
 			int fd = accept4(in->lfd[i], NULL, NULL, SOCK_CLOEXEC);
+			struct pm_conn conn;
 			uint8_t hb[PM_FRAME_HDR_LEN], body[PM_HELLO_LEN];
 			struct pm_frame_hdr h;
 			struct pm_hello hello;
@@ -458,9 +454,10 @@ static int accept_channels(struct pm_incoming *in, struct dst_ctx *c, struct pm_
 			if (fd < 0)
 				continue;
 			pm_tcp_tune(fd, in->timeout_ms);
+			pm_conn_init(&conn, fd);
 			if (!deadline)
 				deadline = pm_now_ms() + in->timeout_ms;
-			r = pm_recv_buf(fd, hb, sizeof(hb), err, "waiting for HELLO");
+			r = pm_recv_buf(&conn, hb, sizeof(hb), err, "waiting for HELLO");
 			if (!r) {
 				pm_decode_hdr(hb, &h);
 				if (h.type != PM_FR_HELLO)
@@ -470,7 +467,7 @@ static int accept_channels(struct pm_incoming *in, struct dst_ctx *c, struct pm_
 			if (!r)
 				r = pm_check_hdr(&h, PM_MAX_CHUNK_PAGES, err);
 			if (!r)
-				r = pm_recv_buf(fd, body, sizeof(body), err, "receiving HELLO");
+				r = pm_recv_buf(&conn, body, sizeof(body), err, "receiving HELLO");
 			if (!r)
 				r = pm_decode_hello(body, sizeof(body), &hello, err);
 			if (!r && have == 0) {
@@ -483,16 +480,16 @@ static int accept_channels(struct pm_incoming *in, struct dst_ctx *c, struct pm_
 				r = pm_err_set(err, EPROTO, "channel %u belongs to another migration session",
 					       hello.channel);
 			}
-			if (!r && fds[hello.channel] >= 0)
+			if (!r && conns[hello.channel].fd >= 0)
 				r = pm_err_set(err, EPROTO, "channel %u connected twice", hello.channel);
 			if (!r)
-				r = pm_send_frame(fd, PM_FR_HELLO_ACK, body, sizeof(body), err);
+				r = pm_send_frame(&conn, PM_FR_HELLO_ACK, body, sizeof(body), err);
 			if (r) {
-				pm_send_error_frame(fd, err->code, err->msg);
-				close(fd);
+				pm_send_error_frame(&conn, err->code, err->msg);
+				pm_conn_close(&conn);
 				goto fail;
 			}
-			fds[hello.channel] = fd;
+			conns[hello.channel] = conn;
 			if (++have == c->nch) {
 				c->rx = calloc(c->nch, sizeof(*c->rx));
 				if (!c->rx) {
@@ -500,7 +497,7 @@ static int accept_channels(struct pm_incoming *in, struct dst_ctx *c, struct pm_
 					goto fail;
 				}
 				for (unsigned k = 0; k < c->nch; k++) {
-					c->rx[k].fd = fds[k];
+					c->rx[k].conn = conns[k];
 					c->rx[k].idx = k;
 					c->rx[k].c = c;
 				}
@@ -510,9 +507,9 @@ static int accept_channels(struct pm_incoming *in, struct dst_ctx *c, struct pm_
 	}
 fail:
 	for (unsigned i = 0; i < PM_MAX_CHANNELS; i++)
-		if (fds[i] >= 0) {
-			pm_send_error_frame(fds[i], err->code, err->msg);
-			close(fds[i]);
+		if (conns[i].fd >= 0) {
+			pm_send_error_frame(&conns[i], err->code, err->msg);
+			pm_conn_close(&conns[i]);
 		}
 	return r ? r : -EIO;
 }
@@ -523,9 +520,10 @@ static int check_layout(struct dst_ctx *c, struct pm_err *err)
 	uint8_t body[PM_LAYOUT_FIXED_LEN + PM_MAX_REGIONS * PM_LAYOUT_REGION_LEN];
 	struct pm_frame_hdr h;
 	struct pm_layout src;
-	int fd = c->rx[0].fd, r;
+	struct pm_conn *conn = &c->rx[0].conn;
+	int r;
 
-	r = pm_recv_buf(fd, hb, sizeof(hb), err, "waiting for LAYOUT");
+	r = pm_recv_buf(conn, hb, sizeof(hb), err, "waiting for LAYOUT");
 	if (r)
 		return r;
 	pm_decode_hdr(hb, &h);
@@ -533,13 +531,13 @@ static int check_layout(struct dst_ctx *c, struct pm_err *err)
 		return pm_err_set(err, EPROTO, "expected LAYOUT on channel 0, got %s", pm_frame_name(h.type));
 	r = pm_check_hdr(&h, c->chunk_pages, err);
 	if (!r)
-		r = pm_recv_buf(fd, body, h.len, err, "receiving LAYOUT");
+		r = pm_recv_buf(conn, body, h.len, err, "receiving LAYOUT");
 	if (!r)
 		r = pm_decode_layout(body, h.len, &src, err);
 	if (!r)
 		r = pm_layout_check(&src, &c->layout, err);
 	if (!r)
-		r = pm_send_frame(fd, PM_FR_LAYOUT_ACK, NULL, 0, err);
+		r = pm_send_frame(conn, PM_FR_LAYOUT_ACK, NULL, 0, err);
 	return r;
 }
 
@@ -603,7 +601,7 @@ int pm_incoming_run(struct pm_incoming *in, struct pm_backend *be, struct pm_rep
 	if (!r)
 		r = setup_receivers(c, err);
 	if (r) {
-		pm_send_error_frame(c->rx[0].fd, err->code, err->msg);
+		pm_send_error_frame(&c->rx[0].conn, err->code, err->msg);
 		goto out;
 	}
 	for (unsigned i = 0; i < c->nch; i++) {
@@ -642,7 +640,7 @@ int pm_incoming_run(struct pm_incoming *in, struct pm_backend *be, struct pm_rep
 	if (cancelled(in)) {
 		r = pm_err_set(err, ECANCELED, "cancelled on the destination before resuming");
 		for (unsigned i = 0; i < c->nch; i++)
-			pm_send_error_frame(c->rx[i].fd, err->code, err->msg);
+			pm_send_error_frame(&c->rx[i].conn, err->code, err->msg);
 		goto out;
 	}
 	/* Everything counted has arrived and been applied. */
@@ -656,13 +654,13 @@ int pm_incoming_run(struct pm_incoming *in, struct pm_backend *be, struct pm_rep
 		r = be->ops->resume(be->vm, err);
 	if (r) {
 		for (unsigned i = 0; i < c->nch; i++)
-			pm_send_error_frame(c->rx[i].fd, err->code, err->msg);
+			pm_send_error_frame(&c->rx[i].conn, err->code, err->msg);
 		goto out;
 	}
 	for (unsigned i = 0; i < c->nch; i++) {
 		struct pm_err e = { 0 };
 		/* The VM runs here now; a lost DONE only delays the source's report. */
-		pm_send_frame(c->rx[i].fd, PM_FR_DONE, done, sizeof(done), &e);
+		pm_send_frame(&c->rx[i].conn, PM_FR_DONE, done, sizeof(done), &e);
 	}
 out:
 	rep->status = r;
@@ -680,8 +678,7 @@ out:
 		rep->channel_bytes[i] = x->got.payload_bytes;
 		if (x->max_round > rep->nrounds)
 			rep->nrounds = x->max_round;
-		if (x->fd >= 0)
-			close(x->fd);
+		pm_conn_close(&x->conn);
 		pm_codec_free(x->codec);
 		free(x->cbuf);
 		free(x->run);

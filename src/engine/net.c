@@ -178,7 +178,39 @@ int pm_tcp_listen(const char *addr, struct pm_err *err)
 	return fd;
 }
 
-static int io_all(int fd, struct iovec *iov, int iovcnt, int send, struct pm_err *err,
+void pm_conn_init(struct pm_conn *c, int fd)
+{
+	c->fd = fd;
+}
+
+void pm_conn_shutdown(struct pm_conn *c)
+{
+	if (c->fd >= 0)
+		shutdown(c->fd, SHUT_RDWR);
+}
+
+void pm_conn_close(struct pm_conn *c)
+{
+	if (c->fd >= 0)
+		close(c->fd);
+	c->fd = -1;
+}
+
+void pm_conn_set_recv_timeout(struct pm_conn *c, unsigned timeout_ms)
+{
+	struct timeval tv = { .tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000 };
+
+	setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+}
+
+static int io_error(int e, struct pm_err *err, const char *what)
+{
+	if (e == EAGAIN || e == EWOULDBLOCK)
+		return pm_err_set(err, ETIMEDOUT, "%s: timed out (peer silent)", what);
+	return pm_err_set(err, e, "%s: %s", what, strerror(e));
+}
+
+static int io_all(struct pm_conn *c, struct iovec *iov, int iovcnt, int send, struct pm_err *err,
 		  const char *what)
 {
 	while (iovcnt > 0) {
@@ -187,16 +219,14 @@ static int io_all(int fd, struct iovec *iov, int iovcnt, int send, struct pm_err
 
 		if (send) {
 			struct msghdr m = { .msg_iov = iov, .msg_iovlen = cnt };
-			n = sendmsg(fd, &m, MSG_NOSIGNAL);
+			n = sendmsg(c->fd, &m, MSG_NOSIGNAL);
 		} else {
-			n = readv(fd, iov, cnt);
+			n = readv(c->fd, iov, cnt);
 		}
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
-			if (errno == EAGAIN || errno == EWOULDBLOCK)
-				return pm_err_set(err, ETIMEDOUT, "%s: timed out (peer silent)", what);
-			return pm_err_set(err, errno, "%s: %s", what, strerror(errno));
+			return io_error(errno, err, what);
 		}
 		if (n == 0 && !send)
 			return pm_err_set(err, ECONNRESET, "%s: connection closed by peer", what);
@@ -219,29 +249,42 @@ static int io_all(int fd, struct iovec *iov, int iovcnt, int send, struct pm_err
 	return 0;
 }
 
-int pm_send_all(int fd, struct iovec *iov, int iovcnt, struct pm_err *err, const char *what)
+int pm_send_all(struct pm_conn *c, struct iovec *iov, int iovcnt, struct pm_err *err, const char *what)
 {
-	return io_all(fd, iov, iovcnt, 1, err, what);
+	return io_all(c, iov, iovcnt, 1, err, what);
 }
 
-int pm_recv_all(int fd, struct iovec *iov, int iovcnt, struct pm_err *err, const char *what)
+int pm_recv_all(struct pm_conn *c, struct iovec *iov, int iovcnt, struct pm_err *err, const char *what)
 {
-	return io_all(fd, iov, iovcnt, 0, err, what);
+	return io_all(c, iov, iovcnt, 0, err, what);
 }
 
-int pm_send_buf(int fd, const void *buf, size_t len, struct pm_err *err, const char *what)
+int pm_send_buf(struct pm_conn *c, const void *buf, size_t len, struct pm_err *err, const char *what)
 {
 	struct iovec iov = { (void *)buf, len };
-	return pm_send_all(fd, &iov, 1, err, what);
+	return pm_send_all(c, &iov, 1, err, what);
 }
 
-int pm_recv_buf(int fd, void *buf, size_t len, struct pm_err *err, const char *what)
+int pm_recv_buf(struct pm_conn *c, void *buf, size_t len, struct pm_err *err, const char *what)
 {
 	struct iovec iov = { buf, len };
-	return pm_recv_all(fd, &iov, 1, err, what);
+	return pm_recv_all(c, &iov, 1, err, what);
 }
 
-int pm_send_frame(int fd, uint32_t type, const void *body, uint32_t len, struct pm_err *err)
+ssize_t pm_recv_some(struct pm_conn *c, void *buf, size_t len, struct pm_err *err, const char *what)
+{
+	for (;;) {
+		ssize_t r = recv(c->fd, buf, len, 0);
+		if (r > 0)
+			return r;
+		if (r == 0)
+			return pm_err_set(err, ECONNRESET, "%s: connection closed by peer", what);
+		if (errno != EINTR)
+			return io_error(errno, err, what);
+	}
+}
+
+int pm_send_frame(struct pm_conn *c, uint32_t type, const void *body, uint32_t len, struct pm_err *err)
 {
 	uint8_t hdr[PM_FRAME_HDR_LEN];
 	struct iovec iov[2] = { { hdr, sizeof(hdr) }, { (void *)body, len } };
@@ -249,22 +292,25 @@ int pm_send_frame(int fd, uint32_t type, const void *body, uint32_t len, struct 
 
 	pm_encode_hdr(hdr, type, len);
 	snprintf(what, sizeof(what), "sending %s", pm_frame_name(type));
-	return pm_send_all(fd, iov, len ? 2 : 1, err, what);
+	return pm_send_all(c, iov, len ? 2 : 1, err, what);
 }
 
-void pm_send_error_frame(int fd, int code, const char *msg)
+void pm_send_error_frame(struct pm_conn *c, int code, const char *msg)
 {
 	uint8_t body[PM_ERROR_FIXED_LEN + PM_MAX_ERROR_LEN];
 	size_t ml = strlen(msg);
-	int fl = fcntl(fd, F_GETFL);
+	int fl;
 
+	if (c->fd < 0)
+		return;
+	fl = fcntl(c->fd, F_GETFL);
 	if (ml > PM_MAX_ERROR_LEN)
 		ml = PM_MAX_ERROR_LEN;
 	pm_put32(body, code < 0 ? -code : code);
 	pm_put32(body + 4, ml);
 	memcpy(body + PM_ERROR_FIXED_LEN, msg, ml);
 	/* Never block on a peer that stopped reading. */
-	fcntl(fd, F_SETFL, fl | O_NONBLOCK);
-	pm_send_frame(fd, PM_FR_ERROR, body, PM_ERROR_FIXED_LEN + ml, NULL);
-	fcntl(fd, F_SETFL, fl);
+	fcntl(c->fd, F_SETFL, fl | O_NONBLOCK);
+	pm_send_frame(c, PM_FR_ERROR, body, PM_ERROR_FIXED_LEN + ml, NULL);
+	fcntl(c->fd, F_SETFL, fl);
 }

@@ -7,6 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
+#include <sys/types.h>
 #include <sys/uio.h>
 #include <pmigrate/error.h>
 
@@ -21,16 +22,32 @@ int pm_tcp_listen(const char *addr, struct pm_err *err);
 /* Applies per-call send/receive timeouts and the socket options channels use. */
 int pm_tcp_tune(int fd, unsigned timeout_ms);
 
+/* A channel's transport: every byte of a channel goes through one of
+ * these, so the engine does not care whether it is plain TCP or TLS. */
+struct pm_conn {
+	int fd;                 /* -1: not connected */
+};
+
+/* Takes ownership of fd (which may be -1). */
+void pm_conn_init(struct pm_conn *c, int fd);
+/* Wakes any thread blocked on the connection; it stays open. */
+void pm_conn_shutdown(struct pm_conn *c);
+void pm_conn_close(struct pm_conn *c);
+/* Per-call receive timeout from now on. */
+void pm_conn_set_recv_timeout(struct pm_conn *c, unsigned timeout_ms);
+
 /* Send/receive everything or fail; they may modify iov. */
-int pm_send_all(int fd, struct iovec *iov, int iovcnt, struct pm_err *err, const char *what);
-int pm_recv_all(int fd, struct iovec *iov, int iovcnt, struct pm_err *err, const char *what);
-int pm_send_buf(int fd, const void *buf, size_t len, struct pm_err *err, const char *what);
-int pm_recv_buf(int fd, void *buf, size_t len, struct pm_err *err, const char *what);
+int pm_send_all(struct pm_conn *c, struct iovec *iov, int iovcnt, struct pm_err *err, const char *what);
+int pm_recv_all(struct pm_conn *c, struct iovec *iov, int iovcnt, struct pm_err *err, const char *what);
+int pm_send_buf(struct pm_conn *c, const void *buf, size_t len, struct pm_err *err, const char *what);
+int pm_recv_buf(struct pm_conn *c, void *buf, size_t len, struct pm_err *err, const char *what);
+/* Receives at least one byte, at most len: the count, or -errno. */
+ssize_t pm_recv_some(struct pm_conn *c, void *buf, size_t len, struct pm_err *err, const char *what);
 
 /* Sends a frame: header + body. */
-int pm_send_frame(int fd, uint32_t type, const void *body, uint32_t len, struct pm_err *err);
+int pm_send_frame(struct pm_conn *c, uint32_t type, const void *body, uint32_t len, struct pm_err *err);
 /* Sends an ERROR frame, best effort (never blocks long). */
-void pm_send_error_frame(int fd, int code, const char *msg);
+void pm_send_error_frame(struct pm_conn *c, int code, const char *msg);
 
 double pm_now_ms(void);
 

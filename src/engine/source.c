@@ -28,7 +28,7 @@ struct chunk_ref {
 
 struct worker {
 	struct src_ctx *c;
-	int fd;
+	struct pm_conn conn;
 	pthread_t thread;
 	bool started;
 	struct pm_codec *codec;
@@ -88,7 +88,7 @@ static int flush(struct worker *w, int *niov)
 	int r = 0;
 
 	if (*niov)
-		r = pm_send_all(w->fd, w->iov, *niov, &w->err, w->what);
+		r = pm_send_all(&w->conn, w->iov, *niov, &w->err, w->what);
 	*niov = 0;
 	return r;
 }
@@ -264,8 +264,8 @@ static void *progress_main(void *arg)
 	return NULL;
 }
 
-/* Reads the next frame header on fd, turning an ERROR frame into err. */
-static int recv_reply(int fd, uint32_t want, uint8_t *body, uint32_t cap, uint32_t *len,
+/* Reads the next frame header on a channel, turning an ERROR frame into err. */
+static int recv_reply(struct pm_conn *conn, uint32_t want, uint8_t *body, uint32_t cap, uint32_t *len,
 		      const char *peer, struct pm_err *err)
 {
 	uint8_t hb[PM_FRAME_HDR_LEN];
@@ -274,7 +274,7 @@ static int recv_reply(int fd, uint32_t want, uint8_t *body, uint32_t cap, uint32
 	int r;
 
 	snprintf(what, sizeof(what), "waiting for %s from %s", pm_frame_name(want), peer);
-	r = pm_recv_buf(fd, hb, sizeof(hb), err, what);
+	r = pm_recv_buf(conn, hb, sizeof(hb), err, what);
 	if (r)
 		return r;
 	pm_decode_hdr(hb, &h);
@@ -283,7 +283,7 @@ static int recv_reply(int fd, uint32_t want, uint8_t *body, uint32_t cap, uint32
 		return r;
 	if (h.type == PM_FR_ERROR) {
 		uint8_t eb[PM_ERROR_FIXED_LEN + PM_MAX_ERROR_LEN + 1];
-		r = pm_recv_buf(fd, eb, h.len, err, what);
+		r = pm_recv_buf(conn, eb, h.len, err, what);
 		if (r)
 			return r;
 		uint32_t ml = pm_get32(eb + 4);
@@ -299,7 +299,7 @@ static int recv_reply(int fd, uint32_t want, uint8_t *body, uint32_t cap, uint32
 				  peer, pm_frame_name(h.type), h.len, pm_frame_name(want));
 	if (len)
 		*len = h.len;
-	return h.len ? pm_recv_buf(fd, body, h.len, err, what) : 0;
+	return h.len ? pm_recv_buf(conn, body, h.len, err, what) : 0;
 }
 
 /* When a send fails, the destination has often told us why first. */
@@ -307,12 +307,11 @@ static void explain_send_failure(struct src_ctx *c)
 {
 	for (unsigned i = 0; i < c->nch; i++) {
 		struct pm_err e = { 0 };
-		struct timeval tv = { .tv_sec = 0, .tv_usec = 200000 };
 
-		if (c->w[i].fd < 0)
+		if (c->w[i].conn.fd < 0)
 			continue;
-		setsockopt(c->w[i].fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-		if (recv_reply(c->w[i].fd, PM_FR_DONE, NULL, 0, NULL, "destination", &e) &&
+		pm_conn_set_recv_timeout(&c->w[i].conn, 200);
+		if (recv_reply(&c->w[i].conn, PM_FR_DONE, NULL, 0, NULL, "destination", &e) &&
 		    strstr(e.msg, "destination refused")) {
 			pthread_mutex_lock(&c->err_lock);
 			c->err = e;
@@ -347,11 +346,11 @@ static int connect_channels(struct src_ctx *c, const uint8_t session[16], struct
 		r = pm_tcp_connect(to, bind, c->timeout_ms, err);
 		if (r < 0)
 			return r;
-		c->w[i].fd = r;
+		pm_conn_init(&c->w[i].conn, r);
 		pm_encode_hello(hb, &h);
-		r = pm_send_frame(c->w[i].fd, PM_FR_HELLO, hb, sizeof(hb), err);
+		r = pm_send_frame(&c->w[i].conn, PM_FR_HELLO, hb, sizeof(hb), err);
 		if (!r)
-			r = recv_reply(c->w[i].fd, PM_FR_HELLO_ACK, hb, sizeof(hb), &len, peer, err);
+			r = recv_reply(&c->w[i].conn, PM_FR_HELLO_ACK, hb, sizeof(hb), &len, peer, err);
 		if (!r)
 			r = pm_decode_hello(hb, len, &ack, err);
 		if (!r && (ack.channel != i || memcmp(ack.session, session, 16)))
@@ -364,9 +363,9 @@ static int connect_channels(struct src_ctx *c, const uint8_t session[16], struct
 	uint8_t lb[PM_LAYOUT_FIXED_LEN + PM_MAX_REGIONS * PM_LAYOUT_REGION_LEN];
 	pm_layout_of(c->be, &l);
 	pm_encode_layout(lb, &l);
-	int r = pm_send_frame(c->w[0].fd, PM_FR_LAYOUT, lb, pm_layout_len(&l), err);
+	int r = pm_send_frame(&c->w[0].conn, PM_FR_LAYOUT, lb, pm_layout_len(&l), err);
 	if (!r)
-		r = recv_reply(c->w[0].fd, PM_FR_LAYOUT_ACK, NULL, 0, NULL, "destination", err);
+		r = recv_reply(&c->w[0].conn, PM_FR_LAYOUT_ACK, NULL, 0, NULL, "destination", err);
 	return r;
 }
 
@@ -409,11 +408,11 @@ static int round_barrier(struct src_ctx *c, uint32_t round)
 		return r;
 	pm_put32(b, round);
 	for (unsigned i = 0; i < c->nch && !r; i++)
-		r = pm_send_frame(c->w[i].fd, PM_FR_ROUND_END, b, sizeof(b), &e);
+		r = pm_send_frame(&c->w[i].conn, PM_FR_ROUND_END, b, sizeof(b), &e);
 	for (unsigned i = 0; i < c->nch && !r; i++) {
 		uint8_t ab[PM_ROUND_LEN];
 		uint32_t len;
-		r = recv_reply(c->w[i].fd, PM_FR_ROUND_ACK, ab, sizeof(ab), &len, "destination", &e);
+		r = recv_reply(&c->w[i].conn, PM_FR_ROUND_ACK, ab, sizeof(ab), &len, "destination", &e);
 		if (!r && pm_get32(ab) != round)
 			r = pm_err_set(&e, EPROTO, "destination acknowledged round %u, expected %u",
 				       pm_get32(ab), round);
@@ -557,7 +556,7 @@ static int setup(struct src_ctx *c, struct pm_backend *be, const struct pm_migra
 	for (unsigned i = 0; i < c->nch; i++) {
 		struct worker *w = &c->w[i];
 		w->c = c;
-		w->fd = -1;
+		pm_conn_init(&w->conn, -1);
 		w->hdrs = calloc(c->chunk_pages, sizeof(*w->hdrs));
 		w->iov = calloc(2 * c->chunk_pages, sizeof(*w->iov));
 		if (!w->hdrs || !w->iov)
@@ -581,14 +580,12 @@ static void teardown(struct src_ctx *c, const struct pm_err *why)
 	for (unsigned i = 0; c->w && i < c->nch; i++) {
 		struct worker *w = &c->w[i];
 		/* A failed migration tells the destination why before hanging up. */
-		if (w->fd >= 0 && why && why->code)
-			pm_send_error_frame(w->fd, why->code, why->msg);
-		if (w->fd >= 0)
-			shutdown(w->fd, SHUT_RDWR);
+		if (why && why->code)
+			pm_send_error_frame(&w->conn, why->code, why->msg);
+		pm_conn_shutdown(&w->conn);
 		if (w->started)
 			pthread_join(w->thread, NULL);
-		if (w->fd >= 0)
-			close(w->fd);
+		pm_conn_close(&w->conn);
 		pm_codec_free(w->codec);
 		free(w->cbuf);
 		free(w->snap);
@@ -740,13 +737,13 @@ int pm_migrate_outgoing(struct pm_backend *be, const struct pm_migrate_params *p
 		r = pm_err_set(err, EFBIG, "device state of %zu bytes exceeds the protocol limit", state_len);
 		goto out;
 	}
-	r = pm_send_frame(c->w[0].fd, PM_FR_STATE, state, state_len, err);
+	r = pm_send_frame(&c->w[0].conn, PM_FR_STATE, state, state_len, err);
 	free(state);
 	for (unsigned i = 0; i < c->nch && !r; i++) {
 		uint8_t eb[PM_END_LEN];
 		c->w[i].sent.final_round = round;
 		pm_encode_end(eb, &c->w[i].sent);
-		r = pm_send_frame(c->w[i].fd, PM_FR_END, eb, sizeof(eb), err);
+		r = pm_send_frame(&c->w[i].conn, PM_FR_END, eb, sizeof(eb), err);
 	}
 	if (r)
 		goto out;
@@ -755,7 +752,7 @@ int pm_migrate_outgoing(struct pm_backend *be, const struct pm_migrate_params *p
 	for (unsigned i = 0; i < c->nch && !r; i++) {
 		uint8_t db[PM_DONE_LEN];
 		uint32_t dl;
-		r = recv_reply(c->w[i].fd, PM_FR_DONE, db, sizeof(db), &dl, "destination", err);
+		r = recv_reply(&c->w[i].conn, PM_FR_DONE, db, sizeof(db), &dl, "destination", err);
 		if (!r && i == 0)
 			dump_ms += pm_get64(db) / 1e3;
 	}
