@@ -7,7 +7,8 @@
  *            (needs the TSC frequency from pmvm; default 0)
  *   full     1: write whole pages, 0: one 8-byte word per page (default 0)
  *   report   print "DIRTY <cpu> <writes>" every this many writes (default 4096)
- *   steps    vCPU 0 exits with code 0 after this many writes (0 = never) */
+ *   steps    vCPU 0 exits with code 0 after this many writes (0 = never)
+ * Every vCPU writes a heartbeat about once a millisecond (guest.h). */
 #include "guest.h"
 
 void guest_main(const struct pmvm_bootinfo *bi, uint64_t cpu)
@@ -22,6 +23,9 @@ void guest_main(const struct pmvm_bootinfo *bi, uint64_t cpu)
 	uint64_t per = pages / ncpu ? pages / ncpu : 1;
 	uint64_t base = free_start(bi) + cpu * per * 4096;
 	uint64_t tsc_per_write = 0, t0 = rdtsc(), rng = mix64(cpu + 1);
+	struct heartbeat hb;
+
+	heartbeat_init(&hb, bi, 1);
 
 	if (base + per * 4096 > bi->low_mem_end) {
 		console_lock();
@@ -59,6 +63,7 @@ void guest_main(const struct pmvm_bootinfo *bi, uint64_t cpu)
 		} else {
 			p[n % 512] = n;
 		}
+		heartbeat(&hb);
 		if (report && n % report == 0) {
 			console_lock();
 			puts_raw("DIRTY ");

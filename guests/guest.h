@@ -36,6 +36,29 @@ static inline uint64_t rdtsc(void)
 	return ((uint64_t)hi << 32) | lo;
 }
 
+/* A heartbeat on PMVM_HEARTBEAT_PORT about every `ms` milliseconds of
+ * guest time (TSC), or every 64 calls where the TSC rate is unknown: pmvm
+ * timestamps them, so the host sees how long the guest really stopped. */
+struct heartbeat {
+	uint64_t period;       /* TSC ticks; 0: count calls instead */
+	uint64_t last;
+	uint64_t calls;
+};
+
+static inline void heartbeat(struct heartbeat *h)
+{
+	if (h->period) {
+		uint64_t now = rdtsc();
+
+		if (now - h->last < h->period)
+			return;
+		h->last = now;
+	} else if (++h->calls % 64) {
+		return;
+	}
+	outl(PMVM_HEARTBEAT_PORT, 1);
+}
+
 static inline void cpu_relax(void)
 {
 	__asm__ volatile("pause" ::: "memory");
@@ -56,6 +79,7 @@ uint64_t param(const struct pmvm_bootinfo *bi, const char *key, uint64_t dflt);
 /* First free page after the image. */
 uint64_t free_start(const struct pmvm_bootinfo *bi);
 void guest_exit(uint32_t code) __attribute__((noreturn));
+void heartbeat_init(struct heartbeat *h, const struct pmvm_bootinfo *bi, uint64_t ms);
 
 /* A fast, well-mixed 64-bit hash (splitmix64 finalizer). */
 static inline uint64_t mix64(uint64_t x)

@@ -100,3 +100,10 @@ void guest_exit(uint32_t code)
 	for (;;)
 		__asm__ volatile("cli; hlt");
 }
+
+void heartbeat_init(struct heartbeat *h, const struct pmvm_bootinfo *bi, uint64_t ms)
+{
+	h->period = bi->tsc_khz * ms;
+	h->last = rdtsc();
+	h->calls = 0;
+}

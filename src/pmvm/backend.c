@@ -9,6 +9,9 @@
 #include <string.h>
 #include <sys/ioctl.h>
 
+static int dirty_sync(void *opaque, struct pm_err *err);
+static void dirty_stop(void *opaque);
+
 static int dirty_start(void *opaque, struct pm_err *err)
 {
 	struct pmvm *vm = opaque;
@@ -39,6 +42,14 @@ static int dirty_start(void *opaque, struct pm_err *err)
 	if (r)
 		return r;
 	vm->dirty_logging = true;
+	/* Take KVM's initially-set bits now, so round 1's harvests clear them
+	 * in KVM chunk by chunk just before reading: otherwise they stay set
+	 * and round 2 sends every page again. */
+	r = dirty_sync(vm, err);
+	if (r) {
+		dirty_stop(vm);
+		return r;
+	}
 	return 0;
 }
 

@@ -40,6 +40,7 @@
 /* I/O ports. */
 #define PMVM_SERIAL_PORT    0x3f8u
 #define PMVM_EXIT_PORT      0xf4u        /* write: pmvm exits with value & 0xff */
+#define PMVM_HEARTBEAT_PORT 0xf5u        /* write: the guest is alive (any value) */
 
 #define PMVM_BOOT_MAGIC     0x544f4f424d564d50ull /* "PMVMBOOT" */
 #define PMVM_BOOT_VERSION   1u

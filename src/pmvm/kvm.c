@@ -391,6 +391,9 @@ int pmvm_save_vm(struct pmvm *vm, struct pmvm_vm_state *st, struct pm_err *err)
 	if (ioctl(vm->vm_fd, KVM_GET_CLOCK, &st->clock) < 0)
 		return pm_err_set(err, errno, "KVM_GET_CLOCK: %s", strerror(errno));
 	pmvm_serial_save(&vm->serial, &st->serial);
+	st->has_heartbeat = true;
+	st->heartbeat.last_ns = atomic_load(&vm->hb.last_ns);
+	st->heartbeat.count = atomic_load(&vm->hb.count);
 	return 0;
 }
 
@@ -410,6 +413,10 @@ int pmvm_load_vm_early(struct pmvm *vm, const struct pmvm_vm_state *st, struct p
 		return pm_err_set(err, errno, "KVM_SET_PIT2: %s", strerror(errno));
 	if (pmvm_serial_load(&vm->serial, &st->serial))
 		return pm_err_set(err, EINVAL, "serial state is not one a 16550 can be in");
+	if (st->has_heartbeat) {
+		atomic_store(&vm->hb.last_ns, st->heartbeat.last_ns);
+		atomic_store(&vm->hb.count, st->heartbeat.count);
+	}
 	return 0;
 }
 

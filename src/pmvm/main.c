@@ -36,6 +36,13 @@ static void ctl_status(void *opaque, json_object *out)
 	json_object_object_add(out, "vcpus", json_object_new_int((int)vm->nvcpus));
 	json_object_object_add(out, "mem_bytes", json_object_new_int64((int64_t)vm->mem_bytes));
 	json_object_object_add(out, "paused", json_object_new_boolean(pmvm_is_paused(vm)));
+	json_object *hb = json_object_new_object();
+	json_object_object_add(hb, "count", json_object_new_int64((int64_t)atomic_load(&vm->hb.count)));
+	json_object_object_add(hb, "max_gap_ms", json_object_new_double(atomic_load(&vm->hb.max_gap_ns) / 1e6));
+	json_object_object_add(hb, "resume_gap_ms",
+			       json_object_new_double(atomic_load(&vm->hb.resume_gap_ns) / 1e6));
+	json_object_object_add(hb, "resumes", json_object_new_int64((int64_t)atomic_load(&vm->hb.resumes)));
+	json_object_object_add(out, "heartbeat", hb);
 	pthread_mutex_lock(&vm->lock);
 	if (vm->guest_exited)
 		json_object_object_add(out, "guest_exit_code", json_object_new_int(vm->exit_code));

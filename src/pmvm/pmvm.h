@@ -6,6 +6,7 @@
 #define PMVM_PMVM_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <linux/kvm.h>
@@ -41,6 +42,18 @@ struct pmvm_slot {
 	uint64_t *bitmap;              /* last KVM_GET_DIRTY_LOG, bits taken by harvests */
 };
 
+/* The guest's heartbeat (writes to PMVM_HEARTBEAT_PORT), timestamped with
+ * the host's CLOCK_REALTIME so that a gap spanning two hosts is measured
+ * too: the last timestamp travels in the device state. */
+struct pmvm_heartbeat {
+	_Atomic uint64_t last_ns;      /* 0: none yet */
+	_Atomic uint64_t count;
+	_Atomic uint64_t max_gap_ns;
+	_Atomic uint64_t resume_gap_ns; /* gap across the last pause */
+	_Atomic uint64_t resumes;
+	atomic_bool resume_pending;    /* the next beat measures resume_gap_ns */
+};
+
 struct pmvm {
 	int kvm_fd, vm_fd;
 	unsigned nvcpus;
@@ -64,6 +77,7 @@ struct pmvm {
 	struct pmvm_vcpu *vcpus;
 
 	/* Devices. */
+	struct pmvm_heartbeat hb;
 	struct pmvm_serial serial;
 	int serial_fd;
 	char serial_line[256];
@@ -109,8 +123,10 @@ int pmvm_throttle(struct pmvm *vm, unsigned pct);
 void pmvm_vcpus_stop(struct pmvm *vm);
 int pmvm_vcpu_save(struct pmvm_vcpu *v, struct pmvm_vcpu_state *st, struct pm_err *err);
 int pmvm_vcpu_load(struct pmvm_vcpu *v, const struct pmvm_vcpu_state *st, struct pm_err *err);
-/* Records a fatal condition and wakes the main thread. */
+/* Records a fatal condition, parks every vCPU and wakes the main thread. */
 void pmvm_fail(struct pmvm *vm, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* One guest heartbeat, now. */
+void pmvm_heartbeat_beat(struct pmvm *vm);
 
 /* backend.c */
 void pmvm_backend_init(struct pm_backend *be, struct pmvm *vm);

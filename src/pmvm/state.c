@@ -45,6 +45,7 @@ static const char *const sec_names[] = {
 	[PMVM_SEC_PIT2] = "pit2",
 	[PMVM_SEC_CLOCK] = "clock",
 	[PMVM_SEC_SERIAL] = "serial",
+	[PMVM_SEC_HEARTBEAT] = "heartbeat",
 	[PMVM_SEC_REGS] = "regs",
 	[PMVM_SEC_SREGS] = "sregs",
 	[PMVM_SEC_FPU] = "fpu",
@@ -88,6 +89,7 @@ static size_t fixed_len(unsigned type)
 	case PMVM_SEC_PIT2: return sizeof(struct kvm_pit_state2);
 	case PMVM_SEC_CLOCK: return sizeof(struct kvm_clock_data);
 	case PMVM_SEC_SERIAL: return sizeof(struct pmvm_serial_state);
+	case PMVM_SEC_HEARTBEAT: return sizeof(struct pmvm_heartbeat_state);
 	case PMVM_SEC_REGS: return sizeof(struct kvm_regs);
 	case PMVM_SEC_SREGS: return sizeof(struct kvm_sregs);
 	case PMVM_SEC_FPU: return sizeof(struct kvm_fpu);
@@ -113,7 +115,7 @@ static bool per_vcpu(unsigned type)
 
 static bool optional(unsigned type)
 {
-	return type == PMVM_SEC_XSAVE || type == PMVM_SEC_XCRS;
+	return type == PMVM_SEC_XSAVE || type == PMVM_SEC_XCRS || type == PMVM_SEC_HEARTBEAT;
 }
 
 int pmvm_state_init(struct pmvm_vm_state *st, uint32_t nvcpus, struct pm_err *err)
@@ -209,6 +211,8 @@ int pmvm_state_encode(const struct pmvm_vm_state *st, void **buf, size_t *len,
 	put_section(&w, PMVM_SEC_PIT2, vm, &st->pit, sizeof(st->pit), NULL, 0);
 	put_section(&w, PMVM_SEC_CLOCK, vm, &st->clock, sizeof(st->clock), NULL, 0);
 	put_section(&w, PMVM_SEC_SERIAL, vm, &st->serial, sizeof(st->serial), NULL, 0);
+	if (st->has_heartbeat)
+		put_section(&w, PMVM_SEC_HEARTBEAT, vm, &st->heartbeat, sizeof(st->heartbeat), NULL, 0);
 
 	for (uint32_t i = 0; i < st->nvcpus; i++) {
 		const struct pmvm_vcpu_state *v = &st->vcpus[i];
@@ -373,6 +377,10 @@ static int check_vm_payload(unsigned type, const uint8_t *pl, uint32_t plen,
 		if (!all_zero(st->serial.reserved, sizeof(st->serial.reserved)))
 			return bad(st, err, "serial state has reserved bytes set");
 		return 0;
+	case PMVM_SEC_HEARTBEAT:
+		memcpy(&st->heartbeat, pl, plen);
+		st->has_heartbeat = true;
+		return 0;
 	}
 	return bad(st, err, "section type %u is not VM-wide", type);
 }
@@ -508,7 +516,7 @@ int pmvm_state_decode(const void *buf, size_t len, struct pmvm_vm_state *st,
 	if (!seen)
 		return bad(st, err, "no sections");
 	for (unsigned t = PMVM_SEC_CONFIG; t <= PMVM_SEC_VM_LAST; t++)
-		if (!seen[t]) {
+		if (!optional(t) && !seen[t]) {
 			free(seen);
 			return bad(st, err, "missing section %s", pmvm_state_section_name(t));
 		}

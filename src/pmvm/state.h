@@ -32,7 +32,8 @@ enum pmvm_state_section {
 	PMVM_SEC_PIT2,
 	PMVM_SEC_CLOCK,
 	PMVM_SEC_SERIAL,
-	PMVM_SEC_VM_LAST = PMVM_SEC_SERIAL,
+	PMVM_SEC_HEARTBEAT,    /* optional: older senders have none */
+	PMVM_SEC_VM_LAST = PMVM_SEC_HEARTBEAT,
 
 	PMVM_SEC_REGS = 16,
 	PMVM_SEC_SREGS,
@@ -63,6 +64,13 @@ struct pmvm_vcpu_state {
 	struct kvm_debugregs debugregs;
 };
 
+/* The guest heartbeat's host timestamp travels, so the destination
+ * measures the pause the guest saw across hosts. */
+struct pmvm_heartbeat_state {
+	uint64_t last_ns;              /* CLOCK_REALTIME of the last beat, 0: none */
+	uint64_t count;
+};
+
 struct pmvm_vm_state {
 	uint64_t mem_bytes;
 	uint32_t nvcpus;
@@ -70,6 +78,8 @@ struct pmvm_vm_state {
 	struct kvm_pit_state2 pit;
 	struct kvm_clock_data clock;
 	struct pmvm_serial_state serial;
+	bool has_heartbeat;
+	struct pmvm_heartbeat_state heartbeat;
 	struct pmvm_vcpu_state *vcpus; /* malloc'ed, nvcpus entries */
 };
 

@@ -24,6 +24,8 @@
 #include "cpu_setup.h"
 #include "cpuid.h"
 
+static void kick_all(struct pmvm *vm);
+
 void pmvm_fail(struct pmvm *vm, const char *fmt, ...)
 {
 	va_list ap;
@@ -35,8 +37,40 @@ void pmvm_fail(struct pmvm *vm, const char *fmt, ...)
 		va_end(ap);
 		vm->failed = true;
 	}
+	/* The other vCPUs stop too: a VM with a dead vCPU must not run on
+	 * (resume refuses once failed). */
+	vm->pause_req = true;
+	for (unsigned i = 0; vm->vcpus && i < vm->nvcpus; i++)
+		if (vm->vcpus[i].run)
+			vm->vcpus[i].run->immediate_exit = 1;
+	kick_all(vm);
 	pthread_cond_broadcast(&vm->cond);
 	pthread_mutex_unlock(&vm->lock);
+}
+
+static uint64_t realtime_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+void pmvm_heartbeat_beat(struct pmvm *vm)
+{
+	struct pmvm_heartbeat *hb = &vm->hb;
+	uint64_t now = realtime_ns();
+	uint64_t prev = atomic_exchange(&hb->last_ns, now);
+	uint64_t gap = prev && now > prev ? now - prev : 0;
+	uint64_t max = atomic_load(&hb->max_gap_ns);
+
+	atomic_fetch_add(&hb->count, 1);
+	while (gap > max && !atomic_compare_exchange_weak(&hb->max_gap_ns, &max, gap))
+		;
+	if (atomic_exchange(&hb->resume_pending, false)) {
+		atomic_store(&hb->resume_gap_ns, gap);
+		atomic_fetch_add(&hb->resumes, 1);
+	}
 }
 
 static int probe_msrs(struct pmvm *vm, struct pm_err *err)
@@ -167,6 +201,8 @@ static bool handle_io(struct pmvm_vcpu *v)
 				memset(data, 0, size);
 				data[0] = pmvm_serial_read(&v->vm->serial, port - PMVM_SERIAL_PORT);
 			}
+		} else if (port == PMVM_HEARTBEAT_PORT && run->io.direction == KVM_EXIT_IO_OUT) {
+			pmvm_heartbeat_beat(v->vm);
 		} else if (port == PMVM_EXIT_PORT && run->io.direction == KVM_EXIT_IO_OUT) {
 			uint32_t val = 0;
 
@@ -178,6 +214,84 @@ static bool handle_io(struct pmvm_vcpu *v)
 		}
 	}
 	return true;
+}
+
+static const char *internal_error_name(uint32_t suberror)
+{
+	switch (suberror) {
+	case KVM_INTERNAL_ERROR_EMULATION: return "emulation failure: KVM cannot emulate the instruction";
+	case KVM_INTERNAL_ERROR_SIMUL_EX: return "exception while delivering an exception";
+	case KVM_INTERNAL_ERROR_DELIVERY_EV: return "event delivery failed";
+	case KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON: return "unexpected hardware exit reason";
+	default: return "unknown";
+	}
+}
+
+/* Up to 15 bytes at RIP, read through the guest's page tables. */
+static unsigned read_at_rip(struct pmvm_vcpu *v, uint64_t rip, uint8_t *bytes)
+{
+	struct kvm_translation tr = { .linear_address = rip };
+	struct pmvm *vm = v->vm;
+	unsigned n = 0;
+
+	if (ioctl(v->fd, KVM_TRANSLATE, &tr) < 0 || !tr.valid)
+		return 0;
+	for (unsigned i = 0; i < vm->nslots; i++) {
+		const struct pmvm_slot *sl = &vm->slots[i];
+		uint64_t off = tr.physical_address - sl->gpa;
+
+		if (tr.physical_address < sl->gpa || off >= sl->npages * 4096ull)
+			continue;
+		for (; n < 15 && off + n < sl->npages * 4096ull; n++)
+			bytes[n] = sl->host[off + n];
+	}
+	return n;
+}
+
+/* The instruction at RIP: what KVM reports (often only the bytes its
+ * emulator fetched before it gave up), or more from guest memory. */
+static unsigned fetch_insn(struct pmvm_vcpu *v, uint64_t rip, uint8_t *bytes)
+{
+	struct kvm_run *run = v->run;
+	unsigned n = 0, m;
+	uint8_t mem[15];
+
+	if (run->internal.suberror == KVM_INTERNAL_ERROR_EMULATION && run->internal.ndata >= 1 &&
+	    (run->emulation_failure.flags & KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES)) {
+		n = run->emulation_failure.insn_size;
+		if (n > sizeof(run->emulation_failure.insn_bytes))
+			n = sizeof(run->emulation_failure.insn_bytes);
+		memcpy(bytes, run->emulation_failure.insn_bytes, n);
+	}
+	m = read_at_rip(v, rip, mem);
+	if (m > n && !memcmp(mem, bytes, n)) {
+		memcpy(bytes, mem, m);
+		n = m;
+	}
+	return n;
+}
+
+static void report_internal_error(struct pmvm_vcpu *v)
+{
+	struct kvm_run *run = v->run;
+	struct kvm_regs regs;
+	uint8_t insn[16];
+	char hex[16 * 3 + 1] = "";
+	unsigned n = 0;
+
+	if (ioctl(v->fd, KVM_GET_REGS, &regs) < 0)
+		memset(&regs, 0, sizeof(regs));
+	else
+		n = fetch_insn(v, regs.rip, insn);
+	for (unsigned i = 0; i < n; i++)
+		snprintf(hex + 3 * i, sizeof(hex) - 3 * i, "%02x%s", insn[i], i + 1 < n ? " " : "");
+	pmvm_fail(v->vm, "vCPU %u: KVM internal error, suberror %u (%s) at RIP 0x%llx, "
+		  "instruction bytes: %s%s", v->index, run->internal.suberror,
+		  internal_error_name(run->internal.suberror), (unsigned long long)regs.rip,
+		  n ? hex : "unavailable",
+		  run->internal.suberror == KVM_INTERNAL_ERROR_EMULATION
+			  ? " (this KVM emulates guest code and lacks this instruction: see guests/README.md)"
+			  : "");
 }
 
 /* Returns false when the vCPU must stop. */
@@ -211,8 +325,7 @@ static bool handle_exit(struct pmvm_vcpu *v)
 			  (unsigned long long)run->fail_entry.hardware_entry_failure_reason);
 		return false;
 	case KVM_EXIT_INTERNAL_ERROR:
-		pmvm_fail(vm, "vCPU %u: KVM internal error, suberror %u", v->index,
-			  run->internal.suberror);
+		report_internal_error(v);
 		return false;
 	default:
 		pmvm_fail(vm, "vCPU %u: unhandled exit reason %u", v->index, run->exit_reason);
@@ -385,6 +498,8 @@ int pmvm_resume(struct pmvm *vm, struct pm_err *err)
 		pthread_mutex_unlock(&vm->lock);
 		return pm_err_set(err, EIO, "cannot resume: %s", vm->fail_msg);
 	}
+	if (vm->pause_req)
+		atomic_store(&vm->hb.resume_pending, true);
 	vm->pause_req = false;
 	pthread_cond_broadcast(&vm->cond);
 	pthread_mutex_unlock(&vm->lock);

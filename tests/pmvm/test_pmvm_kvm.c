@@ -20,6 +20,9 @@
 #include "config.h"
 #include "loader.h"
 #include "pmvm.h"
+#include "engine/protocol.h"
+
+#define NTESTS 7
 
 static void skip_without_kvm(void)
 {
@@ -35,14 +38,51 @@ struct vmfix {
 	char serial[64];
 	uint8_t *image;
 	size_t image_len;
+	bool created;
 };
 
-static void start_vm(struct vmfix *f, const char *guest, unsigned vcpus, uint64_t mem,
-		     const char *k1, uint64_t v1)
+/* Each test gets a fixture that the teardown destroys even when an
+ * assertion fails half-way, so no VM outlives its test. */
+static int fix_setup(void **state)
+{
+	struct vmfix *f = calloc(1, sizeof(*f));
+
+	if (!f)
+		return -1;
+	f->serial[0] = 0;
+	*state = f;
+	return 0;
+}
+
+static void stop_vm(struct vmfix *f)
+{
+	if (f->created)
+		pmvm_destroy(&f->vm);
+	memset(&f->vm, 0, sizeof(f->vm));
+	f->created = false;
+	free(f->image);
+	f->image = NULL;
+	if (f->serial[0])
+		unlink(f->serial);
+	f->serial[0] = 0;
+}
+
+static int fix_teardown(void **state)
+{
+	struct vmfix *f = *state;
+
+	stop_vm(f);
+	free(f);
+	return 0;
+}
+
+static void start_vm2(struct vmfix *f, const char *guest, unsigned vcpus, uint64_t mem,
+		      const char *const *keys, const uint64_t *vals, unsigned nparams)
 {
 	struct pm_err err = {0};
 	char path[512];
 
+	stop_vm(f);
 	memset(&f->c, 0, sizeof(f->c));
 	f->c.mem_bytes = mem;
 	f->c.vcpus = vcpus;
@@ -50,18 +90,18 @@ static void start_vm(struct vmfix *f, const char *guest, unsigned vcpus, uint64_
 	snprintf(f->serial, sizeof(f->serial), "/tmp/pmvm-test-serial-XXXXXX");
 	close(mkstemp(f->serial));
 	f->c.serial = f->serial;
-	if (k1) {
-		snprintf(f->c.params[0].key, PMVM_PARAM_KEY_LEN, "%s", k1);
-		f->c.params[0].value = v1;
-		f->c.nparams = 1;
+	for (unsigned i = 0; i < nparams; i++) {
+		snprintf(f->c.params[i].key, PMVM_PARAM_KEY_LEN, "%s", keys[i]);
+		f->c.params[i].value = vals[i];
 	}
+	f->c.nparams = nparams;
 	snprintf(path, sizeof(path), "%s/%s", GUEST_DIR, guest);
 	if (pmvm_read_file(path, &f->image, &f->image_len, PMVM_MAX_IMAGE, &err))
 		fail_msg("%s", err.msg);
+	f->created = true;
 	if (pmvm_create(&f->vm, &f->c, &err)) {
 		print_message("# KVM unusable: %s\n", err.msg);
-		pmvm_destroy(&f->vm);
-		free(f->image);
+		stop_vm(f);
 		skip();
 	}
 	if (pmvm_boot(&f->vm, &f->c, f->image, f->image_len, &err) ||
@@ -69,32 +109,54 @@ static void start_vm(struct vmfix *f, const char *guest, unsigned vcpus, uint64_
 		fail_msg("%s", err.msg);
 }
 
-static void stop_vm(struct vmfix *f)
+static void start_vm(struct vmfix *f, const char *guest, unsigned vcpus, uint64_t mem,
+		     const char *k1, uint64_t v1)
 {
-	pmvm_destroy(&f->vm);
-	free(f->image);
-	unlink(f->serial);
+	start_vm2(f, guest, vcpus, mem, &k1, &v1, k1 ? 1 : 0);
 }
 
-/* Waits until the serial output contains text (or the guest ends). */
+static void read_serial(struct vmfix *f, char *buf, size_t cap)
+{
+	FILE *fp;
+	size_t n;
+
+	pmvm_serial_flush(&f->vm);
+	fp = fopen(f->serial, "r");
+	n = fp ? fread(buf, 1, cap - 1, fp) : 0;
+	if (fp)
+		fclose(fp);
+	buf[n] = 0;
+}
+
+/* Waits until the serial output contains text.  Fails at once when the
+ * guest reports a failure, exits, or the VM dies. */
 static bool wait_serial(struct vmfix *f, const char *text, int seconds)
 {
-	for (int i = 0; i < seconds * 10; i++) {
-		char buf[65536];
-		FILE *fp;
-		size_t n;
+	static char buf[1 << 20];
 
-		pmvm_serial_flush(&f->vm);
-		fp = fopen(f->serial, "r");
-		n = fp ? fread(buf, 1, sizeof(buf) - 1, fp) : 0;
-		if (fp)
-			fclose(fp);
-		buf[n] = 0;
+	for (int i = 0; i < seconds * 20; i++) {
+		bool failed, exited;
+		char msg[sizeof(f->vm.fail_msg)];
+
+		read_serial(f, buf, sizeof(buf));
 		if (strstr(buf, text))
 			return true;
 		if (strstr(buf, "VERIFY FAIL"))
-			fail_msg("guest reported: %s", strstr(buf, "VERIFY FAIL"));
-		usleep(100000);
+			fail_msg("guest reported: %.300s", strstr(buf, "VERIFY FAIL"));
+		pthread_mutex_lock(&f->vm.lock);
+		failed = f->vm.failed;
+		exited = f->vm.guest_exited;
+		snprintf(msg, sizeof(msg), "%s", f->vm.fail_msg);
+		pthread_mutex_unlock(&f->vm.lock);
+		if (failed)
+			fail_msg("VM failed while waiting for \"%s\": %s", text, msg);
+		if (exited) {
+			read_serial(f, buf, sizeof(buf));
+			if (strstr(buf, text))
+				return true;
+			fail_msg("guest exited while waiting for \"%s\"", text);
+		}
+		usleep(50000);
 	}
 	return false;
 }
@@ -111,38 +173,93 @@ static int wait_exit(struct vmfix *f, int seconds)
 		if (pthread_cond_timedwait(&f->vm.cond, &f->vm.lock, &ts) == ETIMEDOUT)
 			break;
 	if (f->vm.failed)
-		print_error("VM failed: %s\n", f->vm.fail_msg);
+		print_message("# VM failed: %s\n", f->vm.fail_msg);
 	if (f->vm.guest_exited)
 		code = f->vm.exit_code;
 	pthread_mutex_unlock(&f->vm.lock);
 	return code;
 }
 
-static void test_exit_code(void **unused)
+static void test_exit_code(void **state)
 {
-	struct vmfix f;
+	struct vmfix *f = *state;
 
 	skip_without_kvm();
-	start_vm(&f, "exitcode.bin", 1, 16 << 20, "code", 7);
-	assert_int_equal(wait_exit(&f, 60), 7);
-	assert_true(wait_serial(&f, "EXITCODE 7 vcpus 1", 5));
-	stop_vm(&f);
+	start_vm(f, "exitcode.bin", 1, 16 << 20, "code", 7);
+	assert_int_equal(wait_exit(f, 60), 7);
+	assert_true(wait_serial(f, "EXITCODE 7 vcpus 1", 5));
 
 	/* The ELF image, two vCPUs, the default code. */
-	start_vm(&f, "exitcode.elf", 2, 16 << 20, NULL, 0);
-	assert_int_equal(wait_exit(&f, 60), 42);
-	stop_vm(&f);
+	start_vm(f, "exitcode.elf", 2, 16 << 20, NULL, 0);
+	assert_int_equal(wait_exit(f, 60), 42);
 }
 
-static void test_verifier_runs(void **unused)
+static void test_verifier_runs(void **state)
 {
-	struct vmfix f;
+	struct vmfix *f = *state;
+	const char *k[] = { "steps", "spread", "classes" };
+	const uint64_t v[] = { 8, 50, 4 };
 
 	skip_without_kvm();
-	start_vm(&f, "verifier.bin", 2, 16 << 20, "steps", 5);
-	assert_int_equal(wait_exit(&f, 120), 0);
-	assert_true(wait_serial(&f, "VERIFY OK 5", 5));
-	stop_vm(&f);
+	start_vm2(f, "verifier.bin", 2, 16 << 20, k, v, 3);
+	assert_int_equal(wait_exit(f, 120), 0);
+	assert_true(wait_serial(f, "VERIFY OK 8", 5));
+	/* Two full sweeps of the spread pages, on both vCPUs. */
+	assert_true(wait_serial(f, "VERIFY SWEEP 2 cpu0", 5));
+}
+
+/* A vCPU that dies takes the VM with it: the failure names the vCPU, and
+ * the other vCPUs stop running guest code. */
+static void test_vcpu_failure_stops_all(void **state)
+{
+	struct vmfix *f = *state;
+	static char a[1 << 16], b[1 << 16];
+	const char *k[] = { "cpu", "after" };
+	const uint64_t v[] = { 1, 3 };
+
+	skip_without_kvm();
+	start_vm2(f, "faulter.bin", 2, 16 << 20, k, v, 2);
+	assert_int_equal(wait_exit(f, 60), -1);
+	pthread_mutex_lock(&f->vm.lock);
+	assert_true(f->vm.failed);
+	assert_non_null(strstr(f->vm.fail_msg, "vCPU 1"));
+	pthread_mutex_unlock(&f->vm.lock);
+	/* Every vCPU is parked or gone within a second... */
+	for (int i = 0; i < 100 && !pmvm_is_paused(&f->vm); i++)
+		usleep(10000);
+	assert_true(pmvm_is_paused(&f->vm));
+	/* ...and prints nothing more. */
+	read_serial(f, a, sizeof(a));
+	usleep(300000);
+	read_serial(f, b, sizeof(b));
+	assert_string_equal(a, b);
+	/* It cannot be resumed. */
+	struct pm_err err = {0};
+	assert_int_not_equal(pmvm_resume(&f->vm, &err), 0);
+}
+
+/* The heartbeat measures the pause the guest saw. */
+static void test_heartbeat(void **state)
+{
+	struct vmfix *f = *state;
+	struct pm_err err = {0};
+	uint64_t c0, gap;
+
+	skip_without_kvm();
+	start_vm(f, "verifier.bin", 1, 16 << 20, NULL, 0);
+	assert_true(wait_serial(f, "VERIFY OK 2\n", 120));
+	c0 = atomic_load(&f->vm.hb.count);
+	assert_true(c0 > 0);
+	assert_int_equal(pmvm_pause(&f->vm, &err), 0);
+	usleep(300000);
+	assert_int_equal(pmvm_resume(&f->vm, &err), 0);
+	for (int i = 0; i < 200 && !atomic_load(&f->vm.hb.resumes); i++)
+		usleep(10000);
+	assert_int_equal(atomic_load(&f->vm.hb.resumes), 1);
+	gap = atomic_load(&f->vm.hb.resume_gap_ns);
+	print_message("# pause of 300 ms seen by the guest as %.1f ms\n", gap / 1e6);
+	assert_true(gap >= 300000000ull && gap < 3000000000ull);
+	assert_true(atomic_load(&f->vm.hb.max_gap_ns) >= gap);
 }
 
 static int cmp_states(const struct pmvm_vm_state *a, const struct pmvm_vm_state *b)
@@ -203,9 +320,9 @@ static int cmp_states(const struct pmvm_vm_state *a, const struct pmvm_vm_state 
 	return bad;
 }
 
-static void test_state_roundtrip(void **unused)
+static void test_state_roundtrip(void **state)
 {
-	struct vmfix f;
+	struct vmfix *f = *state;
 	struct pm_backend be;
 	struct pm_err err = {0};
 	struct pmvm_vm_state a, b;
@@ -213,9 +330,9 @@ static void test_state_roundtrip(void **unused)
 	size_t len1, len2;
 
 	skip_without_kvm();
-	start_vm(&f, "verifier.bin", 2, 16 << 20, NULL, 0);
-	pmvm_backend_init(&be, &f.vm);
-	assert_true(wait_serial(&f, "VERIFY OK 3\n", 120));
+	start_vm(f, "verifier.bin", 2, 16 << 20, NULL, 0);
+	pmvm_backend_init(&be, &f->vm);
+	assert_true(wait_serial(f, "VERIFY OK 3\n", 120));
 	assert_int_equal(be.ops->pause(be.vm, &err), 0);
 	if (be.ops->save_state(be.vm, &blob1, &len1, &err) ||
 	    be.ops->load_state(be.vm, blob1, len1, &err) ||
@@ -224,6 +341,8 @@ static void test_state_roundtrip(void **unused)
 	assert_int_equal(pmvm_state_decode(blob1, len1, &a, &err), 0);
 	assert_int_equal(pmvm_state_decode(blob2, len2, &b, &err), 0);
 	assert_int_equal(cmp_states(&a, &b), 0);
+	assert_true(a.has_heartbeat && b.has_heartbeat);
+	assert_int_equal(a.heartbeat.count, b.heartbeat.count);
 	/* A corrupted blob is refused and the VM keeps its state. */
 	((uint8_t *)blob2)[len2 / 2] ^= 1;
 	assert_int_equal(be.ops->load_state(be.vm, blob2, len2, &err), -EPROTO);
@@ -233,25 +352,23 @@ static void test_state_roundtrip(void **unused)
 	free(blob2);
 	/* The guest carries on after the restore. */
 	assert_int_equal(be.ops->resume(be.vm, &err), 0);
-	assert_true(wait_serial(&f, "VERIFY OK 6\n", 120));
-	stop_vm(&f);
+	assert_true(wait_serial(f, "VERIFY OK 6\n", 120));
 }
 
-static void test_dirty_log(void **unused)
+static void test_dirty_log(void **state)
 {
-	struct vmfix f;
+	struct vmfix *f = *state;
 	struct pm_backend be;
 	struct pm_err err = {0};
 	uint64_t count, npages, *bm;
 
 	skip_without_kvm();
-	start_vm(&f, "dirtier.bin", 1, 16 << 20, "pages", 64);
-	pmvm_backend_init(&be, &f.vm);
+	start_vm(f, "dirtier.bin", 1, 16 << 20, "pages", 64);
+	pmvm_backend_init(&be, &f->vm);
 	npages = be.regions[0].npages;
 	bm = calloc((npages + 63) / 64, 8);
 	if (be.ops->dirty_start(be.vm, &err)) {
 		print_message("# %s\n", err.msg);
-		stop_vm(&f);
 		skip();
 	}
 	assert_int_equal(be.ops->dirty_sync(be.vm, &err), 0);
@@ -277,7 +394,47 @@ static void test_dirty_log(void **unused)
 	assert_true(count > 0 && count < npages);
 	be.ops->dirty_stop(be.vm);
 	free(bm);
-	stop_vm(&f);
+}
+
+/* Round 1 reads every page; round 2 must find only what the guest wrote
+ * after round 1 harvested it, not KVM's initially-set bits. */
+static void test_round2_only_written(void **state)
+{
+	struct vmfix *f = *state;
+	struct pm_backend be;
+	struct pm_err err = {0};
+	const uint64_t ws = 64;
+	uint64_t count, npages, *bm;
+
+	skip_without_kvm();
+	start_vm(f, "dirtier.bin", 1, 16 << 20, "pages", ws);
+	pmvm_backend_init(&be, &f->vm);
+	assert_true(wait_serial(f, "DIRTY 0 ", 60));
+	npages = be.regions[0].npages;
+	bm = calloc((PM_MAX_CHUNK_PAGES + 63) / 64, 8);
+	if (be.ops->dirty_start(be.vm, &err)) {
+		print_message("# %s\n", err.msg);
+		free(bm);
+		skip();
+	}
+	/* Round 1, as the engine runs it: harvest every chunk while the guest
+	 * runs, then a sync at the start of round 2. */
+	for (uint64_t p = 0; p < npages; p += PM_MAX_CHUNK_PAGES) {
+		uint64_t n = npages - p < PM_MAX_CHUNK_PAGES ? npages - p : PM_MAX_CHUNK_PAGES;
+
+		assert_int_equal(be.ops->dirty_harvest(be.vm, 0, p, n, bm, &err), 0);
+	}
+	usleep(300000);
+	assert_int_equal(be.ops->dirty_sync(be.vm, &err), 0);
+	assert_int_equal(be.ops->dirty_count(be.vm, &count, &err), 0);
+	print_message("# round 2 finds %llu of %llu pages dirty (working set %llu)\n",
+		      (unsigned long long)count, (unsigned long long)npages,
+		      (unsigned long long)ws);
+	/* The working set, its stack and a few pages of its own data. */
+	assert_true(count > 0);
+	assert_true(count <= ws + 16);
+	be.ops->dirty_stop(be.vm);
+	free(bm);
 }
 
 /* NULL if a VM can be created, else why not. */
@@ -312,18 +469,22 @@ int main(void)
 	const char *why = kvm_unusable();
 
 	if (why) {
-		printf("1..4\n");
-		for (int i = 1; i <= 4; i++)
+		printf("1..%d\n", NTESTS);
+		for (int i = 1; i <= NTESTS; i++)
 			printf("ok %d # SKIP %s\n", i, why);
 		return 0;
 	}
 
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_exit_code),
-		cmocka_unit_test(test_verifier_runs),
-		cmocka_unit_test(test_state_roundtrip),
-		cmocka_unit_test(test_dirty_log),
+		cmocka_unit_test_setup_teardown(test_exit_code, fix_setup, fix_teardown),
+		cmocka_unit_test_setup_teardown(test_verifier_runs, fix_setup, fix_teardown),
+		cmocka_unit_test_setup_teardown(test_vcpu_failure_stops_all, fix_setup, fix_teardown),
+		cmocka_unit_test_setup_teardown(test_heartbeat, fix_setup, fix_teardown),
+		cmocka_unit_test_setup_teardown(test_state_roundtrip, fix_setup, fix_teardown),
+		cmocka_unit_test_setup_teardown(test_dirty_log, fix_setup, fix_teardown),
+		cmocka_unit_test_setup_teardown(test_round2_only_written, fix_setup, fix_teardown),
 	};
+	_Static_assert(sizeof(tests) / sizeof(tests[0]) == NTESTS, "NTESTS");
 
 	return cmocka_run_group_tests_name("pmvm-kvm", tests, NULL, NULL);
 }
