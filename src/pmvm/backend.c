@@ -222,6 +222,12 @@ static int load_state(void *opaque, const void *buf, size_t len, struct pm_err *
 	return r;
 }
 
+static const char *dirty_method(void *opaque)
+{
+	(void)opaque;
+	return "kvm-dirty-log";
+}
+
 static const struct pm_backend_ops pmvm_ops = {
 	.dirty_start = dirty_start,
 	.dirty_sync = dirty_sync,
@@ -233,6 +239,7 @@ static const struct pm_backend_ops pmvm_ops = {
 	.throttle = be_throttle,
 	.save_state = save_state,
 	.load_state = load_state,
+	.dirty_method = dirty_method,
 };
 
 void pmvm_backend_init(struct pm_backend *be, struct pmvm *vm)

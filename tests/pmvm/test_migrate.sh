@@ -1,84 +1,144 @@
-#!/bin/sh
-# Live migration of a KVM guest with pmvm + pmigrate, over loopback.  TAP.
+#!/bin/bash
+# Live migration of KVM guests with pmvm + pmigrate, over loopback.  TAP.
 # Usage: test_migrate.sh PMVM GUEST_DIR [PMIGRATE]
 #  1. verifier guest, 2 vCPUs, 32 MiB, 4 channels: the destination keeps
 #     printing VERIFY OK with the counter continuing from the source's last,
 #     never VERIFY FAIL, and the memory dumps at pause and resume are equal.
 #  2. a destination killed mid-migration leaves the source guest running.
+#  3. verifier with spread pages over most of a $PMVM_TEST_BIG_MEM guest
+#     (default 256M), 4 channels: the destination completes a full sweep of
+#     every stamped page after the switchover; the guest-seen pause is
+#     reported.
+#  4. a guest that writes 64 pages: round 2 sends only those, not all memory.
+# Every wait also watches the processes it depends on, so a dead VM fails
+# the test within a second instead of at a time limit.
 # Skipped (not passed) without /dev/kvm or without pmigrate.
 PMVM=$1
 GUESTS=$2
 PMIGRATE=$3
-NTESTS=2
+BIG=${PMVM_TEST_BIG_MEM:-256M}
+NTESTS=4
 echo "1..$NTESTS"
 skip_all() {
-	i=1
-	while [ $i -le $NTESTS ]; do
-		echo "ok $i # SKIP $1"
-		i=$((i + 1))
-	done
+	for i in $(seq $NTESTS); do echo "ok $i # SKIP $1"; done
 	exit 0
 }
 [ -c /dev/kvm ] && [ -r /dev/kvm ] && [ -w /dev/kvm ] || skip_all "no /dev/kvm"
 [ -n "$PMIGRATE" ] && [ -x "$PMIGRATE" ] || skip_all "pmigrate not built"
 # /dev/kvm is there; can a VM be made?  (The exitcode guest exits with 0.)
-probe=$(timeout 120 "$PMVM" run --mem 4M --guest "$GUESTS/exitcode.bin" --param code=0 2>&1 >/dev/null)
+probe=$(timeout 60 "$PMVM" run --mem 4M --guest "$GUESTS/exitcode.bin" --param code=0 2>&1 >/dev/null)
 [ $? = 0 ] || skip_all "KVM unusable: $(echo "$probe" | head -n 1)"
 
 T=$(mktemp -d)
 PIDS=""
 cleanup() {
 	for p in $PIDS; do kill -9 "$p" 2>/dev/null; done
+	wait 2>/dev/null
 	rm -rf "$T"
 }
 trap cleanup EXIT
 failed=0
-MEM=32M
 
-wait_for() { # FILE PATTERN SECONDS
-	i=0
-	while [ $i -lt $(($3 * 10)) ]; do
-		grep -q -- "$2" "$1" 2>/dev/null && return 0
+# A child that exited is a zombie until waited for: kill -0 still works on it.
+alive() { [ -r "/proc/$1/stat" ] && [ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" != Z ]; }
+
+# wait_for FILE PATTERN SECONDS [PID...]: 0 when PATTERN shows in FILE;
+# 1 on timeout; 2 as soon as a PID has died or the guest reports a failure.
+wait_for() {
+	local f=$1 pat=$2 secs=$3 i=0 p
+	shift 3
+	while [ $i -lt $((secs * 10)) ]; do
+		grep -q -- "$pat" "$f" 2>/dev/null && return 0
+		if grep -q "VERIFY FAIL" "$f" 2>/dev/null; then
+			echo "# guest failed: $(grep -m1 'VERIFY FAIL' "$f")"
+			return 2
+		fi
+		for p in "$@"; do
+			if ! alive "$p"; then
+				grep -q -- "$pat" "$f" 2>/dev/null && return 0
+				echo "# process $p died while waiting for '$pat' in $(basename "$f")"
+				return 2
+			fi
+		done
 		sleep 0.1
 		i=$((i + 1))
 	done
+	echo "# timed out after ${secs}s waiting for '$pat' in $(basename "$f")"
+	return 1
+}
+# count_at_least FILE REGEX N SECONDS [PID...]: waits for N lines matching REGEX.
+count_at_least() {
+	local f=$1 re=$2 n=$3 secs=$4 i=0 p
+	shift 4
+	while [ $i -lt $((secs * 10)) ]; do
+		[ "$(grep -cE -- "$re" "$f" 2>/dev/null)" -ge "$n" ] && return 0
+		grep -q "VERIFY FAIL" "$f" 2>/dev/null && { echo "# guest failed: $(grep -m1 'VERIFY FAIL' "$f")"; return 2; }
+		for p in "$@"; do
+			alive "$p" || { echo "# process $p died waiting for $n lines '$re'"; return 2; }
+		done
+		sleep 0.1
+		i=$((i + 1))
+	done
+	echo "# timed out after ${secs}s waiting for $n lines '$re' in $(basename "$f")"
 	return 1
 }
 cpu0_counters() { grep -E '^VERIFY OK [0-9]+$' "$1" | awk '{print $3}'; }
+diag() { for f in "$@"; do echo "# --- $f"; tail -n 20 "$f" 2>/dev/null | sed 's/^/# /'; done; }
 
-start_source() { # TAG
-	"$PMVM" run --mem $MEM --vcpus 2 --guest "$GUESTS/verifier.bin" \
-		--control "$T/$1-src.sock" --serial "$T/$1-src.serial" \
-		--dump-at-pause "$T/$1-src.dump" 2>"$T/$1-src.err" &
+# start_source TAG MEM GUEST READY_PATTERN [PARAMS...]
+start_source() {
+	local tag=$1 mem=$2 guest=$3 ready=$4 args=()
+	shift 4
+	for p in "$@"; do args+=(--param "$p"); done
+	"$PMVM" run --mem "$mem" --vcpus 2 --guest "$GUESTS/$guest" "${args[@]}" \
+		--control "$T/$tag-src.sock" --serial "$T/$tag-src.serial" \
+		${DUMPS:+--dump-at-pause "$T/$tag-src.dump"} 2>"$T/$tag-src.err" &
 	SRC=$!
 	PIDS="$PIDS $SRC"
-	wait_for "$T/$1-src.serial" "^VERIFY OK 3$" 120
+	wait_for "$T/$tag-src.serial" "$ready" 120 "$SRC"
 }
-start_dest() { # TAG
-	"$PMVM" run --mem $MEM --vcpus 2 --guest "$GUESTS/verifier.bin" \
-		--control "$T/$1-dst.sock" --serial "$T/$1-dst.serial" \
+# start_dest TAG MEM GUEST [PARAMS...]: 4 listening addresses in $TO.
+start_dest() {
+	local tag=$1 mem=$2 guest=$3 args=() i=0
+	shift 3
+	for p in "$@"; do args+=(--param "$p"); done
+	"$PMVM" run --mem "$mem" --vcpus 2 --guest "$GUESTS/$guest" "${args[@]}" \
+		--control "$T/$tag-dst.sock" --serial "$T/$tag-dst.serial" \
 		--incoming 127.0.0.1:0,127.0.0.1:0,127.0.0.1:0,127.0.0.1:0 \
-		--dump-on-resume "$T/$1-dst.dump" 2>"$T/$1-dst.err" &
+		${DUMPS:+--dump-on-resume "$T/$tag-dst.dump"} 2>"$T/$tag-dst.err" &
 	DST=$!
 	PIDS="$PIDS $DST"
-	i=0
-	while [ "$(grep -c 'listening on' "$T/$1-dst.err" 2>/dev/null)" != 4 ] && [ $i -lt 100 ]; do
+	while [ "$(grep -c 'listening on' "$T/$tag-dst.err" 2>/dev/null)" != 4 ]; do
+		alive "$DST" || { echo "# destination died at start:"; diag "$T/$tag-dst.err"; return 1; }
+		[ $i -lt 100 ] || { echo "# destination is not listening after 10 s"; return 1; }
 		sleep 0.1
 		i=$((i + 1))
 	done
-	TO=$(sed -n 's/^pmvm: listening on //p' "$T/$1-dst.err" | paste -sd, -)
+	TO=$(sed -n 's/^pmvm: listening on //p' "$T/$tag-dst.err" | paste -sd, -)
 }
-diag() { for f in "$@"; do echo "# --- $f"; tail -n 20 "$f" 2>/dev/null | sed 's/^/# /'; done; }
+# migrate TAG: pmigrate migrate over 4 channels, report in $T/TAG-report.json.
+migrate() {
+	"$PMIGRATE" migrate --control "$T/$1-src.sock" --to "$TO" --channels 4 --timeout 20000 \
+		--json "$T/$1-report.json" >"$T/$1-migrate.out" 2>&1
+}
+report_field() { # TAG EXPR (python over the report dict r)
+	python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print($2)" "$T/$1-report.json"
+}
+guest_pause() { # SOCKET: the heartbeat gap across the last resume
+	"$PMIGRATE" status --control "$1" --json 2>/dev/null |
+		python3 -c 'import json,sys; print(json.load(sys.stdin)["heartbeat"]["resume_gap_ms"])' 2>/dev/null
+}
+stop_pair() {
+	kill "$SRC" "$DST" 2>/dev/null
+	wait "$SRC" "$DST" 2>/dev/null
+}
 
-# ---- 1: live migration ----
+# ---- 1: live migration, counters continue, dumps equal ----
 ok=1
-if ! start_source live; then
-	echo "# source guest did not reach VERIFY OK 3"
-	ok=0
-fi
-[ $ok = 1 ] && start_dest live
-if [ $ok = 1 ] && ! "$PMIGRATE" migrate --control "$T/live-src.sock" --to "$TO" --channels 4 \
-	--json "$T/report.json" >"$T/migrate.out" 2>&1; then
+DUMPS=1
+start_source live 32M verifier.bin "^VERIFY OK 3$" || ok=0
+[ $ok = 1 ] && { start_dest live 32M verifier.bin || ok=0; }
+if [ $ok = 1 ] && ! migrate live; then
 	echo "# pmigrate migrate failed"
 	ok=0
 fi
@@ -93,19 +153,10 @@ if [ $ok = 1 ]; then
 	# The source flushed its last (maybe partial) line at exit; a line cut
 	# by the switchover continues at the destination, so the source's and
 	# the destination's output together must count 1, 2, 3, ... without a gap.
-	i=0
-	while [ "$(grep -cE '^VERIFY OK [0-9]+$' "$T/live-dst.serial" 2>/dev/null)" -lt 3 ] && [ $i -lt 1200 ]; do
-		sleep 0.1
-		i=$((i + 1))
-	done
+	count_at_least "$T/live-dst.serial" '^VERIFY OK [0-9]+$' 3 120 "$DST" || ok=0
 	cat "$T/live-src.serial" "$T/live-dst.serial" >"$T/live-all.serial"
-	last=$(cpu0_counters "$T/live-src.serial" | tail -n 1)
-	first=$(cpu0_counters "$T/live-dst.serial" | head -n 1)
-	echo "# source's last complete VERIFY OK: $last; destination's first: $first"
-	if [ "$(grep -cE '^VERIFY OK [0-9]+$' "$T/live-dst.serial")" -lt 3 ]; then
-		echo "# destination did not print 3 VERIFY OK lines"
-		ok=0
-	fi
+	echo "# source's last complete VERIFY OK: $(cpu0_counters "$T/live-src.serial" | tail -n 1);" \
+		"destination's first: $(cpu0_counters "$T/live-dst.serial" | head -n 1)"
 	if ! cpu0_counters "$T/live-all.serial" | awk 'NR == 1 && $1 != 1 { exit 1 } NR > 1 && $1 != p + 1 { exit 1 } { p = $1 }'; then
 		echo "# the counter does not continue across the migration:"
 		cpu0_counters "$T/live-all.serial" | tr '\n' ' ' | sed 's/^/# /'
@@ -114,54 +165,106 @@ if [ $ok = 1 ]; then
 	fi
 	if grep -h "VERIFY FAIL" "$T/live-src.serial" "$T/live-dst.serial"; then ok=0; fi
 	if ! cmp "$T/live-src.dump" "$T/live-dst.dump"; then echo "# dumps differ"; ok=0; fi
-	sed 's/^/# /' "$T/migrate.out" | tail -n 30
-	echo "# report: $(cat "$T/report.json" 2>/dev/null | tr -d '\n' | cut -c1-600)"
+	echo "# pause seen by the guest: $(guest_pause "$T/live-dst.sock") ms (with the verification dumps)"
+	sed 's/^/# /' "$T/live-migrate.out" | tail -n 12
 fi
 if [ $ok = 1 ]; then
 	echo "ok 1 - verifier migrated live over 4 channels, VERIFY OK continues, dumps equal"
 else
-	diag "$T/live-src.err" "$T/live-dst.err" "$T/live-src.serial" "$T/live-dst.serial" "$T/migrate.out"
+	diag "$T/live-src.err" "$T/live-dst.err" "$T/live-src.serial" "$T/live-dst.serial" "$T/live-migrate.out"
 	echo "not ok 1 - live migration of the verifier guest"
 	failed=1
 fi
-kill "$DST" 2>/dev/null
-wait "$DST" 2>/dev/null
+stop_pair
+DUMPS=
 
 # ---- 2: destination dies mid-migration ----
+# Deterministic: the destination is stopped (SIGSTOP) before the migration,
+# so the source is connected and waiting on it when it is killed.
 ok=1
-MEM=64M
-start_source dead || ok=0
-[ $ok = 1 ] && start_dest dead
+start_source dead 64M verifier.bin "^VERIFY OK 3$" || ok=0
+[ $ok = 1 ] && { start_dest dead 64M verifier.bin || ok=0; }
 if [ $ok = 1 ]; then
-	"$PMIGRATE" migrate --control "$T/dead-src.sock" --to "$TO" --channels 4 \
-		>"$T/dead-migrate.out" 2>&1 &
+	kill -STOP "$DST"
+	migrate dead &
 	MIG=$!
-	sleep 0.2
+	i=0
+	until "$PMIGRATE" status --control "$T/dead-src.sock" 2>/dev/null | grep -q migrating; do
+		[ $i -lt 100 ] || break
+		sleep 0.05
+		i=$((i + 1))
+	done
+	t0=$(date +%s%N)
 	kill -9 "$DST"
+	wait "$DST" 2>/dev/null
 	wait "$MIG"
 	mst=$?
-	if [ $mst = 0 ]; then
-		echo "ok 2 # SKIP the migration completed before the destination was killed"
-	else
-		before=$(cpu0_counters "$T/dead-src.serial" | tail -n 1)
-		if ! kill -0 "$SRC" 2>/dev/null; then
-			echo "# source died"
-			ok=0
-		elif ! wait_for "$T/dead-src.serial" "^VERIFY OK $((before + 2))$" 120; then
-			echo "# source guest stopped making progress at $before"
-			ok=0
-		fi
-		if grep -h "VERIFY FAIL" "$T/dead-src.serial"; then ok=0; fi
-		if [ $ok = 1 ]; then
-			echo "ok 2 - destination killed mid-migration: migrate failed ($mst), source guest runs on"
-		else
-			diag "$T/dead-src.err" "$T/dead-src.serial" "$T/dead-migrate.out"
-			echo "not ok 2 - source after a destination died"
-			failed=1
-		fi
-	fi
+	ms=$((($(date +%s%N) - t0) / 1000000))
+	echo "# migrate exited with $mst, $ms ms after the destination was killed"
+	[ $mst != 0 ] || { echo "# migrate succeeded without a destination"; ok=0; }
+	[ $ms -lt 5000 ] || { echo "# migrate took $ms ms to notice"; ok=0; }
+	before=$(cpu0_counters "$T/dead-src.serial" | tail -n 1)
+	wait_for "$T/dead-src.serial" "^VERIFY OK $((before + 2))$" 120 "$SRC" || ok=0
+	"$PMIGRATE" status --control "$T/dead-src.sock" 2>&1 | grep -q running || { echo "# source is not running"; ok=0; }
+fi
+if [ $ok = 1 ]; then
+	echo "ok 2 - destination killed mid-migration: migrate failed at once, source guest runs on"
 else
-	echo "not ok 2 - source guest did not start"
+	diag "$T/dead-src.err" "$T/dead-src.serial" "$T/dead-migrate.out"
+	echo "not ok 2 - source after a destination died"
 	failed=1
 fi
+stop_pair
+
+# ---- 3: memory spread over most of a big guest ----
+ok=1
+SPREAD=(spread=90 classes=16)
+start_source big "$BIG" verifier.bin "^VERIFY SWEEP 1 cpu0" "${SPREAD[@]}" || ok=0
+[ $ok = 1 ] && { start_dest big "$BIG" verifier.bin "${SPREAD[@]}" || ok=0; }
+if [ $ok = 1 ] && ! migrate big; then
+	echo "# pmigrate migrate failed"
+	ok=0
+fi
+if [ $ok = 1 ]; then
+	# Sweep k ends at step 16k; the first sweep the destination ends after
+	# one it did not start checks every page only at the destination: wait
+	# for two sweep lines per vCPU there.
+	count_at_least "$T/big-dst.serial" '^VERIFY SWEEP [0-9]+ cpu0 ' 2 300 "$DST" || ok=0
+	count_at_least "$T/big-dst.serial" '^VERIFY SWEEP [0-9]+ cpu1 ' 2 300 "$DST" || ok=0
+	echo "# $(grep -m1 'VERIFY SWEEP' "$T/big-src.serial" | sed 's/.*pages/pages per vCPU:/')"
+	echo "# rounds: $(report_field big '"; ".join("%d: %d pages + %d zero" % (x["round"], x["pages"], x["zero_pages"]) for x in r["rounds"])')"
+	echo "# total $(report_field big 'round(r["total_time_ms"])') ms, downtime $(report_field big 'round(r["downtime_ms"], 1)') ms," \
+		"pause seen by the guest $(guest_pause "$T/big-dst.sock") ms"
+fi
+if [ $ok = 1 ]; then
+	echo "ok 3 - $BIG guest with stamped pages across memory migrated; destination swept every page"
+else
+	diag "$T/big-src.err" "$T/big-dst.err" "$T/big-src.serial" "$T/big-dst.serial" "$T/big-migrate.out"
+	echo "not ok 3 - spread verifier over $BIG"
+	failed=1
+fi
+stop_pair
+
+# ---- 4: round 2 sends what was written, not all memory ----
+ok=1
+start_source r2 32M dirtier.bin "^DIRTY 0 " pages=64 rate=20000 || ok=0
+[ $ok = 1 ] && { start_dest r2 32M dirtier.bin pages=64 rate=20000 || ok=0; }
+if [ $ok = 1 ] && ! migrate r2; then
+	echo "# pmigrate migrate failed"
+	ok=0
+fi
+if [ $ok = 1 ]; then
+	r2=$(report_field r2 'r["rounds"][1]["pages"] + r["rounds"][1]["zero_pages"] if len(r["rounds"]) > 1 else 0')
+	echo "# round 2 sent $r2 pages (working set 64 pages of 8192)"
+	[ "$r2" -le 80 ] || { echo "# round 2 sent more than the working set"; ok=0; }
+	wait_for "$T/r2-dst.serial" "^DIRTY 0 " 60 "$DST" || ok=0
+fi
+if [ $ok = 1 ]; then
+	echo "ok 4 - round 2 sends only the pages the guest wrote"
+else
+	diag "$T/r2-src.err" "$T/r2-dst.err" "$T/r2-migrate.out"
+	echo "not ok 4 - round 2 of a guest writing 64 pages"
+	failed=1
+fi
+stop_pair
 exit $failed
