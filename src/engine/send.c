@@ -1,0 +1,201 @@
+/* SPDX-License-Identifier: MIT */
+/* The source's send path: a worker owns one channel, takes (chunk, round)
+ * tasks from the queue, harvests the chunk's dirty bits just before reading
+ * it, cuts the dirty pages into runs of zero or non-zero pages, optionally
+ * compresses, and sends the chunk's frames with one sendmsg straight from
+ * guest memory. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <pmigrate/rangelock.h>
+#include "engine/codec.h"
+#include "engine/net.h"
+#include "engine/source.h"
+
+void src_fail(struct src_ctx *c, const struct pm_err *e)
+{
+	pthread_mutex_lock(&c->err_lock);
+	if (!c->err.code)
+		c->err = *e;
+	pthread_mutex_unlock(&c->err_lock);
+	atomic_store(&c->failed, true);
+}
+
+static int flush(struct worker *w, int *niov)
+{
+	int r = 0;
+
+	if (*niov)
+		r = pm_send_all(&w->conn, w->iov, *niov, &w->err, w->what);
+	*niov = 0;
+	return r;
+}
+
+/* Emits one PAGES frame for pages [first, first+n) of the chunk's region. */
+static int emit_run(struct worker *w, const struct chunk_ref *ch, uint64_t first, uint32_t n,
+		    bool zero, uint32_t round, int *niov, unsigned *nhdr, size_t *cused)
+{
+	struct src_ctx *c = w->c;
+	const struct pm_region *rg = &c->be->regions[ch->region];
+	uint8_t *src = rg->host + first * PM_PAGE_SIZE;
+	size_t raw = (size_t)n * PM_PAGE_SIZE;
+	struct pm_pages pg = { .region = ch->region, .npages = n, .first = first, .round = round };
+	uint8_t *h = w->hdrs[*nhdr];
+	void *payload = src;
+	int r;
+
+	if (zero) {
+		pg.encoding = PM_ENC_ZERO;
+	} else if (c->p->compress != PM_COMPRESS_NONE) {
+		size_t bound = pm_codec_bound(c->p->compress, raw);
+		if (*cused + bound > w->cbuf_cap) {
+			r = flush(w, niov);
+			if (r)
+				return r;
+			*cused = 0;
+			*nhdr = 0;
+			h = w->hdrs[0];
+		}
+		/* Compress a private copy: a compressor reading live memory can
+		 * encode a stable page as a match against a page being written,
+		 * and the stable page would never be sent again. */
+		memcpy(w->snap, src, raw);
+		size_t clen = pm_codec_compress(w->codec, w->snap, raw, w->cbuf + *cused, bound);
+		if (clen) {
+			pg.encoding = pm_codec_encoding(c->p->compress);
+			pg.payload_len = clen;
+			payload = w->cbuf + *cused;
+			*cused += clen;
+		} else {
+			pg.encoding = PM_ENC_RAW;
+			pg.payload_len = raw;
+		}
+	} else {
+		pg.encoding = PM_ENC_RAW;
+		pg.payload_len = raw;
+	}
+	pm_encode_hdr(h, PM_FR_PAGES, PM_PAGES_FIXED_LEN + pg.payload_len);
+	pm_encode_pages(h + PM_FRAME_HDR_LEN, &pg);
+	w->iov[(*niov)++] = (struct iovec){ h, PM_FRAME_HDR_LEN + PM_PAGES_FIXED_LEN };
+	if (pg.payload_len)
+		w->iov[(*niov)++] = (struct iovec){ payload, pg.payload_len };
+	(*nhdr)++;
+
+	uint64_t bytes = PM_FRAME_HDR_LEN + PM_PAGES_FIXED_LEN + pg.payload_len;
+	struct round_acc *a = &c->acc[round < PM_MAX_ROUNDS ? round : PM_MAX_ROUNDS];
+	atomic_fetch_add(zero ? &a->zero : &a->pages, n);
+	atomic_fetch_add(&a->bytes, bytes);
+	atomic_fetch_add(&w->wire_bytes, bytes);
+	w->sent.frames++;
+	w->sent.pages += n;
+	w->sent.payload_bytes += pg.payload_len;
+	return 0;
+}
+
+/* Harvests one chunk and sends its dirty pages. */
+static int send_chunk(struct worker *w, struct pm_task t)
+{
+	struct src_ctx *c = w->c;
+	const struct chunk_ref *ch = &c->chunks[t.chunk];
+	uint64_t bm[PM_MAX_CHUNK_PAGES / 64] = { 0 };
+	const uint8_t *base = c->be->regions[ch->region].host;
+	int niov = 0, r = 0;
+	unsigned nhdr = 0;
+	size_t cused = 0;
+
+	/* Harvest and record the round under the chunk's lock, so a chunk's
+	 * harvests happen in round order even when two rounds' tasks for it
+	 * are in flight: the receiver's per-page round check relies on it. */
+	pthread_mutex_lock(&c->chunk_lock[t.chunk]);
+	if (c->chunk_round[t.chunk] >= t.round) {
+		pthread_mutex_unlock(&c->chunk_lock[t.chunk]);
+		return 0;
+	}
+	r = c->be->ops->dirty_harvest(c->be->vm, ch->region, ch->first, ch->npages, bm, &w->err);
+	c->chunk_round[t.chunk] = t.round;
+	pthread_mutex_unlock(&c->chunk_lock[t.chunk]);
+	if (r)
+		return r;
+	if (t.round == 1)
+		memset(bm, 0xff, sizeof(bm));
+
+	uint32_t i = 0;
+	while (i < ch->npages) {
+		if (!(bm[i / 64] >> (i % 64) & 1)) {
+			i++;
+			continue;
+		}
+		bool zero = pm_page_is_zero(base + (ch->first + i) * PM_PAGE_SIZE);
+		uint32_t j = i + 1;
+		while (j < ch->npages && (bm[j / 64] >> (j % 64) & 1) &&
+		       pm_page_is_zero(base + (ch->first + j) * PM_PAGE_SIZE) == zero)
+			j++;
+		r = emit_run(w, ch, ch->first + i, j - i, zero, t.round, &niov, &nhdr, &cused);
+		if (r)
+			return r;
+		i = j;
+	}
+	return flush(w, &niov);
+}
+
+/* A chunk is harvested and sent under a read lock of the VM's layout lock
+ * (if it has one), so a discard or hot-add never lands in the middle. */
+int src_process_chunk(struct worker *w, struct pm_task t)
+{
+	struct src_ctx *c = w->c;
+	struct pm_rangelock *ll = c->be->layout_lock;
+	const struct chunk_ref *ch = &c->chunks[t.chunk];
+	uint64_t g = c->region_base[ch->region] + ch->first;
+	struct pm_range lr;
+	int r;
+
+	if (ll)
+		pm_range_rdlock(ll, &lr, g, g + ch->npages);
+	r = send_chunk(w, t);
+	if (ll)
+		pm_range_unlock(ll, &lr);
+	return r;
+}
+
+void *src_worker_main(void *arg)
+{
+	struct worker *w = arg;
+	struct pm_task t;
+
+	while (pm_queue_pop(&w->c->q, &t)) {
+		if (!atomic_load(&w->c->failed) && src_process_chunk(w, t))
+			src_fail(w->c, &w->err);
+		pm_queue_done(&w->c->q);
+	}
+	return NULL;
+}
+
+int src_worker_init(struct worker *w, struct src_ctx *c, unsigned idx, struct pm_err *err)
+{
+	size_t run = (size_t)c->chunk_pages * PM_PAGE_SIZE;
+
+	w->c = c;
+	w->idx = idx;
+	pm_conn_init(&w->conn, -1);
+	w->hdrs = calloc(c->chunk_pages, sizeof(*w->hdrs));
+	w->iov = calloc(2 * c->chunk_pages, sizeof(*w->iov));
+	if (!w->hdrs || !w->iov)
+		return pm_err_set(err, ENOMEM, "out of memory");
+	if (c->p->compress != PM_COMPRESS_NONE) {
+		w->cbuf_cap = pm_codec_bound(c->p->compress, run) * 2;
+		w->cbuf = malloc(w->cbuf_cap);
+		w->snap = malloc(run);
+		if (!w->cbuf || !w->snap || pm_codec_new(&w->codec, c->p->compress, c->p->compress_level))
+			return pm_err_set(err, ENOMEM, "out of memory");
+	}
+	return 0;
+}
+
+void src_worker_free(struct worker *w)
+{
+	pm_codec_free(w->codec);
+	free(w->cbuf);
+	free(w->snap);
+	free(w->hdrs);
+	free(w->iov);
+}
