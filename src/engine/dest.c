@@ -455,6 +455,7 @@ static int accept_channels(struct pm_incoming *in, struct dst_ctx *c, struct pm_
 				continue;
 			pm_tcp_tune(fd, in->timeout_ms);
 			pm_conn_init(&conn, fd);
+			pm_conn_set_timeout(&conn, in->timeout_ms);
 			if (!deadline)
 				deadline = pm_now_ms() + in->timeout_ms;
 			r = pm_recv_buf(&conn, hb, sizeof(hb), err, "waiting for HELLO");

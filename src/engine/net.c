@@ -7,6 +7,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -95,15 +96,25 @@ void pm_format_addr(const struct sockaddr *sa, char *buf, size_t len)
 
 int pm_tcp_tune(int fd, unsigned timeout_ms)
 {
-	int one = 1;
-	struct timeval tv = { .tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000 };
+	int one = 1, r = 0;
 
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
-	if (setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) ||
-	    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)))
-		return -errno;
-	return 0;
+	if (setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one)))
+		r = -errno;
+	if (timeout_ms) {
+		/* A peer that vanished (link down, host gone) is found within
+		 * about the budget even when nothing is being sent: unacked data
+		 * or unanswered keepalives for timeout_ms end the connection. */
+		unsigned ut = timeout_ms;
+		int idle = timeout_ms / 3000 ? (int)(timeout_ms / 3000) : 1;
+		int intvl = idle, cnt = 2;
+		if (setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &ut, sizeof(ut)) ||
+		    setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle)) ||
+		    setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof(intvl)) ||
+		    setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt)))
+			r = -errno;
+	}
+	return r;
 }
 
 int pm_tcp_connect(const char *to, const char *bind_addr, unsigned timeout_ms, struct pm_err *err)
@@ -149,7 +160,6 @@ int pm_tcp_connect(const char *to, const char *bind_addr, unsigned timeout_ms, s
 		r = pm_err_set(err, e, "cannot connect to %s: %s", to, strerror(e));
 		goto fail;
 	}
-	fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
 	pm_tcp_tune(fd, timeout_ms);
 	return fd;
 fail:
@@ -180,7 +190,30 @@ int pm_tcp_listen(const char *addr, struct pm_err *err)
 
 void pm_conn_init(struct pm_conn *c, int fd)
 {
-	c->fd = fd;
+	*c = (struct pm_conn){ .fd = fd, .wake_fd = -1 };
+	/* Every wait is a poll() with a deadline, never a blocking call. */
+	if (fd >= 0)
+		fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+}
+
+void pm_conn_set_timeout(struct pm_conn *c, unsigned timeout_ms)
+{
+	c->timeout_ms = timeout_ms;
+}
+
+void pm_conn_set_recv_timeout(struct pm_conn *c, unsigned timeout_ms)
+{
+	pm_conn_set_timeout(c, timeout_ms);
+}
+
+void pm_conn_set_deadline(struct pm_conn *c, double deadline_ms)
+{
+	c->deadline = deadline_ms;
+}
+
+void pm_conn_set_wake(struct pm_conn *c, int wake_fd)
+{
+	c->wake_fd = wake_fd;
 }
 
 void pm_conn_shutdown(struct pm_conn *c)
@@ -196,40 +229,92 @@ void pm_conn_close(struct pm_conn *c)
 	c->fd = -1;
 }
 
-void pm_conn_set_recv_timeout(struct pm_conn *c, unsigned timeout_ms)
+/* The deadline of an operation that starts now. */
+static double op_deadline(const struct pm_conn *c)
 {
-	struct timeval tv = { .tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000 };
+	if (c->deadline)
+		return c->deadline;
+	return c->timeout_ms ? pm_now_ms() + c->timeout_ms : 0;
+}
 
-	setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+/* Waits until the socket is ready for events, the deadline passes, or the
+ * wake fd fires (cancel). */
+static int conn_wait(struct pm_conn *c, short events, double deadline, struct pm_err *err,
+		     const char *what)
+{
+	for (;;) {
+		struct pollfd p[2] = { { .fd = c->fd, .events = events },
+				       { .fd = c->wake_fd, .events = POLLIN } };
+		int ms = -1, n;
+
+		if (deadline) {
+			double left = deadline - pm_now_ms();
+			if (left <= 0) {
+				unsigned budget = c->deadline ? 0 : c->timeout_ms;
+				if (budget)
+					return pm_err_set(err, ETIMEDOUT, "%s: timed out after %u ms (peer silent)",
+							  what, budget);
+				return pm_err_set(err, ETIMEDOUT, "%s: timed out (peer silent)", what);
+			}
+			ms = (int)left + 1;
+		}
+		n = poll(p, c->wake_fd >= 0 ? 2 : 1, ms);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return pm_err_set(err, errno, "%s: poll: %s", what, strerror(errno));
+		if (n > 0 && c->wake_fd >= 0 && (p[1].revents & POLLIN))
+			return pm_err_set(err, ECANCELED, "%s: cancelled", what);
+		if (n > 0 && p[0].revents)
+			return 0;       /* ready, or an error the next call reports */
+	}
+}
+
+int pm_conn_wait_readable(struct pm_conn *c, struct pm_err *err, const char *what)
+{
+	return conn_wait(c, POLLIN, op_deadline(c), err, what);
 }
 
 static int io_error(int e, struct pm_err *err, const char *what)
 {
-	if (e == EAGAIN || e == EWOULDBLOCK)
-		return pm_err_set(err, ETIMEDOUT, "%s: timed out (peer silent)", what);
 	return pm_err_set(err, e, "%s: %s", what, strerror(e));
 }
 
 static int io_all(struct pm_conn *c, struct iovec *iov, int iovcnt, int send, struct pm_err *err,
 		  const char *what)
 {
+	double deadline = op_deadline(c);
+	bool moved = false;
+
 	while (iovcnt > 0) {
 		ssize_t n;
 		int cnt = iovcnt > IOV_MAX ? IOV_MAX : iovcnt;
 
 		if (send) {
 			struct msghdr m = { .msg_iov = iov, .msg_iovlen = cnt };
-			n = sendmsg(c->fd, &m, MSG_NOSIGNAL);
+			n = sendmsg(c->fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
 		} else {
 			n = readv(c->fd, iov, cnt);
 		}
 		if (n < 0) {
-			if (errno == EINTR)
+			int e = errno, r;
+			if (e == EINTR)
 				continue;
-			return io_error(errno, err, what);
+			if (e == EAGAIN || e == EWOULDBLOCK) {
+				r = conn_wait(c, send ? POLLOUT : POLLIN, deadline, err, what);
+				if (!r)
+					continue;
+			} else {
+				r = io_error(e, err, what);
+			}
+			/* A frame cut in the middle: nothing can follow it. */
+			if (send && moved)
+				c->torn = true;
+			return r;
 		}
 		if (n == 0 && !send)
 			return pm_err_set(err, ECONNRESET, "%s: connection closed by peer", what);
+		moved = true;
 		while (n > 0 && iovcnt > 0) {
 			if ((size_t)n >= iov->iov_len) {
 				n -= iov->iov_len;
@@ -273,14 +358,40 @@ int pm_recv_buf(struct pm_conn *c, void *buf, size_t len, struct pm_err *err, co
 
 ssize_t pm_recv_some(struct pm_conn *c, void *buf, size_t len, struct pm_err *err, const char *what)
 {
+	double deadline = op_deadline(c);
+
 	for (;;) {
-		ssize_t r = recv(c->fd, buf, len, 0);
+		ssize_t r = recv(c->fd, buf, len, MSG_DONTWAIT);
 		if (r > 0)
 			return r;
 		if (r == 0)
 			return pm_err_set(err, ECONNRESET, "%s: connection closed by peer", what);
-		if (errno != EINTR)
+		if (errno == EINTR)
+			continue;
+		if (errno != EAGAIN && errno != EWOULDBLOCK)
 			return io_error(errno, err, what);
+		int w = conn_wait(c, POLLIN, deadline, err, what);
+		if (w)
+			return w;
+	}
+}
+
+ssize_t pm_recv_nowait(struct pm_conn *c, struct iovec *iov, int iovcnt, struct pm_err *err,
+		       const char *what)
+{
+	struct msghdr m = { .msg_iov = iov, .msg_iovlen = iovcnt > IOV_MAX ? IOV_MAX : iovcnt };
+
+	for (;;) {
+		ssize_t r = recvmsg(c->fd, &m, MSG_DONTWAIT);
+		if (r > 0)
+			return r;
+		if (r == 0)
+			return pm_err_set(err, ECONNRESET, "%s: connection closed by peer", what);
+		if (errno == EINTR)
+			continue;
+		if (errno == EAGAIN || errno == EWOULDBLOCK)
+			return 0;
+		return io_error(errno, err, what);
 	}
 }
 
@@ -298,19 +409,21 @@ int pm_send_frame(struct pm_conn *c, uint32_t type, const void *body, uint32_t l
 void pm_send_error_frame(struct pm_conn *c, int code, const char *msg)
 {
 	uint8_t body[PM_ERROR_FIXED_LEN + PM_MAX_ERROR_LEN];
+	uint8_t hdr[PM_FRAME_HDR_LEN];
 	size_t ml = strlen(msg);
-	int fl;
 
-	if (c->fd < 0)
+	if (c->fd < 0 || c->torn)
 		return;
-	fl = fcntl(c->fd, F_GETFL);
 	if (ml > PM_MAX_ERROR_LEN)
 		ml = PM_MAX_ERROR_LEN;
 	pm_put32(body, code < 0 ? -code : code);
 	pm_put32(body + 4, ml);
 	memcpy(body + PM_ERROR_FIXED_LEN, msg, ml);
-	/* Never block on a peer that stopped reading. */
-	fcntl(c->fd, F_SETFL, fl | O_NONBLOCK);
-	pm_send_frame(c, PM_FR_ERROR, body, PM_ERROR_FIXED_LEN + ml, NULL);
-	fcntl(c->fd, F_SETFL, fl);
+	pm_encode_hdr(hdr, PM_FR_ERROR, PM_ERROR_FIXED_LEN + ml);
+	/* One attempt, never blocking on a peer that stopped reading. */
+	struct iovec iov[2] = { { hdr, sizeof(hdr) }, { body, PM_ERROR_FIXED_LEN + ml } };
+	struct msghdr m = { .msg_iov = iov, .msg_iovlen = 2 };
+	ssize_t n = sendmsg(c->fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
+	if (n > 0 && (size_t)n < sizeof(hdr) + PM_ERROR_FIXED_LEN + ml)
+		c->torn = true;
 }

@@ -4,6 +4,7 @@
 #ifndef PM_ENGINE_NET_H
 #define PM_ENGINE_NET_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
@@ -19,22 +20,39 @@ void pm_format_addr(const struct sockaddr *sa, char *buf, size_t len);
 /* Connects to `to` (from `bind` if non-NULL) within timeout_ms. */
 int pm_tcp_connect(const char *to, const char *bind, unsigned timeout_ms, struct pm_err *err);
 int pm_tcp_listen(const char *addr, struct pm_err *err);
-/* Applies per-call send/receive timeouts and the socket options channels use. */
+/* The socket options channels use: no Nagle, and TCP_USER_TIMEOUT and
+ * keepalive that end a connection whose peer vanished within about
+ * timeout_ms (0: kernel defaults). */
 int pm_tcp_tune(int fd, unsigned timeout_ms);
 
 /* A channel's transport: every byte of a channel goes through one of
  * these, so the engine does not care whether it is plain TCP or TLS. */
 struct pm_conn {
-	int fd;                 /* -1: not connected */
+	int fd;                 /* -1: not connected; non-blocking */
+	unsigned timeout_ms;    /* budget of one operation (0: none) ... */
+	double deadline;        /* ... unless this absolute time (pm_now_ms) is set */
+	int wake_fd;            /* readable: every wait ends with -ECANCELED; -1: none */
+	bool torn;              /* a send stopped inside a frame: no frame can follow */
 };
 
-/* Takes ownership of fd (which may be -1). */
+/* Takes ownership of fd (which may be -1) and makes it non-blocking: every
+ * operation below waits with poll() until its deadline. */
 void pm_conn_init(struct pm_conn *c, int fd);
+/* Each operation (a whole send or receive) must finish within timeout_ms
+ * of its start, else it fails with -ETIMEDOUT. */
+void pm_conn_set_timeout(struct pm_conn *c, unsigned timeout_ms);
+/* Every operation must finish by this absolute time (0: back to the
+ * per-operation budget). */
+void pm_conn_set_deadline(struct pm_conn *c, double deadline_ms);
+/* A file descriptor whose readability cancels every wait (-1: none). */
+void pm_conn_set_wake(struct pm_conn *c, int wake_fd);
 /* Wakes any thread blocked on the connection; it stays open. */
 void pm_conn_shutdown(struct pm_conn *c);
 void pm_conn_close(struct pm_conn *c);
-/* Per-call receive timeout from now on. */
+/* Same as pm_conn_set_timeout (an older name). */
 void pm_conn_set_recv_timeout(struct pm_conn *c, unsigned timeout_ms);
+/* Waits until something can be read, within the operation's deadline. */
+int pm_conn_wait_readable(struct pm_conn *c, struct pm_err *err, const char *what);
 
 /* Send/receive everything or fail; they may modify iov. */
 int pm_send_all(struct pm_conn *c, struct iovec *iov, int iovcnt, struct pm_err *err, const char *what);
@@ -43,10 +61,15 @@ int pm_send_buf(struct pm_conn *c, const void *buf, size_t len, struct pm_err *e
 int pm_recv_buf(struct pm_conn *c, void *buf, size_t len, struct pm_err *err, const char *what);
 /* Receives at least one byte, at most len: the count, or -errno. */
 ssize_t pm_recv_some(struct pm_conn *c, void *buf, size_t len, struct pm_err *err, const char *what);
+/* One receive that never waits: the count (0: nothing there yet), or
+ * -errno (a closed connection is -ECONNRESET). */
+ssize_t pm_recv_nowait(struct pm_conn *c, struct iovec *iov, int iovcnt, struct pm_err *err,
+		       const char *what);
 
 /* Sends a frame: header + body. */
 int pm_send_frame(struct pm_conn *c, uint32_t type, const void *body, uint32_t len, struct pm_err *err);
-/* Sends an ERROR frame, best effort (never blocks long). */
+/* Sends an ERROR frame: one attempt that never blocks; nothing on a torn
+ * connection. */
 void pm_send_error_frame(struct pm_conn *c, int code, const char *msg);
 
 double pm_now_ms(void);

@@ -250,6 +250,7 @@ static int connect_channel(struct src_ctx *c, unsigned i, struct pm_err *err)
 	if (r < 0)
 		return r;
 	pm_conn_init(&w->conn, r);
+	pm_conn_set_timeout(&w->conn, c->timeout_ms);
 	pm_encode_hello(hb, &h);
 	r = pm_send_frame(&w->conn, PM_FR_HELLO, hb, sizeof(hb), err);
 	if (!r)

@@ -4,6 +4,8 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -138,6 +140,121 @@ static void test_connect_refused(void **state)
 	pm_err_clear(&e);
 	assert_true(pm_tcp_listen("127.0.0.1", &e) < 0);
 	assert_non_null(strstr(e.msg, "no port"));
+}
+
+
+/* ------------------------------------------------------------- deadlines */
+
+/* A receive from a silent peer fails after the budget, not before, and not
+ * much after; the message says how long it waited. */
+static void test_conn_recv_deadline(void **state)
+{
+	struct pm_err e = { 0 };
+	struct pm_conn c;
+	int sv[2];
+	char b[16];
+
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	pm_conn_init(&c, sv[0]);
+	pm_conn_set_timeout(&c, 300);
+	double t = pm_now_ms();
+	assert_int_equal(pm_recv_buf(&c, b, sizeof(b), &e, "waiting for DONE"), -ETIMEDOUT);
+	double dt = pm_now_ms() - t;
+	assert_true(dt >= 299 && dt < 300 + 1000);
+	assert_non_null(strstr(e.msg, "waiting for DONE: timed out after 300 ms"));
+	/* A peer that drips a byte at a time does not stretch the deadline:
+	 * one operation has one budget. */
+	pm_err_clear(&e);
+	assert_int_equal(write(sv[1], "x", 1), 1);
+	t = pm_now_ms();
+	assert_int_equal(pm_recv_buf(&c, b, sizeof(b), &e, "reading"), -ETIMEDOUT);
+	assert_true(pm_now_ms() - t < 300 + 1000);
+	/* An absolute deadline wins over the budget. */
+	pm_err_clear(&e);
+	pm_conn_set_deadline(&c, pm_now_ms() + 100);
+	t = pm_now_ms();
+	assert_int_equal(pm_recv_some(&c, b, sizeof(b), &e, "reading"), -ETIMEDOUT);
+	dt = pm_now_ms() - t;
+	assert_true(dt >= 99 && dt < 100 + 1000);
+	/* A closed peer is not a timeout. */
+	pm_conn_set_deadline(&c, 0);
+	close(sv[1]);
+	pm_err_clear(&e);
+	assert_int_equal(pm_recv_buf(&c, b, sizeof(b), &e, "reading"), -ECONNRESET);
+	assert_non_null(strstr(e.msg, "connection closed by peer"));
+	pm_conn_close(&c);
+}
+
+/* A send to a peer that stopped reading fails within the budget, and marks
+ * the connection torn: no ERROR frame goes after half a frame. */
+static void test_conn_send_deadline(void **state)
+{
+	struct pm_err e = { 0 };
+	struct pm_conn c;
+	int sv[2];
+	size_t len = 8 << 20;
+	uint8_t *big = calloc(1, len);
+
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	pm_conn_init(&c, sv[0]);
+	pm_conn_set_timeout(&c, 200);
+	double t = pm_now_ms();
+	assert_int_equal(pm_send_buf(&c, big, len, &e, "sending pages"), -ETIMEDOUT);
+	assert_true(pm_now_ms() - t < 200 + 1000);
+	assert_true(c.torn);
+	/* The peer reads what arrived: no ERROR frame header follows. */
+	pm_send_error_frame(&c, EIO, "nope");
+	uint8_t buf[65536];
+	ssize_t n, total = 0;
+	while ((n = recv(sv[1], buf, sizeof(buf), MSG_DONTWAIT)) > 0)
+		total += n;
+	assert_true(total > 0 && (size_t)total < len);
+	pm_conn_close(&c);
+	close(sv[1]);
+	free(big);
+}
+
+/* The wake fd ends any wait at once with -ECANCELED (how a migration is
+ * cancelled without signals). */
+static void test_conn_wake(void **state)
+{
+	struct pm_err e = { 0 };
+	struct pm_conn c;
+	int sv[2], wp[2];
+	char b[4];
+
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	assert_int_equal(pipe(wp), 0);
+	pm_conn_init(&c, sv[0]);
+	pm_conn_set_timeout(&c, 30000);
+	pm_conn_set_wake(&c, wp[0]);
+	assert_int_equal(write(wp[1], "c", 1), 1);
+	double t = pm_now_ms();
+	assert_int_equal(pm_recv_buf(&c, b, sizeof(b), &e, "waiting for DONE"), -ECANCELED);
+	assert_true(pm_now_ms() - t < 1000);
+	assert_non_null(strstr(e.msg, "cancelled"));
+	pm_conn_close(&c);
+	close(sv[1]);
+	close(wp[0]);
+	close(wp[1]);
+}
+
+/* Channels end a vanished peer within about the budget: TCP_USER_TIMEOUT
+ * and keepalive are set from it. */
+static void test_tcp_tune(void **state)
+{
+	int fd = socket(AF_INET, SOCK_STREAM, 0), v = 0;
+	socklen_t l = sizeof(v);
+
+	assert_true(fd >= 0);
+	assert_int_equal(pm_tcp_tune(fd, 3000), 0);
+	assert_int_equal(getsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &v, &l), 0);
+	assert_int_equal(v, 3000);
+	assert_int_equal(getsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &v, &l), 0);
+	assert_int_equal(v, 1);
+	assert_int_equal(getsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &v, &l), 0);
+	assert_int_equal(v, 1);
+	close(fd);
 }
 
 /* ----------------------------------------------------------- compression */
@@ -434,6 +551,10 @@ int main(void)
 		cmocka_unit_test(test_addr_ipv6),
 		cmocka_unit_test(test_addr_bad),
 		cmocka_unit_test(test_connect_refused),
+		cmocka_unit_test(test_conn_recv_deadline),
+		cmocka_unit_test(test_conn_send_deadline),
+		cmocka_unit_test(test_conn_wake),
+		cmocka_unit_test(test_tcp_tune),
 		cmocka_unit_test(test_codec_lz4),
 		cmocka_unit_test(test_codec_zstd),
 		cmocka_unit_test(test_codec_cross),
