@@ -180,6 +180,32 @@ def speak(addr, case, mem):
         elif case == "unknown-frame":
             handshake(s, npages)
             s.sendall(frame(77, b"\0" * 16))
+        elif case == "incomplete":
+            # A well-formed stream that carries 2 pages of the VM, the
+            # state, and an END that counts exactly them.
+            handshake(s, npages)
+            s.sendall(frame(PAGES, pages_hdr(0, 1, 5, 1, 1, 0)))
+            s.sendall(frame(PAGES, pages_hdr(0, 1, 6, 1, 1, 0)))
+            s.sendall(frame(STATE, b"\0" * 16))
+            s.sendall(frame(END, struct.pack("<IIQQQ", 1, 0, 2, 2, 0)))
+        elif case == "barrier-end-early":
+            # Barrier mode, 2 channels: channel 0 ends while channel 1
+            # waits at a round barrier.  The barrier must let channel 1
+            # go (an ended channel no longer counts), and the silent
+            # channel 1 must then fail on its deadline, not hang.
+            s.sendall(frame(HELLO, hello(channel=0, nch=2, features=1)))
+            expect(s, HELLO_ACK)
+            s1 = socket.create_connection((host, int(port)), timeout=20)
+            s1.sendall(frame(HELLO, hello(channel=1, nch=2, features=1)))
+            expect(s1, HELLO_ACK)
+            s.sendall(frame(LAYOUT, layout(npages)))
+            expect(s, LAYOUT_ACK)
+            s.sendall(frame(PAGES, pages_hdr(0, 1, 5, 1, 1, 0)))
+            s.sendall(frame(END, struct.pack("<IIQQQ", 1, 0, 1, 1, 0)))
+            s1.sendall(frame(ROUND_END, struct.pack("<II", 1, 0)))
+            t, body = read_frame(s1)
+            print("channel 1 got %s" % ("ROUND_ACK" if t == ROUND_ACK else t))
+            s, s1 = s1, s
         elif case == "end-mismatch":
             # One valid zero page, then an END that claims more; no STATE.
             handshake(s, npages)

@@ -28,6 +28,8 @@ cases=(
 	"round-too-big|PAGES frame has round 100000|round 100000"
 	"unknown-frame|unknown frame type 77|-"
 	"end-mismatch|source counted 9 frames|source counted"
+	"incomplete|incomplete migration: 4094 of 4096 pages never arrived|4094 of 4096"
+	"barrier-end-early|channel 1: receiving a frame header: timed out after 2000 ms|-"
 )
 for c in "${cases[@]}"; do
 	IFS='|' read -r name phrase answer <<<"$c"
@@ -40,6 +42,9 @@ for c in "${cases[@]}"; do
 	check "$name: destination says what was wrong (/$phrase/)" \
 		grep_file "$T/$name.err" "incoming migration failed: .*$phrase"
 	check "$name: destination never resumed" never_resumed "$name"
+	if [ "$name" = barrier-end-early ]; then
+		check "$name: the barrier let channel 1 go (ROUND_ACK)" grep_file "$T/$name.speak" "channel 1 got ROUND_ACK"
+	fi
 	if [ "$answer" != - ]; then
 		check "$name: destination answered with an ERROR frame (/$answer/)" \
 			grep_file "$T/$name.speak" "^ERROR: .*$answer"

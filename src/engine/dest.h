@@ -1,0 +1,88 @@
+/* SPDX-License-Identifier: MIT */
+/* Private to the destination side.  One incoming migration is a struct
+ * dst_ctx, shared by the lifecycle (dest.c: accept, layout, wait, check,
+ * resume) and the receivers (recv.c: one thread per channel that validates
+ * and applies frames). */
+#ifndef PM_ENGINE_DEST_H
+#define PM_ENGINE_DEST_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/uio.h>
+#include <pmigrate/migrate.h>
+#include <pmigrate/rangelock.h>
+#include "engine/net.h"
+#include "engine/protocol.h"
+
+struct pm_codec;
+
+enum rx_state {
+	RX_RUNNING,             /* reading frames */
+	RX_ENDED,               /* END arrived and matched */
+	RX_FAILED,              /* its error is the migration's (or another's was first) */
+};
+
+struct receiver {
+	struct dst_ctx *c;
+	unsigned idx;
+	struct pm_conn conn;
+	pthread_mutex_t send_lock;      /* frames we send on it: one at a time */
+	pthread_t thread;
+	bool started;
+	enum rx_state state;            /* under c->mu */
+	struct pm_end got;              /* what arrived, compared with END */
+	struct pm_end end;
+	struct pm_codec *codec;
+	uint8_t *cbuf, *run, *scratch;  /* compressed payload, decompressed run, a stale page */
+	size_t cbuf_cap;
+	struct iovec *iov;
+	uint64_t stale, zero, data;
+	uint32_t max_round;
+	uint8_t *rbuf;                  /* receive buffer for headers and small runs */
+	size_t roff, rlen;
+	struct pm_err err;
+};
+
+struct dst_ctx {
+	struct pm_backend *be;
+	struct pm_incoming *in;
+	struct pm_layout layout;
+	uint64_t region_base[PM_MAX_REGIONS];
+	uint64_t total_pages;
+	uint32_t *page_round;           /* round of the copy each page holds; 0 = none */
+	struct pm_rangelock lock;       /* over page numbers: check-and-write of a run */
+	unsigned nch, chunk_pages, timeout_ms;
+	uint32_t features;
+	struct receiver *rx;
+	int notify[2];                  /* a receiver changed state: wakes the incoming thread */
+
+	/* Under mu: receiver states, the round barrier, the first error, the
+	 * device state. */
+	pthread_mutex_t mu;
+	pthread_cond_t cond;
+	unsigned running;               /* receivers in RX_RUNNING */
+	unsigned barrier_count, barrier_gen;
+	bool failed;
+	struct pm_err err;
+	void *state;
+	size_t state_len;
+	bool have_state;
+};
+
+/* recv.c */
+int rx_init(struct receiver *x, struct dst_ctx *c, unsigned idx, struct pm_err *err);
+void rx_free(struct receiver *x);
+void *rx_main(void *arg);
+/* Sends a frame on a receiver's channel (serialised with its other sends). */
+int rx_send(struct receiver *x, uint32_t type, const void *body, uint32_t len, struct pm_err *err);
+
+/* dest.c */
+/* The migration fails: the first error wins, the source is told on every
+ * channel, every receiver wakes. */
+void dst_fail(struct dst_ctx *c, const struct pm_err *e);
+/* A receiver changed state (ended, failed). */
+void dst_notify(struct dst_ctx *c);
+bool dst_cancelled(const struct dst_ctx *c);
+
+#endif

@@ -1,0 +1,440 @@
+/* SPDX-License-Identifier: MIT */
+/* The destination's receivers: one thread per channel reads frames,
+ * validates every field against the destination's own layout before
+ * writing a byte, and applies page runs straight into guest memory.  Each
+ * page carries the round in which the source harvested it; a run is applied
+ * only where it is newer than what the page holds, the check and the write
+ * done under a write range lock on the run's pages -- but the lock is never
+ * held across a wait for the network: raw pages are received in
+ * non-blocking pieces, each decided page by page under the lock. */
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <pmigrate/rangelock.h>
+#include "engine/codec.h"
+#include "engine/dest.h"
+
+#define RX_BUF (64u << 10)
+
+int rx_send(struct receiver *x, uint32_t type, const void *body, uint32_t len, struct pm_err *err)
+{
+	pthread_mutex_lock(&x->send_lock);
+	int r = pm_send_frame(&x->conn, type, body, len, err);
+	pthread_mutex_unlock(&x->send_lock);
+	return r;
+}
+
+/* Copies what the receive buffer holds into iov; returns the count. */
+static size_t from_buffer(struct receiver *x, struct iovec *iov, int n)
+{
+	size_t done = 0;
+
+	for (int i = 0; i < n && x->roff < x->rlen; i++) {
+		size_t k = x->rlen - x->roff;
+		if (k > iov[i].iov_len)
+			k = iov[i].iov_len;
+		memcpy(iov[i].iov_base, x->rbuf + x->roff, k);
+		x->roff += k;
+		done += k;
+		if (k < iov[i].iov_len)
+			break;
+	}
+	return done;
+}
+
+/* Reads exactly into iov, holding no lock: first what is buffered, then
+ * large remainders straight into place, small ones through one recv that
+ * may also buffer the frames behind -- so a stream of one-page runs does
+ * not cost three syscalls a page. */
+static int rx_readv(struct receiver *x, struct iovec *iov, int n, const char *what)
+{
+	for (;;) {
+		size_t k = from_buffer(x, iov, n);
+		while (n > 0 && k >= iov->iov_len) {
+			k -= iov->iov_len;
+			iov++;
+			n--;
+		}
+		if (n > 0) {
+			iov->iov_base = (uint8_t *)iov->iov_base + k;
+			iov->iov_len -= k;
+		}
+		size_t left = 0;
+		for (int i = 0; i < n; i++)
+			left += iov[i].iov_len;
+		if (!left)
+			return 0;
+		if (left >= RX_BUF / 4)
+			return pm_recv_all(&x->conn, iov, n, &x->err, what);
+		x->roff = x->rlen = 0;
+		while (x->rlen < left) {
+			ssize_t r = pm_recv_some(&x->conn, x->rbuf + x->rlen, RX_BUF - x->rlen, &x->err, what);
+			if (r < 0)
+				return r;
+			x->rlen += r;
+		}
+	}
+}
+
+static int rx_read(struct receiver *x, void *buf, size_t len, const char *what)
+{
+	struct iovec iov = { buf, len };
+
+	return rx_readv(x, &iov, 1, what);
+}
+
+/* Raw pages, straight from the socket into guest memory.  Each piece is
+ * one non-blocking receive under the range lock: per page, if this run's
+ * round is newer than the page's, the bytes land in the page and the page
+ * is claimed for the round; if older, in a scratch page.  (page, round)
+ * names one frame only, so a page claimed by this very round is this
+ * frame's, and a page cut between two pieces continues where it was.
+ * Waiting for the next piece happens with the lock released. */
+static int recv_raw(struct receiver *x, const struct pm_pages *pg, uint8_t *host, uint64_t g)
+{
+	struct dst_ctx *c = x->c;
+	size_t total = (size_t)pg->npages * PM_PAGE_SIZE, off = 0;
+	int r = 0;
+
+	while (off < total) {
+		if (x->roff == x->rlen) {
+			r = pm_conn_wait_readable(&x->conn, &x->err, "receiving pages");
+			if (r)
+				break;
+		}
+		uint32_t k0 = off / PM_PAGE_SIZE;
+		struct pm_range lr;
+		int niov = 0;
+		ssize_t n;
+
+		pm_range_wrlock(&c->lock, &lr, g + k0, g + pg->npages);
+		for (uint32_t k = k0; k < pg->npages; k++) {
+			size_t in = k == k0 ? off % PM_PAGE_SIZE : 0;
+			bool mine = c->page_round[g + k] <= pg->round;
+			uint8_t *to = mine ? host + (size_t)k * PM_PAGE_SIZE + in : x->scratch + in;
+			struct iovec *prev = niov ? &x->iov[niov - 1] : NULL;
+
+			if (prev && mine && (uint8_t *)prev->iov_base + prev->iov_len == to)
+				prev->iov_len += PM_PAGE_SIZE - in;
+			else
+				x->iov[niov++] = (struct iovec){ to, PM_PAGE_SIZE - in };
+		}
+		if (x->roff < x->rlen)
+			n = from_buffer(x, x->iov, niov);
+		else
+			n = pm_recv_nowait(&x->conn, x->iov, niov, &x->err, "receiving pages");
+		if (n > 0) {
+			size_t end = off + n;
+			for (uint32_t k = k0; (size_t)k * PM_PAGE_SIZE < end; k++) {
+				uint32_t *pr = &c->page_round[g + k];
+				if (*pr < pg->round)
+					*pr = pg->round;
+				else if (*pr > pg->round && (size_t)k * PM_PAGE_SIZE >= off)
+					x->stale++;
+			}
+			off = end;
+		}
+		pm_range_unlock(&c->lock, &lr);
+		if (n < 0) {
+			r = n;
+			break;
+		}
+	}
+	if (r && off % PM_PAGE_SIZE) {
+		/* A page cut in the middle holds no copy of anything now. */
+		uint64_t p = g + off / PM_PAGE_SIZE;
+		struct pm_range lr;
+		pm_range_wrlock(&c->lock, &lr, p, p + 1);
+		if (c->page_round[p] == pg->round)
+			c->page_round[p] = 0;
+		pm_range_unlock(&c->lock, &lr);
+	}
+	return r;
+}
+
+static int apply_pages(struct receiver *x, const struct pm_pages *pg)
+{
+	struct dst_ctx *c = x->c;
+	uint8_t *host = c->be->regions[pg->region].host + pg->first * PM_PAGE_SIZE;
+	uint64_t g = c->region_base[pg->region] + pg->first;
+	struct pm_range lr;
+	int r;
+
+	switch (pg->encoding) {
+	case PM_ENC_RAW:
+		r = recv_raw(x, pg, host, g);
+		if (r)
+			return r;
+		break;
+	case PM_ENC_ZERO:
+		pm_range_wrlock(&c->lock, &lr, g, g + pg->npages);
+		for (uint32_t k = 0; k < pg->npages; k++) {
+			uint8_t *dst = host + (size_t)k * PM_PAGE_SIZE;
+			if (c->page_round[g + k] >= pg->round) {
+				x->stale++;
+				continue;
+			}
+			/* Fresh destination pages may be zero already: leave them. */
+			if (c->page_round[g + k] || !pm_page_is_zero(dst))
+				memset(dst, 0, PM_PAGE_SIZE);
+			c->page_round[g + k] = pg->round;
+		}
+		pm_range_unlock(&c->lock, &lr);
+		break;
+	default:
+		if (!x->codec)
+			return pm_err_set(&x->err, EPROTO, "compressed PAGES frame but compression was not negotiated");
+		r = rx_read(x, x->cbuf, pg->payload_len, "receiving pages");
+		if (r)
+			return r;
+		if (pm_codec_decompress(x->codec, pg->encoding, x->cbuf, pg->payload_len, x->run,
+					(size_t)pg->npages * PM_PAGE_SIZE))
+			return pm_err_set(&x->err, EPROTO, "corrupt compressed run at region %u page %llu",
+					  pg->region, (unsigned long long)pg->first);
+		pm_range_wrlock(&c->lock, &lr, g, g + pg->npages);
+		for (uint32_t k = 0; k < pg->npages; k++) {
+			if (c->page_round[g + k] >= pg->round) {
+				x->stale++;
+				continue;
+			}
+			memcpy(host + (size_t)k * PM_PAGE_SIZE, x->run + (size_t)k * PM_PAGE_SIZE, PM_PAGE_SIZE);
+			c->page_round[g + k] = pg->round;
+		}
+		pm_range_unlock(&c->lock, &lr);
+	}
+	if (pg->encoding == PM_ENC_ZERO)
+		x->zero += pg->npages;
+	else
+		x->data += pg->npages;
+	return 0;
+}
+
+/* Barrier mode: waits until every channel still receiving has read its
+ * ROUND_END, so that everything sent before them is applied.  A channel that
+ * ended or failed no longer counts; the wait has a deadline. */
+static int barrier_wait(struct receiver *x, uint32_t round)
+{
+	struct dst_ctx *c = x->c;
+	struct timespec dl;
+	int r = 0;
+
+	clock_gettime(CLOCK_MONOTONIC, &dl);
+	dl.tv_sec += c->timeout_ms / 1000;
+	dl.tv_nsec += (long)(c->timeout_ms % 1000) * 1000000L;
+	if (dl.tv_nsec >= 1000000000L) {
+		dl.tv_sec++;
+		dl.tv_nsec -= 1000000000L;
+	}
+	pthread_mutex_lock(&c->mu);
+	unsigned gen = c->barrier_gen;
+	c->barrier_count++;
+	for (;;) {
+		if (c->failed) {
+			r = pm_err_set(&x->err, ECANCELED, "migration failed on another channel");
+			break;
+		}
+		if (gen != c->barrier_gen)
+			break;
+		if (c->barrier_count >= c->running) {
+			c->barrier_count = 0;
+			c->barrier_gen++;
+			pthread_cond_broadcast(&c->cond);
+			break;
+		}
+		if (pthread_cond_timedwait(&c->cond, &c->mu, &dl) == ETIMEDOUT) {
+			r = pm_err_set(&x->err, ETIMEDOUT, "channel %u: round %u barrier: the other channels' "
+				       "ROUND_END did not come within %u ms", x->idx, round, c->timeout_ms);
+			break;
+		}
+	}
+	if (r && gen == c->barrier_gen)
+		c->barrier_count--;
+	pthread_mutex_unlock(&c->mu);
+	return r;
+}
+
+static int handle_frame(struct receiver *x, const struct pm_frame_hdr *h)
+{
+	struct dst_ctx *c = x->c;
+	uint8_t fb[PM_ERROR_FIXED_LEN + PM_MAX_ERROR_LEN + 1];
+	int r;
+
+	switch (h->type) {
+	case PM_FR_PAGES: {
+		struct pm_pages pg;
+		r = rx_read(x, fb, PM_PAGES_FIXED_LEN, "receiving pages");
+		if (r)
+			return r;
+		r = pm_decode_pages(fb, h->len, &c->layout, c->chunk_pages, &pg, &x->err);
+		if (r)
+			return r;
+		if (pg.round > PM_MAX_ROUNDS)
+			return pm_err_set(&x->err, EPROTO, "PAGES frame has round %u (at most %u)",
+					  pg.round, PM_MAX_ROUNDS);
+		r = apply_pages(x, &pg);
+		if (r)
+			return r;
+		x->got.frames++;
+		x->got.pages += pg.npages;
+		x->got.payload_bytes += pg.payload_len;
+		if (pg.round > x->max_round)
+			x->max_round = pg.round;
+		return 0;
+	}
+	case PM_FR_ROUND_END:
+		if (!(c->features & PM_FEAT_BARRIER))
+			return pm_err_set(&x->err, EPROTO, "ROUND_END on channel %u without barrier mode", x->idx);
+		r = rx_read(x, fb, PM_ROUND_LEN, "receiving round end");
+		if (r)
+			return r;
+		if (pm_get32(fb) == 0 || pm_get32(fb) > PM_MAX_ROUNDS || pm_get32(fb + 4))
+			return pm_err_set(&x->err, EPROTO, "ROUND_END on channel %u names round %u "
+					  "(or has non-zero reserved bytes)", x->idx, pm_get32(fb));
+		/* Everything of this round on every channel is applied past here. */
+		pm_conn_set_deadline(&x->conn, 0);
+		r = barrier_wait(x, pm_get32(fb));
+		if (r)
+			return r;
+		return rx_send(x, PM_FR_ROUND_ACK, fb, PM_ROUND_LEN, &x->err);
+	case PM_FR_STATE: {
+		bool dup;
+		pthread_mutex_lock(&c->mu);
+		dup = c->have_state;
+		pthread_mutex_unlock(&c->mu);
+		if (x->idx != 0 || dup)
+			return pm_err_set(&x->err, EPROTO, "unexpected STATE frame on channel %u", x->idx);
+		void *st = malloc(h->len ? h->len : 1);
+		if (!st)
+			return pm_err_set(&x->err, ENOMEM, "out of memory for %u bytes of device state", h->len);
+		r = rx_read(x, st, h->len, "receiving device state");
+		if (r) {
+			free(st);
+			return r;
+		}
+		/* Only a whole state counts. */
+		pthread_mutex_lock(&c->mu);
+		free(c->state);
+		c->state = st;
+		c->state_len = h->len;
+		c->have_state = true;
+		pthread_mutex_unlock(&c->mu);
+		return 0;
+	}
+	case PM_FR_END:
+		r = rx_read(x, fb, PM_END_LEN, "receiving END");
+		if (!r)
+			r = pm_decode_end(fb, PM_END_LEN, &x->end, &x->err);
+		if (r)
+			return r;
+		if (x->end.frames != x->got.frames || x->end.pages != x->got.pages ||
+		    x->end.payload_bytes != x->got.payload_bytes)
+			return pm_err_set(&x->err, EPROTO,
+					  "channel %u: source counted %llu frames / %llu pages / %llu bytes, "
+					  "%llu / %llu / %llu arrived", x->idx,
+					  (unsigned long long)x->end.frames, (unsigned long long)x->end.pages,
+					  (unsigned long long)x->end.payload_bytes, (unsigned long long)x->got.frames,
+					  (unsigned long long)x->got.pages, (unsigned long long)x->got.payload_bytes);
+		if (x->max_round > x->end.final_round)
+			return pm_err_set(&x->err, EPROTO, "channel %u: page of round %u after final round %u",
+					  x->idx, x->max_round, x->end.final_round);
+		pthread_mutex_lock(&c->mu);
+		x->state = RX_ENDED;
+		c->running--;
+		pthread_cond_broadcast(&c->cond);
+		pthread_mutex_unlock(&c->mu);
+		return 0;
+	case PM_FR_ERROR: {
+		r = rx_read(x, fb, h->len, "receiving error");
+		if (r)
+			return r;
+		uint32_t ml = pm_get32(fb + 4);
+		if (ml > h->len - PM_ERROR_FIXED_LEN)
+			ml = h->len - PM_ERROR_FIXED_LEN;
+		fb[PM_ERROR_FIXED_LEN + ml] = '\0';
+		return pm_err_set(&x->err, ECANCELED, "source aborted: %s", (char *)fb + PM_ERROR_FIXED_LEN);
+	}
+	default:
+		return pm_err_set(&x->err, EPROTO, "unexpected %s frame on channel %u during migration",
+				  pm_frame_name(h->type), x->idx);
+	}
+}
+
+void *rx_main(void *arg)
+{
+	struct receiver *x = arg;
+	struct dst_ctx *c = x->c;
+	bool ended = false;
+
+	for (;;) {
+		uint8_t hb[PM_FRAME_HDR_LEN];
+		struct pm_frame_hdr h;
+
+		if (rx_read(x, hb, sizeof(hb), "receiving a frame header"))
+			break;
+		pm_decode_hdr(hb, &h);
+		/* A frame's body must follow its header within the budget. */
+		pm_conn_set_deadline(&x->conn, pm_now_ms() + c->timeout_ms);
+		if (pm_check_hdr(&h, c->chunk_pages, &x->err) || handle_frame(x, &h))
+			break;
+		pm_conn_set_deadline(&x->conn, 0);
+		pthread_mutex_lock(&c->mu);
+		ended = x->state == RX_ENDED;
+		pthread_mutex_unlock(&c->mu);
+		if (ended)
+			break;
+	}
+	if (!ended) {
+		struct pm_err e = { 0 };
+		pthread_mutex_lock(&c->mu);
+		x->state = RX_FAILED;
+		c->running--;
+		pthread_cond_broadcast(&c->cond);
+		pthread_mutex_unlock(&c->mu);
+		if (x->err.code == ECANCELED && dst_cancelled(c))
+			pm_err_set(&e, ECANCELED, "cancelled on the destination");
+		else
+			pm_err_set(&e, x->err.code, "channel %u: %s", x->idx, x->err.msg);
+		dst_fail(c, &e);
+	}
+	dst_notify(c);
+	return NULL;
+}
+
+int rx_init(struct receiver *x, struct dst_ctx *c, unsigned idx, struct pm_err *err)
+{
+	size_t run = (size_t)c->chunk_pages * PM_PAGE_SIZE;
+	enum pm_compress comp = c->features & PM_FEAT_ZSTD ? PM_COMPRESS_ZSTD :
+				c->features & PM_FEAT_LZ4 ? PM_COMPRESS_LZ4 : PM_COMPRESS_NONE;
+
+	x->c = c;
+	x->idx = idx;
+	x->run = malloc(run);
+	x->scratch = malloc(PM_PAGE_SIZE);
+	x->iov = calloc(c->chunk_pages, sizeof(*x->iov));
+	x->rbuf = malloc(RX_BUF);
+	if (!x->run || !x->scratch || !x->iov || !x->rbuf)
+		return pm_err_set(err, ENOMEM, "out of memory");
+	if (comp != PM_COMPRESS_NONE) {
+		/* Accept either codec's worst case. */
+		x->cbuf_cap = run + run / 64 + 1024;
+		x->cbuf = malloc(x->cbuf_cap);
+		if (!x->cbuf || pm_codec_new(&x->codec, comp, 0))
+			return pm_err_set(err, ENOMEM, "out of memory");
+	}
+	return 0;
+}
+
+void rx_free(struct receiver *x)
+{
+	pm_conn_close(&x->conn);
+	pm_codec_free(x->codec);
+	free(x->cbuf);
+	free(x->run);
+	free(x->scratch);
+	free(x->iov);
+	free(x->rbuf);
+	pthread_mutex_destroy(&x->send_lock);
+}
