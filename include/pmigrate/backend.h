@@ -45,6 +45,10 @@ struct pm_backend_ops {
 
 	/* Optional: name of the dirty-tracking method in use, for reports. */
 	const char *(*dirty_method)(void *vm);
+	/* Optional: pages the guest has written so far (a counter that only
+	 * grows) and the write rate it was asked for in bytes/s (0: none), so
+	 * reports show the dirty rate achieved beside the one asked. */
+	void (*write_stats)(void *vm, uint64_t *pages_written, double *asked_bytes_per_s);
 };
 
 struct pm_backend {

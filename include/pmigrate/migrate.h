@@ -63,12 +63,29 @@ struct pm_migrate_params {
 
 struct pm_round_stat {
 	unsigned round;
+	double start_ms;            /* since the migration started */
 	uint64_t dirty_at_start;    /* pages (estimate) when the round began */
 	uint64_t pages;             /* data pages sent */
 	uint64_t zero_pages;
 	uint64_t bytes;             /* wire bytes */
 	double duration_ms;
 	bool final;                 /* the round sent while paused */
+};
+
+/* A timeline sample, taken by whichever thread is working when the sample
+ * interval has passed (workers after a chunk, the migration thread at
+ * round starts, the pause and the end): no thread sleeps to take them. */
+#define PM_MAX_SAMPLES 256          /* then every other one is dropped */
+#define PM_SAMPLE_CHANNELS 16       /* per-channel bytes of the first 16 */
+enum pm_sample_phase { PM_PH_PRECOPY, PM_PH_PAUSED, PM_PH_COMPLETING, PM_PH_DONE };
+struct pm_sample {
+	double t_ms;                /* since the migration started */
+	uint32_t round;
+	uint8_t phase;              /* enum pm_sample_phase */
+	uint8_t throttle_pct;
+	uint64_t dirty_left;        /* pages of the round's dirty set not sent yet */
+	uint64_t guest_pages_written; /* backend's counter (0: not known) */
+	uint64_t channel_bytes[PM_SAMPLE_CHANNELS]; /* wire bytes so far */
 };
 
 struct pm_report {
@@ -90,6 +107,14 @@ struct pm_report {
 	char switchover_reason[64]; /* "converged", "max-rounds", "max-bytes", "no-progress" */
 	unsigned throttle_pct;
 	uint64_t stale_pages;       /* destination: pages skipped as older than what it had */
+	/* Source: when the VM was paused (ms since start; 0: never), and the
+	 * guest's write rate asked and achieved from tracking start to the
+	 * pause (MB/s of pages x 4096; 0: the backend does not say). */
+	double pause_at_ms;
+	double write_rate_asked_mbps, write_rate_mbps;
+	double sample_interval_ms;
+	unsigned nsamples;
+	struct pm_sample samples[PM_MAX_SAMPLES];
 };
 
 int pm_migrate_outgoing(struct pm_backend *be, const struct pm_migrate_params *p,
@@ -123,12 +148,15 @@ const char *pm_nonconverge_name(enum pm_nonconverge p);
 int pm_nonconverge_parse(const char *s, enum pm_nonconverge *out);
 
 /* Report as JSON text (malloc'ed, caller frees).  Keys: status, error,
- * total_time_ms, downtime_ms, rounds[{round,pages,zero_pages,bytes,
+ * total_time_ms, downtime_ms, rounds[{round,start_ms,pages,zero_pages,bytes,
  * duration_ms,dirty_at_start,final}], bytes_sent, pages_sent, zero_pages,
- * channels, throughput_mbps, ... */
+ * channels, throughput_mbps, ..., timeline {interval_ms, samples[{t_ms,
+ * round, phase, dirty_left, write_mbps, throttle_pct, channel_mbps[]}]}
+ * (rates over the interval since the previous sample). */
 char *pm_report_to_json(const struct pm_report *r);
 /* Parses pm_report_to_json() output back (role/error strings point to
- * static text or into r); returns -EINVAL on malformed text. */
+ * static text or into r; timeline samples are not read back: draw them
+ * from the JSON); returns -EINVAL on malformed text. */
 int pm_report_from_json(const char *text, struct pm_report *r);
 /* Human-readable table of the report to f. */
 #include <stdio.h>

@@ -38,6 +38,9 @@ struct migrate_run {
 };
 int run_migration(const char *control, json_object *args, struct migrate_run *mr, struct pm_err *err);
 
+/* Draws the timeline of a JSON report as an SVG file (cli/timeline.c). */
+int timeline_svg(const char *report_json, const char *path, struct pm_err *err);
+
 /* Splits "a,b,c" into a JSON array of strings. */
 json_object *split_list(const char *s);
 int write_text_file(const char *path, const char *text, struct pm_err *err);

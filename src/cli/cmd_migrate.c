@@ -99,6 +99,8 @@ static void usage(FILE *f)
 		"  --compress C         none (default), lz4, zstd\n"
 		"  --timeout MS         network silence that fails the migration (default 30000)\n"
 		"  --json FILE          write the report as JSON ('-' for stdout)\n"
+		"  --timeline FILE.svg  draw the migration over time: MB/s per channel, round starts,\n"
+		"                       dirty pages left, the guest's write rate, the pause\n"
 		"  --progress / --no-progress   live progress on stderr (default: if a terminal)\n"
 		"  --quiet              no report table\n");
 }
@@ -114,12 +116,13 @@ int cmd_migrate(int argc, char **argv)
 		{ "compress", required_argument, 0, 'z' }, { "timeout", required_argument, 0, 'T' },
 		{ "json", required_argument, 0, 'j' }, { "progress", no_argument, 0, 'p' },
 		{ "no-progress", no_argument, 0, 'N' }, { "quiet", no_argument, 0, 'q' },
+		{ "timeline", required_argument, 0, 'L' },
 		{ "help", no_argument, 0, 'h' }, { 0 } };
-	const char *control = NULL, *json_path = NULL;
+	const char *control = NULL, *json_path = NULL, *timeline_path = NULL;
 	json_object *args = json_object_new_object();
 	struct migrate_run mr = { .progress = isatty(2) };
 	struct pm_err err = { 0 };
-	bool have_to = false;
+	bool have_to = false, timeline_failed = false;
 	int o, r;
 
 	while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -176,6 +179,7 @@ int cmd_migrate(int argc, char **argv)
 		case 'B': json_object_object_add(args, "barrier", json_object_new_boolean(1)); break;
 		case 'S': json_object_object_add(args, "serial", json_object_new_boolean(1)); break;
 		case 'j': json_path = optarg; break;
+		case 'L': timeline_path = optarg; break;
 		case 'p': mr.progress = true; break;
 		case 'N': mr.progress = false; break;
 		case 'q': mr.quiet = true; break;
@@ -203,13 +207,20 @@ int cmd_migrate(int argc, char **argv)
 			else if (write_text_file(json_path, mr.report_json, &e2))
 				fprintf(stderr, "pmigrate migrate: %s\n", e2.msg);
 		}
+		if (timeline_path) {
+			struct pm_err e2 = { 0 };
+			if (timeline_svg(mr.report_json, timeline_path, &e2)) {
+				fprintf(stderr, "pmigrate migrate: timeline: %s\n", e2.msg);
+				timeline_failed = true;
+			}
+		}
 		free(mr.report_json);
 	}
 	if (r) {
 		fprintf(stderr, "pmigrate migrate: %s\n", err.msg);
 		return 1;
 	}
-	return 0;
+	return timeline_failed ? 1 : 0;
 bad:
 	json_object_put(args);
 	usage(stderr);

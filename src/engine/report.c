@@ -84,6 +84,7 @@ static json_object *round_json(const struct pm_round_stat *s)
 	json_object *o = json_object_new_object();
 
 	json_object_object_add(o, "round", json_object_new_int(s->round));
+	json_object_object_add(o, "start_ms", json_object_new_double(s->start_ms));
 	json_object_object_add(o, "dirty_at_start", json_object_new_int64(s->dirty_at_start));
 	json_object_object_add(o, "pages", json_object_new_int64(s->pages));
 	json_object_object_add(o, "zero_pages", json_object_new_int64(s->zero_pages));
@@ -91,6 +92,46 @@ static json_object *round_json(const struct pm_round_stat *s)
 	json_object_object_add(o, "duration_ms", json_object_new_double(s->duration_ms));
 	json_object_object_add(o, "final", json_object_new_boolean(s->final));
 	return o;
+}
+
+static const char *const phase_names[] = { "precopy", "paused", "completing", "done" };
+
+/* Double rounded to 0.1 (keeps a timeline's JSON short). */
+static json_object *d1(double v)
+{
+	char b[32];
+
+	snprintf(b, sizeof(b), "%.1f", v);
+	return json_object_new_double_s(v, b);
+}
+
+/* Samples with rates over the interval since the previous sample. */
+static json_object *timeline_json(const struct pm_report *r)
+{
+	json_object *tl = json_object_new_object(), *a = json_object_new_array();
+	unsigned nch = r->channels < PM_SAMPLE_CHANNELS ? r->channels : PM_SAMPLE_CHANNELS;
+
+	for (unsigned i = 0; i < r->nsamples && i < PM_MAX_SAMPLES; i++) {
+		const struct pm_sample *s = &r->samples[i], *p = i ? &r->samples[i - 1] : NULL;
+		double dt = p ? s->t_ms - p->t_ms : 0;
+		json_object *o = json_object_new_object(), *ch = json_object_new_array();
+
+		json_object_object_add(o, "t_ms", d1(s->t_ms));
+		json_object_object_add(o, "round", json_object_new_int(s->round));
+		json_object_object_add(o, "phase", json_object_new_string(
+			s->phase < 4 ? phase_names[s->phase] : "?"));
+		json_object_object_add(o, "dirty_left", json_object_new_int64(s->dirty_left));
+		json_object_object_add(o, "write_mbps", d1(dt > 0 && s->guest_pages_written >= p->guest_pages_written ?
+			(s->guest_pages_written - p->guest_pages_written) * (double)PM_PAGE_SIZE / 1e3 / dt : 0));
+		json_object_object_add(o, "throttle_pct", json_object_new_int(s->throttle_pct));
+		for (unsigned k = 0; k < nch; k++)
+			json_object_array_add(ch, d1(dt > 0 ? (s->channel_bytes[k] - p->channel_bytes[k]) / 1e3 / dt : 0));
+		json_object_object_add(o, "channel_mbps", ch);
+		json_object_array_add(a, o);
+	}
+	json_object_object_add(tl, "interval_ms", json_object_new_double(r->sample_interval_ms));
+	json_object_object_add(tl, "samples", a);
+	return tl;
 }
 
 char *pm_report_to_json(const struct pm_report *r)
@@ -133,6 +174,14 @@ char *pm_report_to_json(const struct pm_report *r)
 		json_object_object_add(o, "dirty_method", json_object_new_string(r->dirty_method));
 	if (r->role && !strcmp(r->role, "destination"))
 		json_object_object_add(o, "stale_pages", json_object_new_int64(r->stale_pages));
+	if (r->pause_at_ms > 0)
+		json_object_object_add(o, "pause_at_ms", json_object_new_double(r->pause_at_ms));
+	if (r->write_rate_asked_mbps > 0 || r->write_rate_mbps > 0) {
+		json_object_object_add(o, "write_rate_asked_mbps", json_object_new_double(r->write_rate_asked_mbps));
+		json_object_object_add(o, "write_rate_mbps", json_object_new_double(r->write_rate_mbps));
+	}
+	if (r->nsamples)
+		json_object_object_add(o, "timeline", timeline_json(r));
 	s = strdup(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_SPACED));
 	json_object_put(o);
 	return s;
@@ -166,6 +215,9 @@ void pm_report_print(const struct pm_report *r, FILE *f)
 	if (r->switchover_reason[0])
 		fprintf(f, "switchover   %s%s\n", r->switchover_reason,
 			r->throttle_pct ? " (vCPUs throttled)" : "");
+	if (r->write_rate_asked_mbps > 0 || r->write_rate_mbps > 0)
+		fprintf(f, "guest writes %.1f MB/s while migrating (asked %.1f MB/s)%s%s\n", r->write_rate_mbps,
+			r->write_rate_asked_mbps, r->dirty_method[0] ? ", tracked by " : "", r->dirty_method);
 }
 
 static double jd(json_object *o, const char *k)
@@ -214,6 +266,9 @@ int pm_report_from_json(const char *text, struct pm_report *r)
 	r->throughput_mbps = jd(o, "throughput_mbps");
 	r->throttle_pct = ju(o, "throttle_pct");
 	r->stale_pages = ju(o, "stale_pages");
+	r->pause_at_ms = jd(o, "pause_at_ms");
+	r->write_rate_asked_mbps = jd(o, "write_rate_asked_mbps");
+	r->write_rate_mbps = jd(o, "write_rate_mbps");
 	r->barrier = json_object_object_get_ex(o, "barrier", &v) && json_object_get_boolean(v);
 	r->serial = json_object_object_get_ex(o, "serial", &v) && json_object_get_boolean(v);
 	js(o, "compress", buf, sizeof(buf));
@@ -231,6 +286,7 @@ int pm_report_from_json(const char *text, struct pm_report *r)
 			json_object *e = json_object_array_get_idx(rounds, i);
 			struct pm_round_stat *s = &r->rounds[i];
 			s->round = ju(e, "round");
+			s->start_ms = jd(e, "start_ms");
 			s->dirty_at_start = ju(e, "dirty_at_start");
 			s->pages = ju(e, "pages");
 			s->zero_pages = ju(e, "zero_pages");

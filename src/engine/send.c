@@ -166,6 +166,7 @@ void *src_worker_main(void *arg)
 		if (!atomic_load(&w->c->failed) && src_process_chunk(w, t))
 			src_fail(w->c, &w->err);
 		pm_queue_done(&w->c->q);
+		src_sample(w->c, false);
 	}
 	return NULL;
 }

@@ -41,6 +41,40 @@ static uint64_t total_bytes(struct src_ctx *c)
 
 /* ------------------------------------------------------------ progress */
 
+/* Cheap counters only, so workers can afford it after every chunk. */
+void src_sample(struct src_ctx *c, bool force)
+{
+	double t = pm_now_ms() - c->t0 - atomic_load(&c->excluded_us) / 1e3;
+	struct pm_sample s = { .t_ms = t };
+	unsigned r;
+
+	if (!pm_timeline_due(&c->tl, t, force))
+		return;
+	r = atomic_load(&c->cur_round);
+	s.round = r;
+	s.phase = atomic_load(&c->sample_phase);
+	s.throttle_pct = atomic_load(&c->throttle);
+	if (r <= PM_MAX_ROUNDS) {
+		uint64_t sent = atomic_load(&c->acc[r].pages) + atomic_load(&c->acc[r].zero);
+		uint64_t d = atomic_load(&c->dirty_at_start);
+		s.dirty_left = d > sent ? d - sent : 0;
+	}
+	if (c->be->ops->write_stats) {
+		double asked;
+		c->be->ops->write_stats(c->be->vm, &s.guest_pages_written, &asked);
+	}
+	for (unsigned i = 0; i < c->nch && i < PM_SAMPLE_CHANNELS; i++)
+		s.channel_bytes[i] = atomic_load(&c->w[i].wire_bytes);
+	pm_timeline_add(&c->tl, &s);
+}
+
+/* Excludes the verification dumps' time from the timeline, as from the
+ * report's times. */
+static void exclude_dumps(struct src_ctx *c)
+{
+	atomic_store(&c->excluded_us, (uint64_t)(c->dump_ms * 1e3));
+}
+
 static void *progress_main(void *arg)
 {
 	struct src_ctx *c = arg;
@@ -290,6 +324,9 @@ static int phase_connect(struct src_ctx *c, struct pm_err *err)
 	if (r)
 		return r;
 	c->tracking = true;
+	c->t_track = pm_now_ms();
+	if (c->be->ops->write_stats)
+		c->be->ops->write_stats(c->be->vm, &c->written0, &c->write_asked);
 	if (!c->p->serial)
 		for (unsigned i = 0; i < c->nch; i++) {
 			if (pthread_create(&c->w[i].thread, NULL, src_worker_main, &c->w[i]))
@@ -311,6 +348,7 @@ static int run_pass(struct src_ctx *c, uint32_t round)
 		if (c->p->serial) {
 			if (src_process_chunk(&c->w[0], t))
 				src_fail(c, &c->w[0].err);
+			src_sample(c, false);
 		} else if (!pm_queue_push(&c->q, t)) {
 			return -1;
 		}
@@ -451,6 +489,8 @@ static int phase_precopy(struct src_ctx *c, struct pm_err *err)
 			atomic_store(&c->dirty_at_start, c->vm_pages);
 		}
 		atomic_store(&c->cur_round, c->round);
+		c->round_start[c->round] = pm_now_ms() - c->t0;
+		src_sample(c, true);
 		if (run_pass(c, c->round) || (c->p->barrier && round_barrier(c, c->round)))
 			return worker_error(c, err);
 	}
@@ -476,15 +516,22 @@ static int phase_switchover(struct src_ctx *c, struct pm_err *err)
 
 	enter(c, SRC_SWITCHOVER);
 	atomic_store(&c->cur_round, c->round);
+	if (be->ops->write_stats)
+		be->ops->write_stats(be->vm, &c->written1, &c->write_asked);
 	c->t_pause = pm_now_ms();
 	r = be->ops->pause(be->vm, err);
 	if (r)
 		return r;
 	c->paused = true;
+	c->round_start[c->round] = c->t_pause - c->t0;
+	atomic_store(&c->sample_phase, PM_PH_PAUSED);
+	atomic_store(&c->dirty_at_start, 0);
+	src_sample(c, true);
 	if (c->p->dump_at_pause) {
 		double t = pm_now_ms();
 		r = pm_dump_memory(be, c->p->dump_at_pause, err);
 		c->dump_ms += pm_now_ms() - t;
+		exclude_dumps(c);
 		if (r)
 			return r;
 	}
@@ -493,9 +540,12 @@ static int phase_switchover(struct src_ctx *c, struct pm_err *err)
 		r = be->ops->dirty_count(be->vm, &c->dirty_at[c->round], err);
 	if (r)
 		return r;
+	atomic_store(&c->dirty_at_start, c->dirty_at[c->round]);
 	if (run_pass(c, c->round) || wait_idle(c))
 		return worker_error(c, err);
 	c->round_ms[c->round] = pm_now_ms() - c->t_round - c->dump_ms;
+	atomic_store(&c->sample_phase, PM_PH_COMPLETING);
+	src_sample(c, true);
 	return 0;
 }
 
@@ -530,12 +580,16 @@ static int phase_complete(struct src_ctx *c, struct pm_err *err)
 		uint8_t db[PM_DONE_LEN];
 		uint32_t dl;
 		r = recv_reply(&c->w[i].conn, PM_FR_DONE, db, sizeof(db), &dl, "destination", err);
-		if (!r && i == 0)
+		if (!r && i == 0) {
 			c->dump_ms += pm_get64(db) / 1e3;
+			exclude_dumps(c);
+		}
 	}
 	if (r)
 		return r;
 	enter(c, SRC_COMPLETED);
+	atomic_store(&c->sample_phase, PM_PH_DONE);
+	src_sample(c, true);
 	return 0;
 }
 
@@ -556,6 +610,7 @@ static void fill_report(struct src_ctx *c)
 		s->zero_pages = atomic_load(&c->acc[r].zero);
 		s->bytes = atomic_load(&c->acc[r].bytes);
 		s->duration_ms = c->round_ms[r];
+		s->start_ms = c->round_start[r];
 		s->dirty_at_start = c->dirty_at[r];
 		s->final = r == nrounds;
 		rep->pages_sent += s->pages;
@@ -567,6 +622,14 @@ static void fill_report(struct src_ctx *c)
 		rep->frames += c->w[i].sent.frames;
 	}
 	rep->throttle_pct = atomic_load(&c->throttle);
+	pm_timeline_report(&c->tl, rep);
+	if (c->paused) {
+		rep->pause_at_ms = c->t_pause - c->t0;
+		rep->write_rate_asked_mbps = c->write_asked / 1e6;
+		if (c->t_pause > c->t_track)
+			rep->write_rate_mbps = (c->written1 - c->written0) * (double)PM_PAGE_SIZE / 1e3 /
+					       (c->t_pause - c->t_track);
+	}
 }
 
 /* Closes the channels (telling the destination why, if it failed), joins
@@ -605,6 +668,7 @@ static void teardown(struct src_ctx *c, const struct pm_err *why)
 	free(c->chunk_round);
 	free(c->w);
 	pthread_mutex_destroy(&c->err_lock);
+	pm_timeline_destroy(&c->tl);
 }
 
 /* The one place that decides what the end of a migration means, by the
@@ -670,6 +734,7 @@ int pm_migrate_outgoing(struct pm_backend *be, const struct pm_migrate_params *p
 	c->rep = rep;
 	c->t0 = pm_now_ms();
 	pthread_mutex_init(&c->err_lock, NULL);
+	pm_timeline_init(&c->tl, 20);
 	enter(c, SRC_SETUP);
 	r = setup(c, err);
 	if (!r)

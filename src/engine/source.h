@@ -15,6 +15,7 @@
 #include "engine/net.h"
 #include "engine/protocol.h"
 #include "engine/queue.h"
+#include "engine/timeline.h"
 
 struct pm_codec;
 
@@ -102,6 +103,15 @@ struct src_ctx {
 	pthread_mutex_t prog_lock;
 	pthread_cond_t prog_cond;
 	bool prog_stop;
+
+	/* Timeline: samples taken by whichever thread works when one is due
+	 * (src_sample), times without verification dumps (excluded_us). */
+	struct pm_timeline tl;
+	atomic_uint sample_phase;       /* enum pm_sample_phase */
+	_Atomic uint64_t excluded_us;
+	double round_start[PM_MAX_ROUNDS + 2];
+	double t_track, write_asked;    /* the guest's writes: backend write_stats */
+	uint64_t written0, written1;
 };
 
 /* send.c */
@@ -113,5 +123,7 @@ void *src_worker_main(void *arg);
 /* Allocates the buffers of a worker; frees them. */
 int src_worker_init(struct worker *w, struct src_ctx *c, unsigned idx, struct pm_err *err);
 void src_worker_free(struct worker *w);
+/* source.c: a timeline sample if one is due (always with force). */
+void src_sample(struct src_ctx *c, bool force);
 
 #endif

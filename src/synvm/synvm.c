@@ -456,8 +456,17 @@ static const char *be_dirty_method(void *opaque)
 	return ((struct synvm *)opaque)->dirty_name;
 }
 
+static void be_write_stats(void *opaque, uint64_t *pages_written, double *asked)
+{
+	struct synvm *vm = opaque;
+
+	*pages_written = synvm_pages_written(vm);
+	*asked = vm->o.workload.kind == SYNVM_IDLE ? 0 : vm->o.workload.rate;
+}
+
 static const struct pm_backend_ops synvm_ops = {
 	.dirty_method = be_dirty_method,
+	.write_stats = be_write_stats,
 	.dirty_start = be_dirty_start,
 	.dirty_sync = be_dirty_sync,
 	.dirty_count = be_dirty_count,

@@ -220,6 +220,17 @@ static const char *fv_dirty_method(void *o)
 	return "test-exact";
 }
 
+/* Asks for 1 MB/s (any non-zero value: the tests check it is passed on). */
+static void fv_write_stats(void *o, uint64_t *pages_written, double *asked)
+{
+	struct fakevm *vm = o;
+
+	pthread_mutex_lock(&vm->lock);
+	*pages_written = vm->writes;
+	pthread_mutex_unlock(&vm->lock);
+	*asked = 1e6;
+}
+
 static const struct pm_backend_ops fakevm_ops = {
 	.dirty_start = fv_dirty_start,
 	.dirty_sync = fv_dirty_sync,
@@ -232,6 +243,7 @@ static const struct pm_backend_ops fakevm_ops = {
 	.save_state = fv_save_state,
 	.load_state = fv_load_state,
 	.dirty_method = fv_dirty_method,
+	.write_stats = fv_write_stats,
 };
 
 /* Initial content: a mix of zero pages, compressible pages and noise. */

@@ -118,6 +118,51 @@ static bool file_equals_vm(const char *path, struct fakevm *vm)
 	return ok;
 }
 
+/* The timeline: samples in time order from round 1 to "done", a sample at
+ * the pause in the final round, rounds starting in order with the final one
+ * at the pause, per-channel bytes that only grow and end at what was sent;
+ * the guest's write rate passed on from the backend. */
+static void check_timeline(const struct pm_report *rep, unsigned nch, bool writer)
+{
+	const struct pm_sample *s = rep->samples, *last = &s[rep->nsamples - 1];
+	bool saw_pause = false;
+	uint64_t total = 0;
+
+	assert_true(rep->nsamples >= 3);
+	assert_true(rep->nsamples <= PM_MAX_SAMPLES);
+	assert_int_equal(s[0].round, 1);
+	assert_int_equal(s[0].phase, PM_PH_PRECOPY);
+	assert_int_equal(last->phase, PM_PH_DONE);
+	assert_true(last->t_ms <= rep->total_time_ms + 1);
+	for (unsigned i = 0; i < rep->nsamples; i++) {
+		if (i) {
+			assert_true(s[i].t_ms >= s[i - 1].t_ms);
+			assert_true(s[i].round >= s[i - 1].round);
+			assert_true(s[i].phase >= s[i - 1].phase);
+			for (unsigned k = 0; k < nch && k < PM_SAMPLE_CHANNELS; k++)
+				assert_true(s[i].channel_bytes[k] >= s[i - 1].channel_bytes[k]);
+		}
+		if (s[i].phase == PM_PH_PAUSED) {
+			saw_pause = true;
+			assert_int_equal(s[i].round, rep->nrounds);
+			assert_true(s[i].t_ms >= rep->pause_at_ms);
+		}
+	}
+	assert_true(saw_pause);
+	for (unsigned k = 0; k < nch; k++)
+		total += last->channel_bytes[k];
+	assert_true(total == rep->bytes_sent);
+	assert_true(rep->pause_at_ms > 0 && rep->pause_at_ms <= rep->total_time_ms);
+	for (unsigned i = 1; i < rep->nrounds; i++)
+		assert_true(rep->rounds[i].start_ms >= rep->rounds[i - 1].start_ms);
+	assert_true(rep->rounds[rep->nrounds - 1].start_ms == rep->pause_at_ms);
+	assert_true(rep->write_rate_asked_mbps == 1.0);
+	/* (A short migration may see no write from a busy writer.) */
+	assert_true(rep->write_rate_mbps >= 0);
+	if (!writer)
+		assert_true(rep->write_rate_mbps == 0);
+}
+
 static void run_migration(const struct cfg *cfg)
 {
 	struct fakevm *src = fakevm_new("src", 2, src_pages, gpas);
@@ -243,6 +288,7 @@ static void run_migration(const struct cfg *cfg)
 		assert_true(rep->rounds[rep->nrounds - 1].pages + rep->rounds[rep->nrounds - 1].zero_pages == 0);
 		assert_true(d.rep->stale_pages == 0);
 	}
+	check_timeline(rep, nch, cfg->writer);
 	if (cfg->compress == PM_COMPRESS_NONE)
 		assert_true(rep->bytes_sent == rep->frames * 40 + rep->pages_sent * PM_PAGE_SIZE);
 	else

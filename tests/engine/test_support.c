@@ -19,6 +19,7 @@
 #include "engine/codec.h"
 #include "engine/net.h"
 #include "engine/protocol.h"
+#include "engine/timeline.h"
 
 /* ------------------------------------------------------------ addresses */
 
@@ -404,13 +405,16 @@ static void full_report(struct pm_report *r)
 	for (unsigned i = 0; i < 3; i++) {
 		r->rounds[i] = (struct pm_round_stat){ .round = i + 1, .dirty_at_start = 65536 >> i,
 			.pages = 60000 >> (2 * i), .zero_pages = 1000 + i, .bytes = 250000000ull >> i,
-			.duration_ms = 800.5 / (i + 1), .final = i == 2 };
+			.duration_ms = 800.5 / (i + 1), .final = i == 2, .start_ms = 100.25 * i };
 	}
 	for (unsigned i = 0; i < 4; i++)
 		r->channel_bytes[i] = 75000000ull + i;
 	snprintf(r->switchover_reason, sizeof(r->switchover_reason), "converged");
 	r->throttle_pct = 30;
 	r->stale_pages = 0;
+	r->pause_at_ms = 200.5;
+	r->write_rate_asked_mbps = 400;
+	r->write_rate_mbps = 399.5;
 }
 
 static void assert_reports_equal(const struct pm_report *a, const struct pm_report *b)
@@ -441,11 +445,15 @@ static void assert_reports_equal(const struct pm_report *a, const struct pm_repo
 		assert_true(a->rounds[i].zero_pages == b->rounds[i].zero_pages);
 		assert_true(a->rounds[i].bytes == b->rounds[i].bytes);
 		assert_true(a->rounds[i].duration_ms == b->rounds[i].duration_ms);
+		assert_true(a->rounds[i].start_ms == b->rounds[i].start_ms);
 		assert_int_equal(a->rounds[i].final, b->rounds[i].final);
 	}
 	assert_string_equal(a->switchover_reason, b->switchover_reason);
 	assert_int_equal(a->throttle_pct, b->throttle_pct);
 	assert_true(a->stale_pages == b->stale_pages);
+	assert_true(a->pause_at_ms == b->pause_at_ms);
+	assert_true(a->write_rate_asked_mbps == b->write_rate_asked_mbps);
+	assert_true(a->write_rate_mbps == b->write_rate_mbps);
 }
 
 static void test_report_roundtrip(void **state)
@@ -491,6 +499,51 @@ static void test_report_roundtrip(void **state)
 	free(s);
 	free(a);
 	free(b);
+}
+
+/* A full timeline keeps every sample's order and span: when it fills, every
+ * other sample goes and the interval doubles. */
+static void test_timeline_decimation(void **state)
+{
+	struct pm_timeline *tl = calloc(1, sizeof(*tl));
+	struct pm_report *r = calloc(1, sizeof(*r));
+	double t = 0;
+	unsigned added = 0;
+
+	pm_timeline_init(tl, 10);
+	for (; t < 30000; t += 1) {
+		if (!pm_timeline_due(tl, t, false))
+			continue;
+		/* Only one caller wins a due sample. */
+		assert_false(pm_timeline_due(tl, t, false));
+		struct pm_sample s = { .t_ms = t, .round = 1 + added / 100 };
+		pm_timeline_add(tl, &s);
+		added++;
+	}
+	struct pm_sample late = { .t_ms = 29999.5, .phase = PM_PH_DONE };
+	assert_true(pm_timeline_due(tl, 0, true));       /* forced */
+	pm_timeline_add(tl, &late);
+	pm_timeline_report(tl, r);
+	assert_true(added > PM_MAX_SAMPLES);
+	assert_true(r->nsamples > PM_MAX_SAMPLES / 2 && r->nsamples <= PM_MAX_SAMPLES);
+	assert_true(r->sample_interval_ms > 10);
+	assert_true(r->samples[0].t_ms == 0);
+	assert_int_equal(r->samples[r->nsamples - 1].phase, PM_PH_DONE);
+	for (unsigned i = 1; i < r->nsamples; i++) {
+		double gap = r->samples[i].t_ms - r->samples[i - 1].t_ms;
+		assert_true(gap >= 0);
+		assert_true(gap <= 2 * r->sample_interval_ms + 1);
+	}
+	/* In the JSON report, with rates between samples. */
+	r->channels = 1;
+	char *js = pm_report_to_json(r);
+	assert_non_null(strstr(js, "\"timeline\""));
+	assert_non_null(strstr(js, "\"channel_mbps\""));
+	assert_non_null(strstr(js, "\"phase\": \"done\""));
+	free(js);
+	pm_timeline_destroy(tl);
+	free(tl);
+	free(r);
 }
 
 static void test_report_malformed(void **state)
@@ -560,6 +613,7 @@ int main(void)
 		cmocka_unit_test(test_codec_cross),
 		cmocka_unit_test(test_report_roundtrip),
 		cmocka_unit_test(test_report_malformed),
+		cmocka_unit_test(test_timeline_decimation),
 		cmocka_unit_test(test_report_print),
 		cmocka_unit_test(test_option_names),
 	};

@@ -5,10 +5,15 @@
 # asked and achieved rates; a live migration over 4 channels ends with the
 # destination's memory at resume equal to the source's at pause, the report
 # says "self"; the VM that arrived (also --dirty self) migrates on with
-# --barrier.  Rates are printed, never asserted (tests are not timings:
+# --barrier.  The first hop draws its --timeline.  Rates are printed, never asserted (tests are not timings:
 # bench/run measures them).
 set -u
 . "$(dirname "$0")/lib.sh"
+
+svg_ok() { # FILE: an SVG with round r1 and the pause band
+	grep_file "$1" "^<svg " && grep_file "$1" ">r1<" && grep_file "$1" ">paused<" &&
+		grep_file "$1" "</svg>"
+}
 
 rate_of() { # NAME: "achieved/asked"
 	echo "$(status_get "$1" write_rate_mbps)/$(status_get "$1" write_rate_asked_mbps)"
@@ -30,7 +35,13 @@ for wl in seq,rate=400MB/s random,rate=400MB/s,threads=2 zipf,rate=400MB/s,hot=1
 	r=$(rate_of "$a")
 	echo "$kind: achieved/asked MB/s before migrating: $r" | diag
 	check "$kind: status gives a non-zero achieved rate" test "${r%%/*}" != 0.0
-	one_hop "$kind, self, barrier-free" "$a" "$b" "$kind"
+	one_hop "$kind, self, barrier-free" "$a" "$b" "$kind" --timeline "$T/$kind.svg"
+	check "$kind: --timeline wrote an SVG with rounds and the pause" \
+		svg_ok "$T/$kind.svg"
+	check "$kind: the report's timeline has samples up to done" \
+		test "$("${TOOL[@]}" get timeline.samples.0.phase <"$T/mig-$a.json")/$("${TOOL[@]}" get timeline.samples.-1.phase <"$T/mig-$a.json")" = precopy/done
+	check "$kind: the report gives the achieved and asked write rates" \
+		test "$("${TOOL[@]}" get write_rate_asked_mbps <"$T/mig-$a.json")" = 400.0
 	check "$kind: report says dirty_method self" \
 		test "$("${TOOL[@]}" get dirty_method <"$T/mig-$a.json")" = self
 	echo "$kind: rounds $("${TOOL[@]}" get rounds <"$T/mig-$a.json" | tr -d '\n' | head -c 400)" | diag
