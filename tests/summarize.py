@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """Counts the tests' own results from meson test logs: each TAP line
-(cmocka cases print TAP) is one test; a non-TAP test counts once.  Prints
-'N passed, N failed, N skipped' last; exits 1 if anything failed."""
+(cmocka cases print TAP) is one test; a non-TAP test counts once.  Lists
+which way each KVM test ran (its "# kvm-way:" lines, from tests/kvm-ways).
+Prints 'N passed, N failed, N skipped' last; exits 1 if anything failed."""
 import json
 import re
 import sys
 
 passed = failed = skipped = 0
+ways = []
 for path in sys.argv[1:]:
     try:
         lines = open(path).read().splitlines()
@@ -38,5 +40,12 @@ for path in sys.argv[1:]:
             failed += 1
         if result not in ("OK", "SKIP", "EXPECTEDFAIL"):
             print(f"FAILED: {t.get('name')} ({result}) in {path}")
+        for l in out.splitlines():
+            m = re.match(r"^# kvm-way: (.*)", l)
+            if m:
+                ways.append(f"  {t.get('name')}: {m.group(1)}")
+if ways:
+    print("KVM tests, by way (direct: the host's /dev/kvm; nested: in L1, see docs/nested.md):")
+    print("\n".join(ways))
 print(f"{passed} passed, {failed} failed, {skipped} skipped")
 sys.exit(1 if failed else 0)
