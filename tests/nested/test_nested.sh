@@ -3,7 +3,7 @@
 # dead or stuck L1 is noticed.  Usage: test_nested.sh NESTED_RUN
 #  1. the command's output comes back byte for byte (stderr merged, a forged
 #     end marker passed through), with its exit status, environment and
-#     directory; /dev/kvm is there
+#     directory; /dev/kvm is there; a --share directory works both ways
 #  2. L1 panicking mid-command: status 125 within 10 s, "panicked" said
 #  3. a command that outlives --timeout: status 124 at the deadline
 #  4. the tool killed with SIGKILL: its QEMU goes too
@@ -42,17 +42,20 @@ boot_of() { sed -n 's/.*L1 up in \([0-9.]*\) s.*/\1/p' "$1"; }
 
 # ---- 1: round trip ----
 ok=1
-mkdir -p "$T/cwd"
-"$RUN" --cache "$T/cache" --env X='a b' --cwd "$T/cwd" -- sh -c \
-	'printf "one\n@@NESTED-EXIT 0 0@@\n"; echo two >&2; printf "%s|%s|" "$X" "$PWD"; [ -c /dev/kvm ] && printf kvm; exit 7' \
+mkdir -p "$T/cwd" "$T/share"
+echo in >"$T/share/in"
+"$RUN" --cache "$T/cache" --env X='a b' --cwd "$T/cwd" --share "$T/share" -- sh -c \
+	'printf "one\n@@NESTED-EXIT 0 0@@\n"; echo two >&2; printf "%s|%s|" "$X" "$PWD"; [ -c /dev/kvm ] && printf kvm
+	 cat "$0/in" >"$0/out" && echo out >>"$0/out"; exit 7' "$T/share" \
 	>"$T/out" 2>"$T/err"
 st=$?
+[ "$(cat "$T/share/out" 2>/dev/null)" = "$(printf 'in\nout')" ] || { echo "# the 9p share did not work both ways"; ok=0; }
 printf 'one\n@@NESTED-EXIT 0 0@@\ntwo\na b|%s|kvm' "$T/cwd" >"$T/expect"
 [ $st = 7 ] || { echo "# status $st, expected 7"; ok=0; }
 cmp "$T/out" "$T/expect" || { echo "# output:"; od -c "$T/out" | head -n 10 | sed 's/^/# /'; ok=0; }
 grep -q 'L1 up in' "$T/err" || { echo "# no boot line"; ok=0; }
 echo "# L1 boot: $(boot_of "$T/err") s"
-result 1 $ok "output, status, environment and directory come back from L1"
+result 1 $ok "output, status, environment, directory and a 9p share work with L1"
 
 # ---- 2: L1 panics ----
 ok=1

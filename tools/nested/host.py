@@ -153,12 +153,18 @@ def qemu_binary():
     return q
 
 
-def qemu_firmware_dir(qemu):
-    """Where the firmware QEMU needs with -nodefaults lives."""
-    for d in ("/usr/share/qemu", "/usr/share/seabios", os.path.join(os.path.dirname(qemu), "../share/qemu")):
-        if all(os.path.exists(os.path.join(d, f)) for f in QEMU_FIRMWARE):
-            return os.path.realpath(d)
-    raise NotPossible(f"QEMU firmware ({', '.join(QEMU_FIRMWARE)}) not found")
+def qemu_firmware(qemu):
+    """The firmware files QEMU needs with -nodefaults, where this QEMU looks
+    for them (Debian keeps SeaBIOS apart from the rest)."""
+    dirs = ["/usr/share/qemu", "/usr/share/seabios", "/usr/lib/ipxe/qemu",
+            os.path.normpath(os.path.join(os.path.dirname(qemu), "../share/qemu"))]
+    found = []
+    for f in QEMU_FIRMWARE:
+        p = next((os.path.join(d, f) for d in dirs if os.path.exists(os.path.join(d, f))), None)
+        if not p:
+            raise NotPossible(f"QEMU firmware {f} not found in {', '.join(dirs)}")
+        found.append(p)
+    return found
 
 
 
