@@ -118,6 +118,9 @@ ok=1
 [ $? = 2 ] && grep -q 'no command' "$T/err" || { echo "# no command: not refused"; ok=0; }
 "$RUN" --env 1X=2 -- true >"$T/out" 2>"$T/err"
 [ $? = 2 ] && grep -q 'VAR=VALUE' "$T/err" || { echo "# bad --env: not refused"; ok=0; }
+"$RUN" --project "$T/nonexistent" -- true >"$T/out" 2>"$T/err"
+[ $? = 2 ] && grep -q 'not a Meson build' "$T/err" && [ ! -e "$T/nonexistent" ] ||
+	{ echo "# --project of no build: not refused"; ok=0; }
 "$RUN" --kernel /nonexistent -- true >"$T/out" 2>"$T/err"
 [ $? = 125 ] && grep -q 'not possible' "$T/err" || { echo "# missing kernel: not refused"; ok=0; }
 result 5 $ok "bad options exit 2, a missing kernel 125, before any boot"
