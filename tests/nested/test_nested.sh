@@ -84,7 +84,8 @@ result 3 $ok "a command past --timeout is stopped (status 124) at the deadline"
 # ---- 4: the tool killed ----
 ok=1
 rm -f "$T/err"  # not to find the last case's boot line before the shell truncates it
-"$RUN" --cache "$T/cache" -- sleep 600 >"$T/out" 2>"$T/err" &
+mkdir "$T/tmp"
+TMPDIR="$T/tmp" "$RUN" --cache "$T/cache" -- sleep 600 >"$T/out" 2>"$T/err" &
 BG=$!
 i=0
 while ! grep -q 'L1 up in' "$T/err" 2>/dev/null && [ $i -lt 1800 ]; do
@@ -110,7 +111,9 @@ if [ -n "$q" ] && kill -0 "$q" 2>/dev/null; then
 	kill -9 "$q"
 	ok=0
 fi
-result 4 $ok "killing the tool (SIGKILL) ends its QEMU"
+TMPDIR="$T/tmp" "$RUN" --check >/dev/null
+[ -z "$(ls "$T/tmp")" ] || { echo "# the killed run's directory was not removed by the next run"; ok=0; }
+result 4 $ok "killing the tool (SIGKILL) ends its QEMU; the next run removes its directory"
 
 # ---- 5: bad options ----
 ok=1
