@@ -5,6 +5,7 @@ every ELF among them, generated files, all written as one newc cpio archive
 (uncompressed: L1 runs under TCG, where unpacking gzip costs seconds)."""
 import hashlib
 import os
+import shutil
 import stat
 import subprocess
 
@@ -89,9 +90,10 @@ class Image:
         """path with its directory resolved (the file itself need not exist)."""
         return os.path.join(self._resolve(os.path.dirname(path)), os.path.basename(path))
 
-    def add_host(self, path, libs=True):
-        """A host file or directory (recursively), at the same path in L1;
-        ELF files bring their libraries."""
+    def add_host(self, path, libs=True, skip=()):
+        """A host file or directory (recursively, but for the names in
+        skip), at the same path in L1; ELF executables bring their
+        libraries."""
         path = os.path.normpath(os.path.abspath(path))
         real = self._resolve(path)
         try:
@@ -101,9 +103,9 @@ class Image:
         if stat.S_ISDIR(st.st_mode):
             self.add_dir(real, stat.S_IMODE(st.st_mode))
             for name in sorted(os.listdir(real)):
-                if name in SKIP_DIRS or name.endswith((".p", ".o", ".a")):
+                if name in SKIP_DIRS or name in skip or name.endswith((".p", ".o", ".a")):
                     continue
-                self.add_host(os.path.join(real, name), libs)
+                self.add_host(os.path.join(real, name), libs, skip)
             return
         if not stat.S_ISREG(st.st_mode):
             return  # sockets, fifos: nothing to carry
@@ -112,6 +114,27 @@ class Image:
             self._ldd_done.add(real)
             for lib in ldd(real):
                 self.add_host(lib, libs=False)
+
+    def interpreters(self):
+        """The programs the scripts among the files name on their #! line
+        ("env X" resolved on the host's PATH)."""
+        found = set()
+        for e in list(self.entries.values()):
+            if e[0] != "file" or not e[2] & 0o111:
+                continue
+            try:
+                with open(e[1], "rb") as f:
+                    first = f.readline(256)
+            except OSError:
+                continue
+            if not first.startswith(b"#!"):
+                continue
+            words = first[2:].decode(errors="replace").split()
+            if words and os.path.basename(words[0]) == "env" and len(words) > 1:
+                words = [shutil.which(words[1], path="/usr/local/bin:/usr/bin:/bin") or words[1]]
+            if words and words[0].startswith("/"):
+                found.add(words[0])
+        return found
 
     def manifest(self):
         """What decides the archive's bytes: paths, and for host files their
