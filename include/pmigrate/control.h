@@ -25,7 +25,9 @@ struct pm_control_ops {
 };
 
 /* Serves path in a thread of its own.  state is the initial VM state
- * ("running", "incoming", ...). */
+ * ("running", "incoming", ...).  The socket is created 0600 and serves only
+ * this process's user and root; an existing file at path is replaced only
+ * if it is a stale socket (nobody listening). */
 int pm_control_start(struct pm_control **out, const char *path, struct pm_backend *be,
 		     const struct pm_control_ops *ops, void *opaque,
 		     const char *state, struct pm_err *err);
@@ -34,6 +36,9 @@ void pm_control_set_state(struct pm_control *c, const char *state);
 /* Copies r; shown as "last_migration" in status. */
 void pm_control_set_report(struct pm_control *c, const struct pm_report *r);
 void pm_control_set_dump_at_pause(struct pm_control *c, const char *path);
+/* A client (other than a running migration's) that sends nothing this long
+ * is closed; 0 = the default, 60 s.  Call right after pm_control_start. */
+void pm_control_set_idle_timeout(struct pm_control *c, unsigned ms);
 /* Copies the current state ("running", "migrated", ...) into buf. */
 const char *pm_control_state(struct pm_control *c, char *buf, size_t len);
 

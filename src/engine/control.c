@@ -2,14 +2,24 @@
 /* Control socket server: JSON objects, one per line, on a UNIX socket.
  * Commands: status, migrate, stop, cont, quit (see docs/control.md).  A
  * migration runs in a thread of its own and streams progress events to the
- * client that asked for it. */
+ * client that asked for it.
+ *
+ * Whoever can talk to this socket can hand the VM's memory to any address,
+ * so: the socket is 0600 and only its owner (or root) is served; a request
+ * is strict JSON without duplicate keys and every argument's type is
+ * checked; at most MAX_CLIENTS are served and idle ones are closed, so
+ * management is never locked out for long. */
+#include <ctype.h>
 #include <errno.h>
+#include <math.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -17,6 +27,7 @@
 
 #define MAX_CLIENTS 16
 #define MAX_LINE (64 * 1024)
+#define DEFAULT_IDLE_MS 60000u
 
 struct client {
 	struct pm_control *ctl;
@@ -30,7 +41,10 @@ struct pm_control {
 	const struct pm_control_ops *ops;
 	void *opaque;
 	char path[108];
+	dev_t sock_dev;         /* the socket file we made: stop removes only it */
+	ino_t sock_ino;
 	int lfd;
+	atomic_uint idle_ms;
 	pthread_t thread;
 	pthread_mutex_t lock;
 	char state[32];
@@ -104,6 +118,11 @@ void pm_control_set_report(struct pm_control *c, const struct pm_report *r)
 	c->report = *r;
 	c->have_report = true;
 	pthread_mutex_unlock(&c->lock);
+}
+
+void pm_control_set_idle_timeout(struct pm_control *c, unsigned ms)
+{
+	c->idle_ms = ms ? ms : DEFAULT_IDLE_MS;
 }
 
 void pm_control_set_dump_at_pause(struct pm_control *c, const char *path)
@@ -199,17 +218,18 @@ static void *migration_main(void *arg)
 	return NULL;
 }
 
-/* Splits a JSON array of strings or a comma-separated string into out[]. */
+/* Splits a JSON array of strings or a comma-separated string into out[];
+ * anything else (null, numbers, empty strings) is refused. */
 static int addr_list(json_object *v, char **buf, const char **out, unsigned *n)
 {
 	size_t cap = 0;
 	unsigned count = 0;
 
 	*n = 0;
-	if (!v)
-		return 0;
 	if (json_object_is_type(v, json_type_string)) {
 		*buf = strdup(json_object_get_string(v));
+		if (!*buf)
+			return -ENOMEM;
 		for (char *save = NULL, *t = strtok_r(*buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
 			if (count == PM_MAX_CHANNELS)
 				return -E2BIG;
@@ -219,9 +239,15 @@ static int addr_list(json_object *v, char **buf, const char **out, unsigned *n)
 		size_t len = json_object_array_length(v);
 		if (len > PM_MAX_CHANNELS)
 			return -E2BIG;
-		for (size_t i = 0; i < len; i++)
-			cap += strlen(json_object_get_string(json_object_array_get_idx(v, i))) + 1;
+		for (size_t i = 0; i < len; i++) {
+			json_object *e = json_object_array_get_idx(v, i);
+			if (!json_object_is_type(e, json_type_string) || !json_object_get_string_len(e))
+				return -EINVAL;
+			cap += json_object_get_string_len(e) + 1;
+		}
 		*buf = malloc(cap + 1);
+		if (!*buf)
+			return -ENOMEM;
 		char *p = *buf;
 		for (size_t i = 0; i < len; i++) {
 			const char *s = json_object_get_string(json_object_array_get_idx(v, i));
@@ -248,6 +274,57 @@ static int get_uint(json_object *args, const char *key, unsigned max, unsigned *
 		return -EINVAL;
 	}
 	*out = json_object_get_int64(v);
+	return 0;
+}
+
+static int get_bool(json_object *args, const char *key, bool *out, char *why, size_t wl)
+{
+	json_object *v;
+
+	if (!json_object_object_get_ex(args, key, &v))
+		return 0;
+	if (!json_object_is_type(v, json_type_boolean)) {
+		snprintf(why, wl, "'%s' must be true or false", key);
+		return -EINVAL;
+	}
+	*out = json_object_get_boolean(v);
+	return 0;
+}
+
+/* A string argument, or NULL when absent; -EINVAL for any other type. */
+static int get_string(json_object *args, const char *key, const char **out, char *why, size_t wl)
+{
+	json_object *v;
+
+	*out = NULL;
+	if (!json_object_object_get_ex(args, key, &v))
+		return 0;
+	if (!json_object_is_type(v, json_type_string)) {
+		snprintf(why, wl, "'%s' must be a string", key);
+		return -EINVAL;
+	}
+	*out = json_object_get_string(v);
+	return 0;
+}
+
+static const char *const migrate_args[] = {
+	"to", "bind", "channels", "downtime_ms", "max_rounds", "max_bytes_factor", "timeout_ms",
+	"chunk_pages", "barrier", "serial", "compress", "compress_level", "policy", NULL,
+};
+
+/* A misspelt argument would silently fall back to a default: refuse it. */
+static int check_known(json_object *args, const char *const *known, char *why, size_t wl)
+{
+	json_object_object_foreach(args, key, val) {
+		unsigned i = 0;
+		(void)val;
+		while (known[i] && strcmp(known[i], key))
+			i++;
+		if (!known[i]) {
+			snprintf(why, wl, "unknown argument '%.64s'", key);
+			return -EINVAL;
+		}
+	}
 	return 0;
 }
 
@@ -288,7 +365,9 @@ static void cmd_migrate(struct pm_control *c, int fd, json_object *args)
 		}
 		p->bind = c->bind;
 	}
-	r = get_uint(args, "channels", PM_MAX_CHANNELS, &p->channels, why, sizeof(why));
+	r = check_known(args, migrate_args, why, sizeof(why));
+	if (!r)
+		r = get_uint(args, "channels", PM_MAX_CHANNELS, &p->channels, why, sizeof(why));
 	if (!r)
 		r = get_uint(args, "downtime_ms", 3600000, &p->downtime_ms, why, sizeof(why));
 	if (!r)
@@ -299,19 +378,27 @@ static void cmd_migrate(struct pm_control *c, int fd, json_object *args)
 		r = get_uint(args, "chunk_pages", 512, &p->chunk_pages, why, sizeof(why));
 	if (!r)
 		r = get_uint(args, "compress_level", 22, (unsigned *)&p->compress_level, why, sizeof(why));
-	if (!r && json_object_object_get_ex(args, "max_bytes_factor", &v))
-		p->max_bytes_factor = json_object_get_double(v);
-	if (!r && json_object_object_get_ex(args, "barrier", &v))
-		p->barrier = json_object_get_boolean(v);
-	if (!r && json_object_object_get_ex(args, "serial", &v))
-		p->serial = json_object_get_boolean(v);
-	if (!r && json_object_object_get_ex(args, "compress", &v) &&
-	    pm_compress_parse(json_object_get_string(v), &p->compress)) {
+	if (!r && json_object_object_get_ex(args, "max_bytes_factor", &v)) {
+		double f = json_object_get_double(v);
+		if ((!json_object_is_type(v, json_type_double) && !json_object_is_type(v, json_type_int)) ||
+		    !isfinite(f) || f < 0 || f > 1e6) {
+			snprintf(why, sizeof(why), "'max_bytes_factor' must be a number from 0 to 1000000");
+			r = -EINVAL;
+		}
+		p->max_bytes_factor = f;
+	}
+	if (!r)
+		r = get_bool(args, "barrier", &p->barrier, why, sizeof(why));
+	if (!r)
+		r = get_bool(args, "serial", &p->serial, why, sizeof(why));
+	const char *str;
+	if (!r && (get_string(args, "compress", &str, why, sizeof(why)) ||
+		   (str && pm_compress_parse(str, &p->compress)))) {
 		snprintf(why, sizeof(why), "'compress' must be none, lz4 or zstd");
 		r = -EINVAL;
 	}
-	if (!r && json_object_object_get_ex(args, "policy", &v) &&
-	    pm_nonconverge_parse(json_object_get_string(v), &p->policy)) {
+	if (!r && (get_string(args, "policy", &str, why, sizeof(why)) ||
+		   (str && pm_nonconverge_parse(str, &p->policy)))) {
 		snprintf(why, sizeof(why), "'policy' must be throttle, force or abort");
 		r = -EINVAL;
 	}
@@ -361,31 +448,121 @@ static void cmd_pause(struct pm_control *c, int fd, bool pause)
 	send_return(c, fd, NULL);
 }
 
+/* Keys as written in a valid JSON text: each string followed by ':'. */
+static size_t written_keys(const char *s)
+{
+	size_t n = 0;
+	bool in_str = false, after_str = false;
+
+	for (; *s; s++) {
+		if (in_str) {
+			if (*s == '\\' && s[1])
+				s++;
+			else if (*s == '"')
+				in_str = false, after_str = true;
+			continue;
+		}
+		if (*s == '"')
+			in_str = true;
+		else if (*s == ':' && after_str)
+			n++;
+		if (!isspace((unsigned char)*s) && *s != '"')
+			after_str = false;
+	}
+	return n;
+}
+
+/* Keys the parser kept: a duplicate key collapses into one. */
+static size_t parsed_keys(json_object *o)
+{
+	size_t n = 0;
+
+	if (json_object_is_type(o, json_type_object)) {
+		json_object_object_foreach(o, k, v) {
+			(void)k;
+			n += 1 + parsed_keys(v);
+		}
+	} else if (json_object_is_type(o, json_type_array)) {
+		for (size_t i = 0; i < json_object_array_length(o); i++)
+			n += parsed_keys(json_object_array_get_idx(o, i));
+	}
+	return n;
+}
+
+/* Strict JSON (which also refuses anything after the value), and no
+ * duplicate keys, which the parser would silently resolve one way while a
+ * proxy or a log reads them another. */
+static json_object *parse_request(const char *line, const char **why)
+{
+	struct json_tokener *tok = json_tokener_new();
+	json_object *o;
+	size_t len = strlen(line);
+
+	if (!tok) {
+		*why = "out of memory";
+		return NULL;
+	}
+	json_tokener_set_flags(tok, JSON_TOKENER_STRICT);
+	o = json_tokener_parse_ex(tok, line, len);
+	if (!o || json_tokener_get_error(tok) != json_tokener_success) {
+		*why = "expected a JSON object with \"execute\"";
+		json_object_put(o);
+		o = NULL;
+	}
+	json_tokener_free(tok);
+	if (o && written_keys(line) != parsed_keys(o)) {
+		*why = "duplicate key in request";
+		json_object_put(o);
+		o = NULL;
+	}
+	return o;
+}
+
+static bool no_args(struct pm_control *c, int fd, const char *name, json_object *args)
+{
+	char why[96];
+
+	if (!args || !json_object_object_length(args))
+		return true;
+	snprintf(why, sizeof(why), "'%s' takes no arguments", name);
+	send_error(c, fd, "InvalidParameter", why);
+	return false;
+}
+
 static void handle_line(struct pm_control *c, int fd, const char *line)
 {
-	json_object *req = json_tokener_parse(line), *cmd, *args = NULL;
-	const char *name;
+	const char *why = NULL, *name;
+	json_object *req = parse_request(line, &why), *cmd, *args = NULL;
 
-	if (!req || !json_object_is_type(req, json_type_object) ||
-	    !json_object_object_get_ex(req, "execute", &cmd) || !json_object_is_type(cmd, json_type_string)) {
-		send_error(c, fd, "GenericError", "expected a JSON object with \"execute\"");
+	if (req && (!json_object_is_type(req, json_type_object) ||
+		    !json_object_object_get_ex(req, "execute", &cmd) ||
+		    !json_object_is_type(cmd, json_type_string)))
+		why = "expected a JSON object with \"execute\"";
+	if (!why && json_object_object_get_ex(req, "arguments", &args) &&
+	    !json_object_is_type(args, json_type_object))
+		why = "'arguments' must be an object";
+	if (!why && json_object_object_length(req) > 1 + (args != NULL))
+		why = "a request has only \"execute\" and \"arguments\"";
+	if (why) {
+		send_error(c, fd, "GenericError", why);
 		json_object_put(req);
 		return;
 	}
 	name = json_object_get_string(cmd);
-	json_object_object_get_ex(req, "arguments", &args);
-	if (!strcmp(name, "status") || !strcmp(name, "query-status"))
-		send_return(c, fd, status_json(c));
-	else if (!strcmp(name, "migrate"))
+	if (!strcmp(name, "status") || !strcmp(name, "query-status")) {
+		if (no_args(c, fd, name, args))
+			send_return(c, fd, status_json(c));
+	} else if (!strcmp(name, "migrate")) {
 		cmd_migrate(c, fd, args);
-	else if (!strcmp(name, "stop"))
-		cmd_pause(c, fd, true);
-	else if (!strcmp(name, "cont"))
-		cmd_pause(c, fd, false);
-	else if (!strcmp(name, "quit")) {
-		send_return(c, fd, NULL);
-		if (c->ops && c->ops->quit)
-			c->ops->quit(c->opaque);
+	} else if (!strcmp(name, "stop") || !strcmp(name, "cont")) {
+		if (no_args(c, fd, name, args))
+			cmd_pause(c, fd, !strcmp(name, "stop"));
+	} else if (!strcmp(name, "quit")) {
+		if (no_args(c, fd, name, args)) {
+			send_return(c, fd, NULL);
+			if (c->ops && c->ops->quit)
+				c->ops->quit(c->opaque);
+		}
 	} else {
 		json_object *ret = NULL;
 		struct pm_err err = { 0 };
@@ -393,9 +570,9 @@ static void handle_line(struct pm_control *c, int fd, const char *line)
 		if (r == 0) {
 			send_return(c, fd, ret);
 		} else if (r == -ENOENT) {
-			char why[160];
-			snprintf(why, sizeof(why), "unknown command '%.100s' (status, migrate, stop, cont, quit)", name);
-			send_error(c, fd, "CommandNotFound", why);
+			char msg[160];
+			snprintf(msg, sizeof(msg), "unknown command '%.100s' (status, migrate, stop, cont, quit)", name);
+			send_error(c, fd, "CommandNotFound", msg);
 		} else {
 			send_error(c, fd, "GenericError", err.msg);
 		}
@@ -403,14 +580,42 @@ static void handle_line(struct pm_control *c, int fd, const char *line)
 	json_object_put(req);
 }
 
+static bool is_migration_client(struct pm_control *c, int fd)
+{
+	bool r;
+
+	pthread_mutex_lock(&c->write_lock);
+	r = c->mig_fd == fd;
+	pthread_mutex_unlock(&c->write_lock);
+	pthread_mutex_lock(&c->lock);
+	r = r && c->migrating;
+	pthread_mutex_unlock(&c->lock);
+	return r;
+}
+
 static void *client_main(void *arg)
 {
 	struct client *cl = arg;
+	struct pm_control *c = cl->ctl;
 	char *buf = malloc(MAX_LINE + 1);
 	size_t used = 0;
 
 	while (buf) {
-		ssize_t n = recv(cl->fd, buf + used, MAX_LINE - used, 0);
+		struct pollfd pfd = { .fd = cl->fd, .events = POLLIN };
+		int pr = poll(&pfd, 1, c->idle_ms);
+		if (pr < 0 && errno == EINTR)
+			continue;
+		if (pr == 0) {
+			/* The client of a running migration waits for its events. */
+			if (is_migration_client(c, cl->fd))
+				continue;
+			char why[96];
+			snprintf(why, sizeof(why), "no request for %u s: closing the connection",
+				 (c->idle_ms + 999) / 1000);
+			send_error(c, cl->fd, "IdleTimeout", why);
+			break;
+		}
+		ssize_t n = pr < 0 ? -1 : recv(cl->fd, buf + used, MAX_LINE - used, 0);
 		if (n <= 0)
 			break;
 		used += n;
@@ -418,25 +623,39 @@ static void *client_main(void *arg)
 		while ((nl = memchr(buf, '\n', used))) {
 			*nl = '\0';
 			if (nl > buf)
-				handle_line(cl->ctl, cl->fd, buf);
+				handle_line(c, cl->fd, buf);
 			used -= nl + 1 - buf;
 			memmove(buf, nl + 1, used);
 		}
 		if (used == MAX_LINE) {
-			send_error(cl->ctl, cl->fd, "GenericError", "line too long");
+			send_error(c, cl->fd, "GenericError", "line too long");
 			break;
 		}
 	}
 	free(buf);
-	/* A migration's client keeps its fd until the migration ends. */
-	pthread_mutex_lock(&cl->ctl->write_lock);
-	if (cl->ctl->mig_fd == cl->fd)
-		cl->ctl->mig_fd = -1;
-	pthread_mutex_unlock(&cl->ctl->write_lock);
-	pthread_mutex_lock(&cl->ctl->lock);
+	/* The migration's events stop here; the peer sees the close now (the
+	 * fd itself is closed when the slot is reaped). */
+	pthread_mutex_lock(&c->write_lock);
+	if (c->mig_fd == cl->fd)
+		c->mig_fd = -1;
+	shutdown(cl->fd, SHUT_RDWR);
+	pthread_mutex_unlock(&c->write_lock);
+	pthread_mutex_lock(&c->lock);
 	cl->done = true;
-	pthread_mutex_unlock(&cl->ctl->lock);
+	pthread_mutex_unlock(&c->lock);
 	return NULL;
+}
+
+/* Only the VM's own user and root may drive it. */
+static bool peer_allowed(int fd, uid_t *uid)
+{
+	struct ucred cr;
+	socklen_t len = sizeof(cr);
+
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len))
+		return false;
+	*uid = cr.uid;
+	return cr.uid == 0 || cr.uid == geteuid();
 }
 
 static void *server_main(void *arg)
@@ -451,7 +670,17 @@ static void *server_main(void *arg)
 			break;
 		}
 		struct timeval tv = { .tv_sec = 2 };
+		char why[160];
+		uid_t uid = (uid_t)-1;
+
 		setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+		if (!peer_allowed(fd, &uid)) {
+			snprintf(why, sizeof(why), "user %d may not use this control socket (only uid %u and root)",
+				 (int)uid, (unsigned)geteuid());
+			send_error(c, fd, "PermissionDenied", why);
+			close(fd);
+			continue;
+		}
 		pthread_mutex_lock(&c->lock);
 		struct client *cl = NULL;
 		for (unsigned i = 0; i < MAX_CLIENTS && !c->stopping; i++) {
@@ -470,11 +699,54 @@ static void *server_main(void *arg)
 				cl = NULL;
 			}
 		}
+		bool stopping = c->stopping;
 		pthread_mutex_unlock(&c->lock);
-		if (!cl)
+		if (!cl) {
+			if (!stopping) {
+				snprintf(why, sizeof(why), "%u clients are connected to this control socket; try again "
+					 "later (idle ones are closed after %u s)", MAX_CLIENTS, (c->idle_ms + 999) / 1000);
+				send_error(c, fd, "TooManyClients", why);
+			}
 			close(fd);
+		}
 	}
 	return NULL;
+}
+
+/* Makes room for the socket, removing only a stale socket: never a file of
+ * another kind, never a socket a live process serves. */
+static int claim_path(const char *path, const struct sockaddr_un *sa, struct pm_err *err)
+{
+	struct stat st;
+	int fd, e;
+
+	if (lstat(path, &st))
+		return errno == ENOENT ? 0 : pm_err_set(err, errno, "control socket %s: %s", path, strerror(errno));
+	if (!S_ISSOCK(st.st_mode))
+		return pm_err_set(err, EEXIST, "control socket %s: something that is not a socket is in the way; "
+				  "refusing to replace it", path);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return pm_err_set(err, errno, "socket: %s", strerror(errno));
+	e = connect(fd, (const struct sockaddr *)sa, sizeof(*sa)) ? errno : 0;
+	close(fd);
+	if (!e)
+		return pm_err_set(err, EADDRINUSE, "control socket %s is in use by another process", path);
+	if (e != ECONNREFUSED)
+		return pm_err_set(err, e, "control socket %s: %s", path, strerror(e));
+	if (unlink(path) && errno != ENOENT)
+		return pm_err_set(err, errno, "cannot remove stale control socket %s: %s", path, strerror(errno));
+	return 0;
+}
+
+/* Removes the socket file if it is still the one we made. */
+static void release_path(struct pm_control *c)
+{
+	struct stat st;
+
+	if (!lstat(c->path, &st) && S_ISSOCK(st.st_mode) && st.st_dev == c->sock_dev &&
+	    st.st_ino == c->sock_ino)
+		unlink(c->path);
 }
 
 int pm_control_start(struct pm_control **out, const char *path, struct pm_backend *be,
@@ -497,19 +769,31 @@ int pm_control_start(struct pm_control **out, const char *path, struct pm_backen
 	snprintf(c->state, sizeof(c->state), "%s", state);
 	pthread_mutex_init(&c->lock, NULL);
 	pthread_mutex_init(&c->write_lock, NULL);
+	c->idle_ms = DEFAULT_IDLE_MS;
 	strcpy(sa.sun_path, path);
+	int r = claim_path(path, &sa, err);
+	if (r) {
+		free(c);
+		return r;
+	}
 	c->lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	unlink(path);
-	if (c->lfd < 0 || bind(c->lfd, (struct sockaddr *)&sa, sizeof(sa)) || listen(c->lfd, 8)) {
+	bool bound = c->lfd >= 0 && !bind(c->lfd, (struct sockaddr *)&sa, sizeof(sa));
+	struct stat st;
+	/* 0600 before listen(): until then nobody can connect. */
+	if (!bound || chmod(path, 0600) || lstat(path, &st) || listen(c->lfd, 8)) {
 		int e = errno;
+		if (bound)
+			unlink(path);
 		if (c->lfd >= 0)
 			close(c->lfd);
 		free(c);
 		return pm_err_set(err, e, "cannot listen on control socket %s: %s", path, strerror(e));
 	}
+	c->sock_dev = st.st_dev;
+	c->sock_ino = st.st_ino;
 	if (pthread_create(&c->thread, NULL, server_main, c)) {
 		close(c->lfd);
-		unlink(path);
+		release_path(c);
 		free(c);
 		return pm_err_set(err, EAGAIN, "cannot start the control thread");
 	}
@@ -535,7 +819,7 @@ void pm_control_stop(struct pm_control *c)
 			pthread_join(c->clients[i].thread, NULL);
 			close(c->clients[i].fd);
 		}
-	unlink(c->path);
+	release_path(c);
 	free(c->to_buf);
 	free(c->bind_buf);
 	free(c->dump_at_pause);

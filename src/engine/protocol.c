@@ -308,3 +308,42 @@ int pm_decode_end(const uint8_t *in, size_t len, struct pm_end *e, struct pm_err
 		return pm_err_set(err, EPROTO, "END names final round 0");
 	return 0;
 }
+
+void pm_escape_text(const void *in, size_t len, char *out, size_t cap)
+{
+	static const char hex[] = "0123456789abcdef";
+	const uint8_t *p = in;
+	size_t o = 0;
+
+	for (size_t i = 0; i < len; i++) {
+		uint8_t b = p[i];
+		char e[4] = { (char)b };
+		size_t n = 1;
+
+		if (b == '\\') {
+			e[1] = '\\';
+			n = 2;
+		} else if (b < 0x20 || b >= 0x7f) {
+			e[0] = '\\';
+			e[1] = 'x';
+			e[2] = hex[b >> 4];
+			e[3] = hex[b & 15];
+			n = 4;
+		}
+		if (o + n >= cap)
+			break;
+		memcpy(out + o, e, n);
+		o += n;
+	}
+	out[o] = '\0';
+}
+
+uint32_t pm_decode_error(const uint8_t *in, uint32_t len, char *msg, size_t cap)
+{
+	uint32_t ml = pm_get32(in + 4);
+
+	if (ml > len - PM_ERROR_FIXED_LEN)
+		ml = len - PM_ERROR_FIXED_LEN;
+	pm_escape_text(in + PM_ERROR_FIXED_LEN, ml, msg, cap);
+	return pm_get32(in);
+}

@@ -145,6 +145,14 @@ void pm_encode_pages(uint8_t out[PM_PAGES_FIXED_LEN], const struct pm_pages *p);
 int pm_decode_pages(const uint8_t *in, uint32_t body_len, const struct pm_layout *l,
 		    unsigned chunk_pages, struct pm_pages *p, struct pm_err *err);
 
+/* Text from the network, made safe to print: bytes outside printable ASCII
+ * become \xNN, a backslash \\; always NUL-terminated (cap >= 1). */
+void pm_escape_text(const void *in, size_t len, char *out, size_t cap);
+/* An ERROR body (length already checked by pm_check_hdr): the code, and the
+ * message escaped into msg (PM_ERROR_MSG_CAP bytes is always enough). */
+#define PM_ERROR_MSG_CAP (4 * PM_MAX_ERROR_LEN + 1)
+uint32_t pm_decode_error(const uint8_t *in, uint32_t len, char *msg, size_t cap);
+
 void pm_encode_end(uint8_t out[PM_END_LEN], const struct pm_end *e);
 int pm_decode_end(const uint8_t *in, size_t len, struct pm_end *e, struct pm_err *err);
 

@@ -347,14 +347,12 @@ static int handle_frame(struct receiver *x, const struct pm_frame_hdr *h)
 		pthread_mutex_unlock(&c->mu);
 		return 0;
 	case PM_FR_ERROR: {
+		char msg[PM_ERROR_MSG_CAP];
 		r = rx_read(x, fb, h->len, "receiving error");
 		if (r)
 			return r;
-		uint32_t ml = pm_get32(fb + 4);
-		if (ml > h->len - PM_ERROR_FIXED_LEN)
-			ml = h->len - PM_ERROR_FIXED_LEN;
-		fb[PM_ERROR_FIXED_LEN + ml] = '\0';
-		return pm_err_set(&x->err, ECANCELED, "source aborted: %s", (char *)fb + PM_ERROR_FIXED_LEN);
+		pm_decode_error(fb, h->len, msg, sizeof(msg));
+		return pm_err_set(&x->err, ECANCELED, "source aborted: %s", msg);
 	}
 	default:
 		return pm_err_set(&x->err, EPROTO, "unexpected %s frame on channel %u during migration",

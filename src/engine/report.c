@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <pmigrate/migrate.h>
 
@@ -54,10 +55,24 @@ int pm_nonconverge_parse(const char *s, enum pm_nonconverge *out)
 
 int pm_dump_memory(const struct pm_backend *be, const char *path, struct pm_err *err)
 {
-	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	/* Guest memory is secret: private, never through a symlink someone
+	 * planted, never into a FIFO or device. */
+	int fd = open(path, O_WRONLY | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0600);
+	struct stat st;
 
+	if (fd < 0 && errno == ELOOP)
+		return pm_err_set(err, ELOOP, "cannot create memory dump %s: it is a symbolic link", path);
 	if (fd < 0)
 		return pm_err_set(err, errno, "cannot create memory dump %s: %s", path, strerror(errno));
+	if (fstat(fd, &st) || !S_ISREG(st.st_mode)) {
+		close(fd);
+		return pm_err_set(err, EINVAL, "cannot create memory dump %s: not a regular file", path);
+	}
+	if (fchmod(fd, 0600) || ftruncate(fd, 0)) {
+		int e = errno;
+		close(fd);
+		return pm_err_set(err, e, "cannot create memory dump %s: %s", path, strerror(e));
+	}
 	for (unsigned i = 0; i < be->nregions; i++) {
 		const uint8_t *p = be->regions[i].host;
 		uint64_t left = be->regions[i].npages * PM_PAGE_SIZE;

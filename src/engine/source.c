@@ -146,17 +146,14 @@ static int recv_reply(struct pm_conn *conn, uint32_t want, uint8_t *body, uint32
 	if (r)
 		return r;
 	if (h.type == PM_FR_ERROR) {
-		uint8_t eb[PM_ERROR_FIXED_LEN + PM_MAX_ERROR_LEN + 1];
+		uint8_t eb[PM_ERROR_FIXED_LEN + PM_MAX_ERROR_LEN];
+		char msg[PM_ERROR_MSG_CAP];
 		r = pm_recv_buf(conn, eb, h.len, err, what);
 		if (r)
 			return r;
-		uint32_t ml = pm_get32(eb + 4);
-		if (ml > h.len - PM_ERROR_FIXED_LEN)
-			ml = h.len - PM_ERROR_FIXED_LEN;
-		eb[PM_ERROR_FIXED_LEN + ml] = '\0';
-		uint32_t code = pm_get32(eb);
+		uint32_t code = pm_decode_error(eb, h.len, msg, sizeof(msg));
 		return pm_err_set(err, code && code < 4096 ? (int)code : EPROTO,
-				  "destination refused: %s", (char *)eb + PM_ERROR_FIXED_LEN);
+				  "destination refused: %s", msg);
 	}
 	if (h.type != want || h.len > cap)
 		return pm_err_set(err, EPROTO, "%s sent %s (length %u) while we waited for %s",

@@ -647,6 +647,36 @@ static void test_err_first_wins(void **state)
 	assert_string_equal(e.msg, "");
 }
 
+/* Peer text (ERROR frames) is escaped before anyone prints it. */
+static void test_error_text_escaped(void **state)
+{
+	uint8_t b[PM_ERROR_FIXED_LEN + PM_MAX_ERROR_LEN];
+	const char evil[] = "\x1b[2J\x1b]0;owned\x07line\nnext\\ \xff ok";
+	char msg[PM_ERROR_MSG_CAP];
+
+	(void)state;
+	pm_put32(b, 71);
+	pm_put32(b + 4, sizeof(evil) - 1);
+	memcpy(b + PM_ERROR_FIXED_LEN, evil, sizeof(evil) - 1);
+	assert_int_equal(pm_decode_error(b, PM_ERROR_FIXED_LEN + sizeof(evil) - 1, msg, sizeof(msg)), 71);
+	assert_string_equal(msg, "\\x1b[2J\\x1b]0;owned\\x07line\\x0anext\\\\ \\xff ok");
+	/* A length beyond the body is cut to the body. */
+	pm_put32(b + 4, 1000);
+	pm_decode_error(b, PM_ERROR_FIXED_LEN + 4, msg, sizeof(msg));
+	assert_string_equal(msg, "\\x1b[2J");
+	/* The worst case fits PM_ERROR_MSG_CAP; a small buffer is cut cleanly. */
+	memset(b + PM_ERROR_FIXED_LEN, 0x01, PM_MAX_ERROR_LEN);
+	pm_put32(b + 4, PM_MAX_ERROR_LEN);
+	pm_decode_error(b, sizeof(b), msg, sizeof(msg));
+	assert_int_equal(strlen(msg), 4 * PM_MAX_ERROR_LEN);
+	char small[7];
+	pm_escape_text("\x01\x02", 2, small, sizeof(small));
+	assert_string_equal(small, "\\x01");
+	/* Embedded NULs do not end the text early. */
+	pm_escape_text("a\0b", 3, small, sizeof(small));
+	assert_string_equal(small, "a\\x00b");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -669,6 +699,7 @@ int main(void)
 		cmocka_unit_test(test_end_roundtrip),
 		cmocka_unit_test(test_end_rejects),
 		cmocka_unit_test(test_err_first_wins),
+		cmocka_unit_test(test_error_text_escaped),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

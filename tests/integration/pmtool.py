@@ -206,6 +206,11 @@ def speak(addr, case, mem):
             t, body = read_frame(s1)
             print("channel 1 got %s" % ("ROUND_ACK" if t == ROUND_ACK else t))
             s, s1 = s1, s
+        elif case == "error-escape":
+            # The source aborts with a message full of terminal escapes.
+            handshake(s, npages)
+            msg = b"\x1b[2J\x1b]0;owned\x07evil\nline"
+            s.sendall(frame(ERROR, struct.pack("<II", 5, len(msg)) + msg))
         elif case == "end-mismatch":
             # One valid zero page, then an END that claims more; no STATE.
             handshake(s, npages)

@@ -50,4 +50,16 @@ for c in "${cases[@]}"; do
 			grep_file "$T/$name.speak" "^ERROR: .*$answer"
 	fi
 done
+
+# Text from the network reaches the terminal escaped.
+if start_vm escape --mem $MEM --incoming 127.0.0.1:0 --timeout 2000; then
+	"${TOOL[@]}" speak "$(incoming_of escape)" error-escape $MEM >"$T/escape.speak" 2>&1
+	check "error-escape: destination exits non-zero" exited_nonzero escape 20
+	check "error-escape: the source's message is shown escaped" \
+		grep -qF 'source aborted: \x1b[2J\x1b]0;owned\x07evil\x0aline' "$T/escape.err"
+	check "error-escape: no control character reaches the output" \
+		bash -c '! LC_ALL=C grep -q "[[:cntrl:]]" <(tr -d "\n" <"$1")' _ "$T/escape.err"
+else
+	not_ok "error-escape: start the destination"
+fi
 finish

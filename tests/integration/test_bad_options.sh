@@ -44,6 +44,14 @@ check "the refused destination left nothing listening on $port" \
 	"$PY" -c 'import socket,sys; s=socket.socket(); sys.exit(s.connect_ex(("127.0.0.1", int(sys.argv[1]))) == 0)' "$port"
 refused "status of a VM that is not there" 1 "cannot connect to control socket" -- status --control "$sock"
 
+# --- --control never deletes anything but a stale socket
+echo precious >"$T/precious.txt"
+refused "vm --control over a regular file" 1 "not a socket is in the way" -- vm --mem 16M --control "$T/precious.txt"
+check "the regular file is untouched" grep -qx precious "$T/precious.txt"
+ln -s "$T/precious.txt" "$T/link.sock"
+refused "vm --control over a symlink" 1 "not a socket is in the way" -- vm --mem 16M --control "$T/link.sock"
+check "the symlink and its target are untouched" test -L "$T/link.sock" -a "$(cat "$T/precious.txt")" = precious
+
 # --- pmigrate migrate, against a running source
 if ! start_vm src --mem 16M --workload random,rate=20MB/s; then
 	not_ok "start the source VM"
@@ -52,6 +60,9 @@ if ! start_vm src --mem 16M --workload random,rate=20MB/s; then
 fi
 s=$T/src.sock
 to=127.0.0.1:$port
+check "the control socket is mode 0600" test "$(stat -c %a "$s")" = 600
+refused "vm --control of a live VM" 1 "in use by another process" -- vm --mem 16M --control "$s"
+check "the live VM's control socket still answers" state_is src running
 refused "migrate without --to" 2 "--control and --to are required" -- migrate --control "$s"
 refused "migrate without --control" 2 "--control and --to are required" -- migrate --to "$to"
 refused "migrate --channels 0" 2 "bad value '0' for --channels" -- migrate --control "$s" --to "$to" --channels 0
