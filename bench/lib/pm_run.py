@@ -9,6 +9,10 @@ scenarios), runs `pmigrate migrate ... --json`, and then checks the result:
   * the source reports "migrated", the destination runs and its heartbeat
     keeps advancing for --check-s seconds (alive);
   * the guest-visible pause is the destination heartbeat's max gap;
+  * --dirty self makes both VMs log their own writes (asked rates hold while
+    tracked); --timeline FILE.svg keeps the migration's picture; --policy
+    sets the non-convergence policy (with abort, a migration that gives up
+    is recorded as "gave_up" when the source still runs: the expected end);
   * with --verify, memory is dumped at the source's pause and at the
     destination's resume and compared (the dumps cost time inside the pause,
     so verified runs are flagged and not used for timings).
@@ -103,6 +107,9 @@ def main():
     p.add_argument("--barrier", action="store_true")
     p.add_argument("--downtime-ms", type=int, default=300)
     p.add_argument("--extra", default="", help="more migrate options, space separated")
+    p.add_argument("--dirty", default="", help="dirty tracking of both VMs (auto, uffd-wp, self)")
+    p.add_argument("--policy", default="", help="non-convergence policy: throttle, force, abort")
+    p.add_argument("--timeline", default="", help="write the migration's timeline SVG here")
     p.add_argument("--workdir", required=True)
     p.add_argument("--warmup-s", type=float, default=2.0)
     p.add_argument("--check-s", type=float, default=1.5)
@@ -121,6 +128,8 @@ def main():
     res = {"tool": tool, "channels": a.channels, "status": "error",
            "links_used": len(set(x.rsplit(":", 1)[0] for x in a.to.split(","))) if a.channels > 1 else 1,
            "verify": a.verify}
+    if a.policy:
+        res["policy"] = a.policy
     procs = []
     try:
         dst_cmd = ns_prefix(a.dst_ns) + [a.bin, "vm", "--mem", a.mem, "--workload", a.workload,
@@ -129,6 +138,9 @@ def main():
                                          "--control", src_sock]
         if a.image:
             src_cmd += ["--mem-file", a.image]
+        if a.dirty:
+            src_cmd += ["--dirty", a.dirty]
+            dst_cmd += ["--dirty", a.dirty]
         if a.verify:
             dst_cmd += ["--dump-on-resume", dump_dst]
             src_cmd += ["--dump-at-pause", dump_src]
@@ -162,6 +174,11 @@ def main():
             mig += ["--barrier"]
         if a.extra:
             mig += a.extra.split()
+        if a.policy:
+            mig += ["--policy", a.policy]
+        if a.timeline:
+            mig += ["--timeline", a.timeline]
+            res["timeline"] = a.timeline
         pw0 = (status(a, src_sock) or {}).get("pages_written")
         t0 = time.monotonic()
         with open(mig_log, "wb") as lf:
@@ -184,6 +201,16 @@ def main():
         if rc != 0 or rep.get("status") not in ("completed", "ok", "success", "migrated"):
             res["status"] = "failed"
             res["error"] = "migrate exit %d: %s" % (rc, tail(mig_log))
+            # Policy abort: giving up with the VM still running at the source
+            # is the expected end of a migration that does not converge.
+            sst = status(a, src_sock) or {}
+            res["src_state"] = sst.get("state")
+            c1, _ = hb(sst)
+            time.sleep(0.3)
+            c2, _ = hb(status(a, src_sock))
+            res["src_alive"] = c1 is not None and c2 is not None and c2 > c1
+            if a.policy == "abort" and "does not converge" in res["error"] and res["src_alive"]:
+                res["status"] = "gave_up"
         else:
             res["status"] = "completed"
         for k in ("total_time_ms", "downtime_ms", "bytes_sent", "pages_sent", "zero_pages",
@@ -196,7 +223,7 @@ def main():
         elif isinstance(rounds, int):
             res["rounds"] = rounds
         for k in ("dirty_method", "switchover_reason", "throttle_pct", "stale_pages", "setup_ms",
-                  "verify_dump_ms"):
+                  "verify_dump_ms", "write_rate_mbps", "write_rate_asked_mbps", "nrounds"):
             if k in rep:
                 res[k] = rep[k]
         if res["status"] == "completed":
@@ -250,7 +277,7 @@ def main():
             except OSError:
                 pass
     print(json.dumps(res))
-    return 0 if res["status"] == "completed" else 1
+    return 0 if res["status"] in ("completed", "gave_up") else 1
 
 
 if __name__ == "__main__":
