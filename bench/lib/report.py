@@ -24,6 +24,8 @@ SCEN_TITLE = {
     2: "Scenario 2: paused VM, incompressible memory, K shaped veth links (multi-NIC)",
     3: "Scenario 3: live VM, write-heavy workload",
     4: "Scenario 4: barrier vs barrier-free rounds (pmigrate), high dirty rates",
+    5: "Scenario 5: dirty-rate sweep, writes tracked by the guest itself (--dirty self)",
+    6: "Scenario 6: where it does not converge: the non-convergence policies",
 }
 
 
@@ -48,7 +50,8 @@ def load(out):
 
 
 def key(r):
-    return (r.get("scenario"), r.get("topology"), r.get("tool"), r.get("channels"), r.get("rate"))
+    return (r.get("scenario"), r.get("topology"), r.get("tool"), r.get("channels"), r.get("rate"),
+            r.get("policy"))
 
 
 def best_rows(runs):
@@ -57,7 +60,8 @@ def best_rows(runs):
         groups.setdefault(key(r), []).append(r)
     rows = []
     for k, rs in groups.items():
-        ok = [r for r in rs if r.get("status") == "completed"]
+        # A policy-abort run that gave up with the source running ended as asked.
+        ok = [r for r in rs if r.get("status") in ("completed", "gave_up")]
         timed = [r for r in ok if not r.get("verify")] or []
         dead = sum(1 for r in ok if r.get("guest_alive") is False)
         best = None
@@ -71,15 +75,17 @@ def best_rows(runs):
                 best = min(cand, key=lambda r: r.get("total_time_ms") or float("inf"))
         verified = [r.get("memory_equal") for r in rs if r.get("verify")]
         row = {"scenario": k[0], "topology": k[1], "tool": k[2], "channels": k[3], "rate": k[4],
-               "runs": len(rs), "ok": len(ok), "dead_guests": dead,
+               "policy": k[5], "runs": len(rs), "ok": len(ok), "dead_guests": dead,
+               "gave_up": sum(1 for r in rs if r.get("status") == "gave_up"),
                "memory_verified": (all(verified) if verified else None)}
-        errs = [r.get("error") for r in rs if r.get("status") != "completed" and r.get("error")]
+        errs = [r.get("error") for r in rs if r.get("status") not in ("completed", "gave_up") and r.get("error")]
         if errs:
             row["first_error"] = str(errs[0])[:300]
         if best:
             for f in ("total_time_ms", "downtime_ms", "guest_gap_ms", "rounds", "bytes_sent",
                       "throughput_MBps", "links_used", "gbit_s", "dirty_method", "achieved_dirty_MBps",
-                      "dst_huge_kb", "dst_mem"):
+                      "dst_huge_kb", "dst_mem", "switchover_reason", "throttle_pct", "write_rate_mbps",
+                      "write_rate_asked_mbps", "loadavg", "timeline", "status", "src_alive"):
                 if best.get(f) is not None:
                     row[f] = best[f]
             # all timed values, to show the spread
@@ -245,6 +251,123 @@ def live_tables(rows, scen, md, ratios):
         md.append("")
 
 
+def mode_name(r):
+    if r["tool"] == "pmigrate-serial":
+        return "serial"
+    if r["tool"] == "pmigrate":
+        return "%d ch" % r["channels"]
+    if r["tool"] == "pmigrate-barrier":
+        return "%d ch barrier" % r["channels"]
+    if r["tool"] == "qemu-multifd":
+        return "QEMU multifd %d" % r["channels"]
+    if r["tool"] == "qemu-precopy":
+        return "QEMU pre-copy"
+    return r["tool"]
+
+
+def mode_order(r):
+    t = {"pmigrate-serial": 0, "pmigrate": 1, "pmigrate-barrier": 1, "qemu-multifd": 5, "qemu-precopy": 6}
+    return (t.get(r["tool"], 9), r["channels"] or 0, r["tool"] == "pmigrate-barrier")
+
+
+def converged(r):
+    return (r.get("status") == "completed" and r.get("switchover_reason") == "converged"
+            and not r.get("throttle_pct"))
+
+
+def how_it_ended(r):
+    if r.get("tool", "").startswith("qemu"):
+        if r.get("total_time_ms") is None:
+            return "failed"
+        return "dead guest" if r.get("dead_guests") else "completed"
+    if r.get("gave_up"):
+        return "gave up, VM runs at source"
+    if r.get("total_time_ms") is None:
+        return "failed"
+    why = r.get("switchover_reason") or "?"
+    if r.get("throttle_pct"):
+        why += ", throttled %d%%" % r["throttle_pct"]
+    return why
+
+
+def sweep_tables(out, rows, scen, md, ratios):
+    rs = [r for r in rows if r["scenario"] == scen]
+    for t in sorted({r["topology"] for r in rs}):
+        tr = sorted([r for r in rs if r["topology"] == t],
+                    key=lambda r: (r["policy"] or "", r["rate"] or 0, mode_order(r)))
+        md.append("Topology `%s`." % t)
+        md.append("")
+        md.append("| asked MB/s | %smode | written while migrating | total time | downtime (engine) "
+                  "| guest-seen pause | rounds | MB sent | switchover | load avg |" % ("policy | " if scen == 6 else ""))
+        md.append("|---|---|---|---|---|---|---|---|---|---|" + ("---|" if scen == 6 else ""))
+        for r in tr:
+            wr = r.get("write_rate_mbps", r.get("achieved_dirty_MBps"))
+            md.append("| %s | %s%s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+                fmt(r["rate"], 0), ("%s | " % r["policy"]) if scen == 6 else "", mode_name(r),
+                (fmt(wr, 0) + " MB/s") if wr is not None else "–",
+                (fmt(secs(r), 2) + " s") if secs(r) is not None else "–",
+                (fmt(r.get("downtime_ms"), 0) + " ms") if r.get("downtime_ms") else "–",
+                (fmt(r.get("guest_gap_ms"), 0) + " ms") if r.get("guest_gap_ms") is not None else "–",
+                fmt(r.get("rounds")), fmt((r.get("bytes_sent") or 0) / 1e6, 0) if r.get("bytes_sent") else "–",
+                how_it_ended(r) + ((" (%d dead of %d)" % (r["dead_guests"], r["ok"])) if r["dead_guests"] else ""),
+                fmt(r.get("loadavg"), 1)))
+        md.append("")
+        if scen != 5:
+            continue
+        # Up to what converges, per mode.
+        modes = sorted({(r["tool"], r["channels"]) for r in tr if r["tool"].startswith("pmigrate")},
+                       key=lambda m: mode_order({"tool": m[0], "channels": m[1]}))
+        lines = []
+        for tool, ch in modes:
+            mr = [r for r in tr if r["tool"] == tool and r["channels"] == ch]
+            conv = [r["rate"] for r in mr if converged(r)]
+            stop = [r for r in mr if not converged(r)]
+            lines.append("%s: converged up to %s MB/s%s" % (
+                mode_name(mr[0]), fmt(max(conv), 0) if conv else "–",
+                ("; at %s MB/s: %s" % (fmt(stop[0]["rate"], 0), how_it_ended(stop[0]))) if stop else ""))
+        md.append("Highest asked rate that converged without throttling: " + "; ".join(lines) + ".")
+        md.append("")
+        # Side-by-side ratios at each rate where both converged.
+        lines = []
+        for rate in sorted({r["rate"] for r in tr if r["rate"] is not None}):
+            at = {(r["tool"], r["channels"]): r for r in tr if r["rate"] == rate}
+            pairs = [("4 ch vs 1 ch", at.get(("pmigrate", 1)), at.get(("pmigrate", 4))),
+                     ("4 ch vs serial", at.get(("pmigrate-serial", 1)), at.get(("pmigrate", 4)))]
+            for n in (1, 2, 4):
+                pairs.append(("barrier-free vs barrier, %d ch" % n, at.get(("pmigrate-barrier", n)),
+                              at.get(("pmigrate", n))))
+            for label, base, new in pairs:
+                if not base or not new or secs(base) is None or secs(new) is None:
+                    continue
+                rt = ratio(secs(base), secs(new))
+                rd = ratio(base.get("downtime_ms"), new.get("downtime_ms"))
+                rg = ratio(base.get("guest_gap_ms"), new.get("guest_gap_ms"))
+                ratios.append({"scenario": scen, "topology": t, "rate": rate, "comparison": label,
+                               "total_time_ratio": rt, "downtime_ratio": rd, "guest_pause_ratio": rg,
+                               "both_converged": converged(base) and converged(new)})
+                lines.append("- %s MB/s, %s: total time %s, downtime %s, guest-seen pause %s%s" % (
+                    fmt(rate, 0), label, (fmt(rt, 2) + "x") if rt else "–", (fmt(rd, 2) + "x") if rd else "–",
+                    (fmt(rg, 2) + "x") if rg else "–",
+                    "" if converged(base) and converged(new) else " (not both converged)"))
+        if lines:
+            md.append("Ratios of time taken, side by side at the same rate (above 1 means the first named is better):")
+            md.append("")
+            md.extend(lines)
+            md.append("")
+        # One timeline per mode: at the highest rate it converged (else the highest run).
+        links = []
+        for tool, ch in modes:
+            mr = [r for r in tr if r["tool"] == tool and r["channels"] == ch and r.get("timeline")]
+            conv = [r for r in mr if converged(r)]
+            pick = max(conv or mr, key=lambda r: r["rate"] or 0) if (conv or mr) else None
+            if pick and os.path.exists(pick["timeline"]):
+                rel = os.path.relpath(pick["timeline"], out)
+                links.append("[%s at %s MB/s](%s)" % (mode_name(pick), fmt(pick["rate"], 0), rel))
+        if links:
+            md.append("Timelines: " + ", ".join(links) + ".")
+            md.append("")
+
+
 def plots(out, rows, md):
     gp = shutil.which("gnuplot")
     pdir = os.path.join(out, "plots")
@@ -277,6 +400,20 @@ def plots(out, rows, md):
         if series:
             specs.append(("s%d_%s" % (scen, metric.replace("_ms", "")), SCEN_TITLE[scen].split(":")[0],
                           "dirty rate (MB/s)", label, series, False))
+    for t in sorted({r["topology"] for r in rows if r["scenario"] == 5}):
+        for metric, label in (("total_time_ms", "total time (s)"), ("downtime_ms", "downtime (ms)"),
+                              ("guest_gap_ms", "guest-seen pause (ms)")):
+            series = []
+            for m in sorted({(r["tool"], r["channels"]) for r in rows if r["scenario"] == 5 and r["topology"] == t},
+                            key=lambda m: mode_order({"tool": m[0], "channels": m[1]})):
+                pts = [(r["rate"], r[metric] / (1000.0 if metric == "total_time_ms" else 1.0)) for r in rows
+                       if r["scenario"] == 5 and r["topology"] == t and (r["tool"], r["channels"]) == m
+                       and r.get(metric) is not None and r["rate"] is not None]
+                if pts:
+                    series.append((mode_name({"tool": m[0], "channels": m[1]}), sorted(pts)))
+            if series:
+                specs.append(("s5_%s_%s" % (t, metric.replace("_ms", "")), "Dirty-rate sweep (%s)" % t,
+                              "asked dirty rate (MB/s)", label, series, False))
     for name, title, xl, yl, series, logx in specs:
         dat = os.path.join(pdir, name + ".dat")
         with open(dat, "w") as f:
@@ -326,13 +463,15 @@ def main():
         if meta.get("notes"):
             md.append("")
     ratios = []
-    for scen in (1, 2, 3, 4):
+    for scen in (1, 2, 3, 4, 5, 6):
         if not any(r["scenario"] == scen for r in rows):
             continue
         md.append("## " + SCEN_TITLE[scen])
         md.append("")
         if scen in (1, 2):
             throughput_tables(rows, scen, md, ratios)
+        elif scen in (5, 6):
+            sweep_tables(out, rows, scen, md, ratios)
         else:
             live_tables(rows, scen, md, ratios)
     errs = [r for r in rows if r.get("first_error")]
@@ -349,9 +488,10 @@ def main():
         f.write("\n".join(md) + "\n")
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump({"meta": meta, "best": rows, "ratios": ratios, "plots": made, "runs": runs}, f, indent=1)
-    fields = ["scenario", "topology", "tool", "channels", "rate", "runs", "ok", "dead_guests", "memory_verified",
-              "total_time_ms", "downtime_ms", "guest_gap_ms", "rounds", "bytes_sent", "throughput_MBps",
-              "achieved_dirty_MBps", "links_used", "first_error"]
+    fields = ["scenario", "topology", "tool", "channels", "rate", "policy", "runs", "ok", "dead_guests",
+              "memory_verified", "total_time_ms", "downtime_ms", "guest_gap_ms", "rounds", "bytes_sent",
+              "throughput_MBps", "achieved_dirty_MBps", "write_rate_mbps", "switchover_reason", "throttle_pct",
+              "loadavg", "links_used", "first_error"]
     with open(os.path.join(out, "results.csv"), "w", newline="") as f:
         wr = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         wr.writeheader()

@@ -157,14 +157,29 @@ int timeline_svg(const char *report_json, const char *path, struct pm_err *err)
 	/* The pause first, as a band under everything else. */
 	double tops[3] = { top0, top0 + h1 + PANEL_GAP, top0 + h1 + h2 + 2 * PANEL_GAP };
 	double hs[3] = { h1, h2, h3 };
-	double pause = num(o, "pause_at_ms");
+	/* Within it, from the end of the final round's sends to the end: the
+	 * device state and waiting for the destination to apply and resume. */
+	double pause = num(o, "pause_at_ms"), completing = 0;
+	for (size_t i = 0; i < n; i++) {
+		json_object *ph;
+		if (json_object_object_get_ex(json_object_array_get_idx(samples, i), "phase", &ph) &&
+		    !strcmp(json_object_get_string(ph), "completing")) {
+			completing = t[i];
+			break;
+		}
+	}
 	if (pause > 0) {
-		double x = xpos(&p, pause), x2 = xpos(&p, p.t_max);
-		for (int k = 0; k < 3; k++)
+		double x = xpos(&p, pause), x2 = xpos(&p, p.t_max), xc = completing > pause ? xpos(&p, completing) : x2;
+		for (int k = 0; k < 3; k++) {
 			fprintf(f, "<rect x='%.1f' y='%.1f' width='%.1f' height='%.1f' fill='#f8d7d7'/>\n",
-				x, tops[k], x2 - x > 1 ? x2 - x : 1, hs[k]);
+				x, tops[k], xc - x > 1 ? xc - x : 1, hs[k]);
+			if (x2 > xc)
+				fprintf(f, "<rect x='%.1f' y='%.1f' width='%.1f' height='%.1f' fill='#ecc0c0'/>\n",
+					xc, tops[k], x2 - xc, hs[k]);
+		}
 		fprintf(f, "<text x='%.1f' y='%.1f' font-size='10' fill='#c00' text-anchor='end'>"
-			"paused</text>\n", x2, tops[1] - 4);
+			"paused: final round%s</text>\n", x2, tops[1] - 4,
+			x2 > xc ? ", then waiting for the destination (darker)" : "");
 	}
 
 	/* Panels. */

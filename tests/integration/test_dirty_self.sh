@@ -11,7 +11,7 @@ set -u
 . "$(dirname "$0")/lib.sh"
 
 svg_ok() { # FILE: an SVG with round r1 and the pause band
-	grep_file "$1" "^<svg " && grep_file "$1" ">r1<" && grep_file "$1" ">paused<" &&
+	grep_file "$1" "^<svg " && grep_file "$1" ">r1<" && grep_file "$1" ">paused: final round" &&
 		grep_file "$1" "</svg>"
 }
 
