@@ -198,6 +198,10 @@ def main():
                 rep = json.load(f)
         except (OSError, ValueError):
             rep = {}
+        if a.timeline and rep:
+            # The report (with its timeline samples) beside the picture.
+            with open(os.path.splitext(a.timeline)[0] + ".json", "w") as f:
+                json.dump(rep, f)
         if rc != 0 or rep.get("status") not in ("completed", "ok", "success", "migrated"):
             res["status"] = "failed"
             res["error"] = "migrate exit %d: %s" % (rc, tail(mig_log))

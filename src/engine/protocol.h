@@ -46,7 +46,8 @@ enum pm_encoding {
 #define PM_FEAT_BARRIER  (1u << 0)
 #define PM_FEAT_LZ4      (1u << 1)
 #define PM_FEAT_ZSTD     (1u << 2)
-#define PM_FEAT_KNOWN    (PM_FEAT_BARRIER | PM_FEAT_LZ4 | PM_FEAT_ZSTD)
+#define PM_FEAT_DRAIN    (1u << 3)   /* one ROUND_END before the pause, barrier-free */
+#define PM_FEAT_KNOWN    (PM_FEAT_BARRIER | PM_FEAT_LZ4 | PM_FEAT_ZSTD | PM_FEAT_DRAIN)
 
 struct pm_frame_hdr {
 	uint32_t type;

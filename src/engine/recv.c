@@ -285,8 +285,8 @@ static int handle_frame(struct receiver *x, const struct pm_frame_hdr *h)
 		return 0;
 	}
 	case PM_FR_ROUND_END:
-		if (!(c->features & PM_FEAT_BARRIER))
-			return pm_err_set(&x->err, EPROTO, "ROUND_END on channel %u without barrier mode", x->idx);
+		if (!(c->features & (PM_FEAT_BARRIER | PM_FEAT_DRAIN)))
+			return pm_err_set(&x->err, EPROTO, "ROUND_END on channel %u without barrier or drain mode", x->idx);
 		r = rx_read(x, fb, PM_ROUND_LEN, "receiving round end");
 		if (r)
 			return r;

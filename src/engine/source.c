@@ -271,7 +271,7 @@ static int connect_channel(struct src_ctx *c, unsigned i, struct pm_err *err)
 	uint32_t len;
 	int r;
 
-	h.features = (p->barrier ? PM_FEAT_BARRIER : 0) |
+	h.features = (p->barrier ? PM_FEAT_BARRIER : PM_FEAT_DRAIN) |
 		     (p->compress == PM_COMPRESS_LZ4 ? PM_FEAT_LZ4 : 0) |
 		     (p->compress == PM_COMPRESS_ZSTD ? PM_FEAT_ZSTD : 0);
 	memcpy(h.session, c->session, 16);
@@ -507,6 +507,11 @@ static int phase_switchover(struct src_ctx *c, struct pm_err *err)
 	int r;
 
 	if (wait_idle(c))
+		return worker_error(c, err);
+	/* Barrier-free, the last round's tail is still in socket buffers and
+	 * the network's queues: drain it end to end now, while the VM runs,
+	 * or it lands inside the downtime (tens of ms on a shaped link). */
+	if (!c->p->barrier && round_barrier(c, c->round - 1))
 		return worker_error(c, err);
 	c->round_ms[c->round - 1] += pm_now_ms() - c->t_round;
 	c->t_round = pm_now_ms();

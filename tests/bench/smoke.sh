@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # TAP smoke test of the benchmark harness: runs `bench/run --smoke` (64 MiB VM, one
-# rep, every scenario, QEMU paused runs when QEMU is installed) and checks that it
-# wrote valid results.json / results.csv / summary.md (and plots with gnuplot), that
+# rep, every scenario -- the sweep of 5 and the policies of 6 included -- QEMU paused
+# runs when QEMU is installed) and checks that it wrote valid results.json / results.csv / summary.md (and plots with gnuplot), that
 # the migrations it drove completed, that the bare-copy limit (bench/loopcopy) was
 # measured beside iperf3 and moved the right bytes, and that it left no namespace behind.
 # It never asserts timings. PMIGRATE_BIN: the pmigrate executable (set by meson).
 set -u
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-N=9
+N=10
 if [[ $(id -u) != 0 ]] || ! command -v ip >/dev/null || ! command -v python3 >/dev/null; then
 	echo "1..0 # SKIP needs root, iproute2 and python3 (network namespaces)"
 	exit 0
@@ -42,7 +42,7 @@ check "results.json is valid JSON with results for every scenario" python3 - "$O
 import json, sys
 d = json.load(open(sys.argv[1]))
 scen = {r["scenario"] for r in d["best"]}
-assert {1, 2, 3, 4} <= scen, scen
+assert {1, 2, 3, 4, 5, 6} <= scen, scen
 assert isinstance(d["runs"], list) and d["runs"]
 assert isinstance(d["ratios"], list)
 PY
@@ -59,7 +59,8 @@ PY
 check "summary.md has a table per scenario" python3 - "$OUT/summary.md" <<'PY'
 import sys
 s = open(sys.argv[1]).read()
-for h in ("## Scenario 1", "## Scenario 2", "## Scenario 3", "## Scenario 4"):
+for h in ("## Scenario 1", "## Scenario 2", "## Scenario 3", "## Scenario 4", "## Scenario 5",
+          "## Scenario 6", "Highest asked rate that converged", "Timelines: ["):
     assert h in s, h
 assert s.count("|---|") >= 4
 PY
@@ -69,8 +70,22 @@ import json, sys
 runs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 pm = [r for r in runs if r["tool"].startswith("pmigrate")]
 assert pm, "no pmigrate run recorded"
-bad = [r for r in pm if r["status"] != "completed" or r.get("guest_alive") is False]
+# Policy abort may give up (the source runs on): that is its expected end.
+bad = [r for r in pm if (r["status"] != "completed" and not (r["status"] == "gave_up" and r.get("src_alive")))
+       or r.get("guest_alive") is False]
 assert not bad, bad[:2]
+PY
+
+check "the sweep tracked with self, wrote timelines and the achieved rate" python3 - "$OUT/raw.jsonl" <<'PY'
+import json, sys
+runs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+sw = [r for r in runs if r["scenario"] in (5, 6) and r["tool"].startswith("pmigrate")]
+assert sw and all(r.get("dirty_method") == "self" for r in sw if r["status"] == "completed"), sw[:2]
+assert {r.get("policy") for r in sw if r["scenario"] == 6} == {"throttle", "force", "abort"}
+tl = [r["timeline"] for r in sw if r.get("timeline")]
+assert tl and all("<svg" in open(t).read() for t in tl), tl
+assert all(r.get("write_rate_mbps") for r in sw if r["status"] == "completed" and r["rate"]), sw[:2]
+assert all("loadavg" in r for r in runs)
 PY
 
 check "verified runs found memory equal" python3 - "$OUT/raw.jsonl" <<'PY'

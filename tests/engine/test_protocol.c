@@ -263,7 +263,7 @@ static void test_hello_rejects(void **state)
 	REJECT((h.channel = 0, h.nchannels = 0), "0 channels");
 	REJECT((h.channel = 0, h.nchannels = 65), "65 channels");
 	REJECT((h.channel = 0, h.nchannels = 0xffff), "channels (1..64 allowed)");
-	REJECT(h.features = 1u << 3, "unknown feature flags 0x8");
+	REJECT(h.features = 1u << 4, "unknown feature flags 0x10");
 	REJECT(h.features = 0x80000000u | PM_FEAT_ZSTD, "unknown feature flags 0x80000000");
 	REJECT(h.page_size = 8192, "page size 8192");
 	REJECT(h.page_size = 0, "page size 0");

@@ -177,6 +177,9 @@ def speak(addr, case, mem):
         elif case == "round-too-big":
             handshake(s, npages)
             s.sendall(frame(PAGES, pages_hdr(0, 1, 0, 100000, 1, 0)))
+        elif case == "round-end-unnegotiated":
+            handshake(s, npages)
+            s.sendall(frame(ROUND_END, struct.pack("<II", 1, 0)))
         elif case == "unknown-frame":
             handshake(s, npages)
             s.sendall(frame(77, b"\0" * 16))

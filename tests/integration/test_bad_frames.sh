@@ -26,6 +26,7 @@ cases=(
 	"compressed-unnegotiated|compression was not negotiated|not negotiated"
 	"corrupt-lz4|corrupt compressed run at region 0 page 0|corrupt compressed"
 	"round-too-big|PAGES frame has round 100000|round 100000"
+	"round-end-unnegotiated|ROUND_END on channel 0 without barrier or drain mode|without barrier or drain"
 	"unknown-frame|unknown frame type 77|-"
 	"end-mismatch|source counted 9 frames|source counted"
 	"incomplete|incomplete migration: 4094 of 4096 pages never arrived|4094 of 4096"
