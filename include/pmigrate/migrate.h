@@ -4,7 +4,12 @@
  * Source:      pm_migrate_outgoing() runs a whole migration (pre-copy rounds,
  *              switchover, completion handshake) and returns when the
  *              destination has acknowledged, or on failure with the source VM
- *              running again.
+ *              running again -- or, when the final state went out and neither
+ *              DONE nor the destination's ERROR came back, with PM_UNKNOWN
+ *              and the source VM paused: management decides (resume it here
+ *              or drop it), never the engine alone.  pm_migration_start()
+ *              runs the same in a thread of its own, with progress, cancel
+ *              and wait (for a VMM's event loop: no signals needed).
  * Destination: pm_incoming_listen() binds the listening addresses, then
  *              pm_incoming_run() receives a migration and resumes the VM only
  *              when everything the source counted has arrived and been applied.
@@ -12,6 +17,7 @@
 #ifndef PMIGRATE_MIGRATE_H
 #define PMIGRATE_MIGRATE_H
 
+#include <errno.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <pmigrate/backend.h>
@@ -19,6 +25,13 @@
 
 #define PM_MAX_CHANNELS 64
 #define PM_MAX_ROUNDS 256
+
+/* Returned (and in pm_report.status) when the outcome is unknown: the
+ * source sent its final state, then neither DONE nor an explicit ERROR came
+ * back.  The destination may be running the VM; the source's VM stays
+ * paused until its owner resumes it (the destination did not run it) or
+ * drops it (it did). */
+#define PM_UNKNOWN (-EINPROGRESS)
 
 enum pm_compress { PM_COMPRESS_NONE = 0, PM_COMPRESS_LZ4, PM_COMPRESS_ZSTD };
 enum pm_nonconverge {
@@ -90,7 +103,7 @@ struct pm_sample {
 
 struct pm_report {
 	const char *role;           /* "source", "destination" */
-	int status;                 /* 0 or -errno */
+	int status;                 /* 0, PM_UNKNOWN, or another -errno (failed) */
 	char error[512];
 	char dirty_method[32];
 	unsigned channels;
@@ -117,8 +130,30 @@ struct pm_report {
 	struct pm_sample samples[PM_MAX_SAMPLES];
 };
 
+/* Runs a migration in the calling thread.  0: the destination runs the VM
+ * (the source's stays paused); PM_UNKNOWN: see above; another -errno: it
+ * failed and the source VM runs (or stays stopped if it was). */
 int pm_migrate_outgoing(struct pm_backend *be, const struct pm_migrate_params *p,
 			struct pm_report *rep, struct pm_err *err);
+
+/* The same, in a thread of its own.  p and everything it points to must stay
+ * valid until pm_migration_wait() returns. */
+struct pm_migration;
+int pm_migration_start(struct pm_migration **out, struct pm_backend *be,
+		       const struct pm_migrate_params *p, struct pm_err *err);
+/* Where it is now (channel_mbps: since the previous call).  Any thread. */
+void pm_migration_progress(struct pm_migration *m, struct pm_progress *out);
+/* Asks it to stop; the VM keeps running here and the destination is told.
+ * 0: it will stop; -EBUSY: too late, the final state went out (wait for the
+ * outcome); -EALREADY: it has ended.  Any thread (not from a signal handler). */
+int pm_migration_cancel(struct pm_migration *m);
+/* A file descriptor that becomes readable when the migration has ended
+ * (for poll()-based event loops); owned by m. */
+int pm_migration_fd(const struct pm_migration *m);
+/* Waits for the end; returns as pm_migrate_outgoing() would. */
+int pm_migration_wait(struct pm_migration *m, struct pm_report *rep, struct pm_err *err);
+/* Frees m (cancelling and waiting first if it still runs). */
+void pm_migration_free(struct pm_migration *m);
 
 struct pm_incoming;
 struct pm_incoming_params {

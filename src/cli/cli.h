@@ -11,6 +11,7 @@
 
 int cmd_vm(int argc, char **argv);
 int cmd_migrate(int argc, char **argv);
+int cmd_cancel(int argc, char **argv);
 int cmd_status(int argc, char **argv);
 int cmd_demo(int argc, char **argv);
 

@@ -59,13 +59,19 @@ int run_migration(const char *control, json_object *args, struct migrate_run *mr
 		if (!strcmp(n, "progress")) {
 			if (mr->progress)
 				show_progress(data);
-		} else if (!strcmp(n, "migration-completed") || !strcmp(n, "migration-failed")) {
+		} else if (!strcmp(n, "migration-completed") || !strcmp(n, "migration-failed") ||
+			   !strcmp(n, "migration-unknown")) {
 			if (mr->progress)
 				fprintf(stderr, "\r\033[K");
 			mr->report_json = strdup(json_object_to_json_string_ext(data, JSON_C_TO_STRING_PRETTY |
 									      JSON_C_TO_STRING_SPACED));
 			if (!strcmp(n, "migration-completed")) {
 				r = 0;
+			} else if (!strcmp(n, "migration-unknown")) {
+				json_object *e;
+				r = pm_err_set(err, EINPROGRESS, "%s",
+					       json_object_object_get_ex(data, "error", &e) ?
+					       json_object_get_string(e) : "outcome unknown");
 			} else {
 				json_object *e;
 				r = pm_err_set(err, EIO, "migration failed: %s",
@@ -97,12 +103,14 @@ static void usage(FILE *f)
 		"  --barrier            drain all channels at every round end (QEMU-style baseline)\n"
 		"  --serial             one thread harvests and sends, no pipelining (baseline)\n"
 		"  --compress C         none (default), lz4, zstd\n"
-		"  --timeout MS         network silence that fails the migration (default 30000)\n"
+		"  --timeout MS         deadline of every wait on the network (default 30000)\n"
 		"  --json FILE          write the report as JSON ('-' for stdout)\n"
 		"  --timeline FILE.svg  draw the migration over time: MB/s per channel, round starts,\n"
 		"                       dirty pages left, the guest's write rate, the pause\n"
 		"  --progress / --no-progress   live progress on stderr (default: if a terminal)\n"
-		"  --quiet              no report table\n");
+		"  --quiet              no report table\n"
+		"exit status: 0 the destination runs the VM; 1 failed, the VM runs here; 2 usage;\n"
+		"  3 outcome unknown: the VM stays paused here until 'cont' (resume here) or 'quit'\n");
 }
 
 int cmd_migrate(int argc, char **argv)
@@ -218,11 +226,49 @@ int cmd_migrate(int argc, char **argv)
 	}
 	if (r) {
 		fprintf(stderr, "pmigrate migrate: %s\n", err.msg);
-		return 1;
+		return r == -EINPROGRESS ? 3 : 1;
 	}
 	return timeline_failed ? 1 : 0;
 bad:
 	json_object_put(args);
 	usage(stderr);
 	return 2;
+}
+
+/* pmigrate cancel: stops the migration running out of the VM behind a
+ * control socket; the VM keeps running there and the destination is told. */
+int cmd_cancel(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "control", required_argument, 0, 'c' }, { "help", no_argument, 0, 'h' }, { 0 } };
+	const char *control = NULL;
+	struct pm_err err = { 0 };
+	struct ctl_conn c;
+	json_object *ret;
+	int o;
+
+	while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+		switch (o) {
+		case 'c': control = optarg; break;
+		case 'h': printf("usage: pmigrate cancel --control SOCKET\n"); return 0;
+		default: fprintf(stderr, "usage: pmigrate cancel --control SOCKET\n"); return 2;
+		}
+	}
+	if (!control || optind < argc) {
+		fprintf(stderr, "usage: pmigrate cancel --control SOCKET\n");
+		return 2;
+	}
+	if (ctl_open(&c, control, &err)) {
+		fprintf(stderr, "pmigrate cancel: %s\n", err.msg);
+		return 1;
+	}
+	ret = ctl_execute(&c, "migrate_cancel", NULL, &err);
+	ctl_close(&c);
+	if (!ret) {
+		fprintf(stderr, "pmigrate cancel: %s\n", err.msg);
+		return 1;
+	}
+	json_object_put(ret);
+	fprintf(stderr, "pmigrate cancel: the migration is being cancelled; the VM keeps running here\n");
+	return 0;
 }

@@ -269,6 +269,13 @@ int cmd_vm(int argc, char **argv)
 			rc = incoming_stop == 2 ? 0 : 1;
 			goto out;
 		}
+		if (r == -ECANCELED && strstr(err.msg, "source aborted: migration cancelled")) {
+			/* An orderly end the operator asked for at the source. */
+			pm_control_set_state(ctl, "failed");
+			fprintf(stderr, "pmigrate vm: the source cancelled the migration; no VM was started\n");
+			rc = 0;
+			goto out;
+		}
 		if (r) {
 			/* Never a half-started VM: report and exit. */
 			pm_control_set_state(ctl, "failed");

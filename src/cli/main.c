@@ -12,6 +12,7 @@ static void usage(FILE *f)
 		"  demo      run a source and a destination VM here, migrate live, verify memory\n"
 		"  vm        run a synthetic VM (or wait for one with --incoming)\n"
 		"  migrate   migrate the VM behind a control socket to a destination\n"
+		"  cancel    cancel the migration running out of a VM\n"
 		"  status    show a VM's state, heartbeat and last migration\n"
 		"  version   print the version\n");
 }
@@ -30,6 +31,8 @@ int main(int argc, char **argv)
 		return cmd_vm(argc, argv);
 	if (!strcmp(cmd, "migrate"))
 		return cmd_migrate(argc, argv);
+	if (!strcmp(cmd, "cancel"))
+		return cmd_cancel(argc, argv);
 	if (!strcmp(cmd, "status"))
 		return cmd_status(argc, argv);
 	if (!strcmp(cmd, "demo"))

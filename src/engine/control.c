@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* Control socket server: JSON objects, one per line, on a UNIX socket.
- * Commands: status, migrate, stop, cont, quit (see docs/control.md).  A
+ * Commands: status, migrate, migrate_cancel, stop, cont, quit (see docs/control.md).  A
  * migration runs in a thread of its own and streams progress events to the
  * client that asked for it.
  *
@@ -55,6 +55,7 @@ struct pm_control {
 	struct client clients[MAX_CLIENTS];
 	/* the running migration */
 	bool migrating;
+	struct pm_migration *mig;       /* under lock: for migrate_cancel */
 	pthread_t mig_thread;
 	bool mig_joinable;
 	int mig_fd;
@@ -187,23 +188,36 @@ static void *migration_main(void *arg)
 
 	pm_control_state(c, prev, sizeof(prev));
 	pm_control_set_state(c, "migrating");
-	r = pm_migrate_outgoing(c->be, &c->params, rep, &err);
+	struct pm_migration *m = NULL;
+	r = pm_migration_start(&m, c->be, &c->params, &err);
+	if (!r) {
+		pthread_mutex_lock(&c->lock);
+		c->mig = m;
+		pthread_mutex_unlock(&c->lock);
+		r = pm_migration_wait(m, rep, &err);
+		pthread_mutex_lock(&c->lock);
+		c->mig = NULL;
+		pthread_mutex_unlock(&c->lock);
+		pm_migration_free(m);
+	}
 	if (r && !rep->status) {
 		rep->status = r;
 		snprintf(rep->error, sizeof(rep->error), "%s", err.msg);
 	}
 	pm_control_set_report(c, rep);
 	/* On failure the engine resumed the VM if it had paused it; a VM the
-	 * user had stopped goes back to being stopped. */
-	if (r && !strcmp(prev, "paused")) {
+	 * user had stopped goes back to being stopped.  An unknown outcome
+	 * leaves it paused for management to decide. */
+	if (r && r != PM_UNKNOWN && !strcmp(prev, "paused")) {
 		struct pm_err e2 = { 0 };
 		c->be->ops->pause(c->be->vm, &e2);
 	}
-	pm_control_set_state(c, r ? prev : "migrated");
+	pm_control_set_state(c, !r ? "migrated" : r == PM_UNKNOWN ? "unknown" : prev);
 
 	char *s = pm_report_to_json(rep);
 	json_object *o = json_object_new_object();
-	json_object_object_add(o, "event", json_object_new_string(r ? "migration-failed" : "migration-completed"));
+	json_object_object_add(o, "event", json_object_new_string(!r ? "migration-completed" :
+				r == PM_UNKNOWN ? "migration-unknown" : "migration-failed"));
 	json_object_object_add(o, "data", json_tokener_parse(s));
 	free(s);
 	send_json(c, c->mig_fd, o);
@@ -428,13 +442,32 @@ unclaim:
 	pthread_mutex_unlock(&c->lock);
 }
 
+static void cmd_cancel(struct pm_control *c, int fd)
+{
+	int r = -EALREADY;
+
+	pthread_mutex_lock(&c->lock);
+	if (c->mig)
+		r = pm_migration_cancel(c->mig);
+	pthread_mutex_unlock(&c->lock);
+	if (!r)
+		send_return(c, fd, NULL);
+	else if (r == -EBUSY)
+		send_error(c, fd, "InvalidState", "too late to cancel: the final state went to the destination; "
+			   "the outcome is the destination's answer");
+	else
+		send_error(c, fd, "InvalidState", "no migration is running");
+}
+
 static void cmd_pause(struct pm_control *c, int fd, bool pause)
 {
 	struct pm_err err = { 0 };
 	char st[32];
 
 	pm_control_state(c, st, sizeof(st));
-	if (strcmp(st, pause ? "running" : "paused")) {
+	/* "cont" also decides an unknown outcome: management found that the
+	 * destination does not run the VM. */
+	if (strcmp(st, pause ? "running" : "paused") && (pause || strcmp(st, "unknown"))) {
 		char why[96];
 		snprintf(why, sizeof(why), "cannot %s a VM in state '%s'", pause ? "stop" : "continue", st);
 		send_error(c, fd, "InvalidState", why);
@@ -554,6 +587,9 @@ static void handle_line(struct pm_control *c, int fd, const char *line)
 			send_return(c, fd, status_json(c));
 	} else if (!strcmp(name, "migrate")) {
 		cmd_migrate(c, fd, args);
+	} else if (!strcmp(name, "migrate_cancel")) {
+		if (no_args(c, fd, name, args))
+			cmd_cancel(c, fd);
 	} else if (!strcmp(name, "stop") || !strcmp(name, "cont")) {
 		if (no_args(c, fd, name, args))
 			cmd_pause(c, fd, !strcmp(name, "stop"));
@@ -570,8 +606,8 @@ static void handle_line(struct pm_control *c, int fd, const char *line)
 		if (r == 0) {
 			send_return(c, fd, ret);
 		} else if (r == -ENOENT) {
-			char msg[160];
-			snprintf(msg, sizeof(msg), "unknown command '%.100s' (status, migrate, stop, cont, quit)", name);
+			char msg[200];
+			snprintf(msg, sizeof(msg), "unknown command '%.100s' (status, migrate, migrate_cancel, stop, cont, quit)", name);
 			send_error(c, fd, "CommandNotFound", msg);
 		} else {
 			send_error(c, fd, "GenericError", err.msg);

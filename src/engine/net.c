@@ -14,6 +14,10 @@
 #include <time.h>
 #include <unistd.h>
 #include "engine/net.h"
+
+#ifndef IPPROTO_MPTCP
+#define IPPROTO_MPTCP 262     /* Linux 5.6+; Debian 12's headers have it, older ones not */
+#endif
 #include "engine/protocol.h"
 
 double pm_now_ms(void)
@@ -117,31 +121,47 @@ int pm_tcp_tune(int fd, unsigned timeout_ms)
 	return r;
 }
 
-int pm_tcp_connect(const char *to, const char *bind_addr, unsigned timeout_ms, struct pm_err *err)
+/* A socket for addresses of family fam: Multipath TCP if asked and the
+ * kernel offers it (*mptcp says whether it did), else TCP. */
+static int stream_socket(int fam, bool want_mptcp, bool *mptcp)
+{
+	int fd = -1;
+
+	*mptcp = false;
+	if (want_mptcp) {
+		fd = socket(fam, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, IPPROTO_MPTCP);
+		*mptcp = fd >= 0;
+	}
+	if (fd < 0)
+		fd = socket(fam, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	return fd;
+}
+
+int pm_tcp_connect_ex(const char *to, struct pm_connect *o, struct pm_err *err)
 {
 	struct sockaddr_storage ss, bs;
 	socklen_t sl, bl;
 	int fd, r, soerr = 0;
 	socklen_t el = sizeof(soerr);
-	struct pollfd pfd;
+	double deadline = pm_now_ms() + o->timeout_ms;
 
 	r = pm_parse_addr(to, &ss, &sl, 0, err);
 	if (r)
 		return r;
-	fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	fd = stream_socket(ss.ss_family, o->mptcp, &o->mptcp_used);
 	if (fd < 0)
 		return pm_err_set(err, errno, "socket: %s", strerror(errno));
-	if (bind_addr) {
-		r = pm_parse_addr(bind_addr, &bs, &bl, 1, err);
+	if (o->bind) {
+		r = pm_parse_addr(o->bind, &bs, &bl, 1, err);
 		if (r)
 			goto fail;
 		if (bs.ss_family != ss.ss_family) {
 			r = pm_err_set(err, EINVAL, "bind address %s and destination %s are of different families",
-				       bind_addr, to);
+				       o->bind, to);
 			goto fail;
 		}
 		if (bind(fd, (struct sockaddr *)&bs, bl)) {
-			r = pm_err_set(err, errno, "cannot bind to %s: %s", bind_addr, strerror(errno));
+			r = pm_err_set(err, errno, "cannot bind to %s: %s", o->bind, strerror(errno));
 			goto fail;
 		}
 	}
@@ -149,22 +169,40 @@ int pm_tcp_connect(const char *to, const char *bind_addr, unsigned timeout_ms, s
 		r = pm_err_set(err, errno, "cannot connect to %s: %s", to, strerror(errno));
 		goto fail;
 	}
-	pfd = (struct pollfd){ .fd = fd, .events = POLLOUT };
-	r = poll(&pfd, 1, timeout_ms);
-	if (r == 0) {
-		r = pm_err_set(err, ETIMEDOUT, "cannot connect to %s: timed out after %u ms", to, timeout_ms);
-		goto fail;
+	for (;;) {
+		struct pollfd p[2] = { { .fd = fd, .events = POLLOUT }, { .fd = o->wake_fd, .events = POLLIN } };
+		double left = deadline - pm_now_ms();
+		if (left <= 0) {
+			r = pm_err_set(err, ETIMEDOUT, "cannot connect to %s: timed out after %u ms", to, o->timeout_ms);
+			goto fail;
+		}
+		r = poll(p, o->wake_fd >= 0 ? 2 : 1, (int)left + 1);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r > 0 && o->wake_fd >= 0 && (p[1].revents & POLLIN)) {
+			r = pm_err_set(err, ECANCELED, "connecting to %s: cancelled", to);
+			goto fail;
+		}
+		if (r != 0)
+			break;
 	}
 	if (r < 0 || getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &el) || soerr) {
 		int e = soerr ? soerr : errno;
 		r = pm_err_set(err, e, "cannot connect to %s: %s", to, strerror(e));
 		goto fail;
 	}
-	pm_tcp_tune(fd, timeout_ms);
+	pm_tcp_tune(fd, o->timeout_ms);
 	return fd;
 fail:
 	close(fd);
 	return r;
+}
+
+int pm_tcp_connect(const char *to, const char *bind_addr, unsigned timeout_ms, struct pm_err *err)
+{
+	struct pm_connect o = { .bind = bind_addr, .timeout_ms = timeout_ms, .wake_fd = -1 };
+
+	return pm_tcp_connect_ex(to, &o, err);
 }
 
 int pm_tcp_listen(const char *addr, struct pm_err *err)

@@ -19,6 +19,14 @@ void pm_format_addr(const struct sockaddr *sa, char *buf, size_t len);
 
 /* Connects to `to` (from `bind` if non-NULL) within timeout_ms. */
 int pm_tcp_connect(const char *to, const char *bind, unsigned timeout_ms, struct pm_err *err);
+struct pm_connect {
+	const char *bind;       /* local address, or NULL */
+	unsigned timeout_ms;
+	int wake_fd;            /* readable: give up with -ECANCELED; -1: none */
+	bool mptcp;             /* Multipath TCP where the kernel offers it */
+	bool mptcp_used;        /* out: it did */
+};
+int pm_tcp_connect_ex(const char *to, struct pm_connect *o, struct pm_err *err);
 int pm_tcp_listen(const char *addr, struct pm_err *err);
 /* The socket options channels use: no Nagle, and TCP_USER_TIMEOUT and
  * keepalive that end a connection whose peer vanished within about

@@ -351,8 +351,9 @@ static int handle_frame(struct receiver *x, const struct pm_frame_hdr *h)
 		r = rx_read(x, fb, h->len, "receiving error");
 		if (r)
 			return r;
-		pm_decode_error(fb, h->len, msg, sizeof(msg));
-		return pm_err_set(&x->err, ECANCELED, "source aborted: %s", msg);
+		/* The source's own errno says why (ECANCELED: cancelled by request). */
+		uint32_t code = pm_decode_error(fb, h->len, msg, sizeof(msg));
+		return pm_err_set(&x->err, code && code < 4096 ? (int)code : ECANCELED, "source aborted: %s", msg);
 	}
 	default:
 		return pm_err_set(&x->err, EPROTO, "unexpected %s frame on channel %u during migration",

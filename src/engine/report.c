@@ -156,7 +156,8 @@ char *pm_report_to_json(const struct pm_report *r)
 	char *s;
 
 	json_object_object_add(o, "role", json_object_new_string(r->role ? r->role : "source"));
-	json_object_object_add(o, "status", json_object_new_string(r->status ? "failed" : "completed"));
+	json_object_object_add(o, "status", json_object_new_string(
+		!r->status ? "completed" : r->status == PM_UNKNOWN ? "unknown" : "failed"));
 	if (r->status)
 		json_object_object_add(o, "error", json_object_new_string(r->error));
 	json_object_object_add(o, "total_time_ms", json_object_new_double(r->total_time_ms));
@@ -215,7 +216,8 @@ void pm_report_print(const struct pm_report *r, FILE *f)
 			(unsigned long long)s->zero_pages, s->bytes / 1e6, s->duration_ms,
 			s->final ? "  (paused)" : "");
 	}
-	fprintf(f, "status       %s%s%s\n", r->status ? "FAILED" : "completed",
+	fprintf(f, "status       %s%s%s\n",
+		!r->status ? "completed" : r->status == PM_UNKNOWN ? "UNKNOWN" : "FAILED",
 		r->status ? ": " : "", r->status ? r->error : "");
 	fprintf(f, "total time   %.1f ms (setup %.1f ms)\n", r->total_time_ms, r->setup_ms);
 	fprintf(f, "downtime     %.1f ms (engine: pause to destination running)\n", r->downtime_ms);
@@ -266,7 +268,7 @@ int pm_report_from_json(const char *text, struct pm_report *r)
 	js(o, "role", buf, sizeof(buf));
 	r->role = !strcmp(buf, "destination") ? "destination" : "source";
 	js(o, "status", buf, sizeof(buf));
-	r->status = strcmp(buf, "completed") ? -EIO : 0;
+	r->status = !strcmp(buf, "completed") ? 0 : !strcmp(buf, "unknown") ? PM_UNKNOWN : -EIO;
 	js(o, "error", r->error, sizeof(r->error));
 	r->total_time_ms = jd(o, "total_time_ms");
 	r->downtime_ms = jd(o, "downtime_ms");

@@ -9,6 +9,8 @@
  * still send the last one, unless barrier mode asks for a QEMU-style drain
  * at every round end.  docs/engine.md draws the states. */
 #include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
@@ -21,7 +23,7 @@
 static const char *const phase_names[] = {
 	[SRC_SETUP] = "connecting", [SRC_CONNECT] = "connecting", [SRC_PRECOPY] = "precopy",
 	[SRC_SWITCHOVER] = "switchover", [SRC_COMPLETING] = "completing",
-	[SRC_COMPLETED] = "completing", [SRC_FAILED] = "completing",
+	[SRC_COMPLETED] = "completing", [SRC_FAILED] = "completing", [SRC_UNKNOWN] = "completing",
 };
 
 static void enter(struct src_ctx *c, enum src_phase ph)
@@ -75,6 +77,33 @@ static void exclude_dumps(struct src_ctx *c)
 	atomic_store(&c->excluded_us, (uint64_t)(c->dump_ms * 1e3));
 }
 
+/* Where the migration is; channel rates since *tlast (updated). */
+static void snapshot(struct src_ctx *c, struct pm_progress *pr, uint64_t *last, double *tlast)
+{
+	double now = pm_now_ms();
+
+	memset(pr, 0, sizeof(*pr));
+	pr->phase = atomic_load(&c->phase_name);
+	pr->round = atomic_load(&c->cur_round);
+	pr->dirty_pages = atomic_load(&c->dirty_at_start);
+	pr->elapsed_ms = now - c->t0;
+	pr->throttle_pct = atomic_load(&c->throttle);
+	for (unsigned r = 0; r <= PM_MAX_ROUNDS; r++) {
+		pr->pages_sent += atomic_load(&c->acc[r].pages);
+		pr->zero_pages += atomic_load(&c->acc[r].zero);
+		pr->bytes_sent += atomic_load(&c->acc[r].bytes);
+	}
+	if (!atomic_load(&c->channels_ready))
+		return;
+	pr->nchannels = c->nch;
+	for (unsigned i = 0; i < c->nch; i++) {
+		uint64_t b = atomic_load(&c->w[i].wire_bytes);
+		pr->channel_mbps[i] = now > *tlast ? (b - last[i]) / 1e3 / (now - *tlast) : 0;
+		last[i] = b;
+	}
+	*tlast = now;
+}
+
 static void *progress_main(void *arg)
 {
 	struct src_ctx *c = arg;
@@ -99,25 +128,8 @@ static void *progress_main(void *arg)
 		if (c->prog_stop)
 			break;
 		pthread_mutex_unlock(&c->prog_lock);
-
-		struct pm_progress pr = { .phase = atomic_load(&c->phase_name) };
-		double now = pm_now_ms();
-		pr.round = atomic_load(&c->cur_round);
-		pr.dirty_pages = atomic_load(&c->dirty_at_start);
-		pr.elapsed_ms = now - c->t0;
-		pr.nchannels = c->nch;
-		pr.throttle_pct = atomic_load(&c->throttle);
-		for (unsigned r = 0; r <= PM_MAX_ROUNDS; r++) {
-			pr.pages_sent += atomic_load(&c->acc[r].pages);
-			pr.zero_pages += atomic_load(&c->acc[r].zero);
-			pr.bytes_sent += atomic_load(&c->acc[r].bytes);
-		}
-		for (unsigned i = 0; i < c->nch; i++) {
-			uint64_t b = atomic_load(&c->w[i].wire_bytes);
-			pr.channel_mbps[i] = (b - last[i]) / 1e3 / (now - tlast);
-			last[i] = b;
-		}
-		tlast = now;
+		struct pm_progress pr;
+		snapshot(c, &pr, last, &tlast);
 		c->p->progress(c->p->progress_opaque, &pr);
 		pthread_mutex_lock(&c->prog_lock);
 	}
@@ -163,25 +175,104 @@ static int recv_reply(struct pm_conn *conn, uint32_t want, uint8_t *body, uint32
 	return h.len ? pm_recv_buf(conn, body, h.len, err, what) : 0;
 }
 
-/* A worker failed: its error, or the destination's reason if the
- * destination had said why first (a send then fails with a reset). */
+/* Reads what channel w has for us without blocking.  Returns 1 with a
+ * whole frame at the start of w->reply, 0 when more must come, -1 when the
+ * channel is dead (w->dead_why says why). */
+static int take_reply(struct worker *w, struct pm_frame_hdr *h)
+{
+	for (;;) {
+		if (w->reply_len >= PM_FRAME_HDR_LEN) {
+			pm_decode_hdr(w->reply, h);
+			if (pm_check_hdr(h, PM_MAX_CHUNK_PAGES, &w->dead_why) ||
+			    h->len > sizeof(w->reply) - PM_FRAME_HDR_LEN) {
+				pm_err_set(&w->dead_why, EPROTO, "%s: the destination sent %s (length %u)",
+					   w->peer, pm_frame_name(h->type), h->len);
+				return -1;
+			}
+			if (w->reply_len >= PM_FRAME_HDR_LEN + h->len)
+				return 1;
+		}
+		struct iovec iov = { w->reply + w->reply_len, sizeof(w->reply) - w->reply_len };
+		ssize_t n = pm_recv_nowait(&w->conn, &iov, 1, &w->dead_why, w->peer);
+		if (n < 0)
+			return -1;
+		if (n == 0)
+			return 0;
+		w->reply_len += n;
+	}
+}
+
+static void drop_reply(struct worker *w, const struct pm_frame_hdr *h)
+{
+	size_t k = PM_FRAME_HDR_LEN + h->len;
+
+	memmove(w->reply, w->reply + k, w->reply_len - k);
+	w->reply_len -= k;
+}
+
+/* An ERROR body as "destination refused: ..." in err. */
+static int refused(const uint8_t *body, uint32_t len, struct pm_err *err)
+{
+	uint32_t code = pm_get32(body), ml = pm_get32(body + 4);
+
+	if (ml > len - PM_ERROR_FIXED_LEN)
+		ml = len - PM_ERROR_FIXED_LEN;
+	return pm_err_set(err, code && code < 4096 && code != EINPROGRESS ? (int)code : EPROTO,
+			  "destination refused: %.*s", (int)ml, (const char *)body + PM_ERROR_FIXED_LEN);
+}
+
+/* Stops the workers: every wait on a channel ends (the wake pipe) and they
+ * are joined, so from here on only this thread touches the channels. */
+static void stop_workers(struct src_ctx *c)
+{
+	atomic_store(&c->failed, true);
+	if (write(c->wake[1], "w", 1) < 0) {
+		/* full: woken already */
+	}
+	if (c->q.slots)
+		pm_queue_close(&c->q);
+	for (unsigned i = 0; i < c->nch; i++)
+		if (c->w[i].started) {
+			pthread_join(c->w[i].thread, NULL);
+			c->w[i].started = false;
+		}
+}
+
+/* A worker failed: its error -- or the destination's reason, if it said
+ * why before it hung up (a send then fails with a reset), which is the
+ * real one. */
 static int worker_error(struct src_ctx *c, struct pm_err *err)
 {
-	for (unsigned i = 0; i < c->nch; i++) {
-		struct pm_err e = { 0 };
+	double deadline = pm_now_ms() + 100;
+	struct pm_err why = { 0 };
 
-		if (c->w[i].conn.fd < 0)
-			continue;
-		pm_conn_set_recv_timeout(&c->w[i].conn, 200);
-		if (recv_reply(&c->w[i].conn, PM_FR_DONE, NULL, 0, NULL, "destination", &e) &&
-		    strstr(e.msg, "destination refused")) {
-			pthread_mutex_lock(&c->err_lock);
-			c->err = e;
-			pthread_mutex_unlock(&c->err_lock);
-			break;
+	stop_workers(c);
+	while (!why.code) {
+		struct pollfd pfd[PM_MAX_CHANNELS];
+		unsigned n = 0;
+		for (unsigned i = 0; i < c->nch && !why.code; i++) {
+			struct worker *w = &c->w[i];
+			struct pm_frame_hdr h;
+			int t = 0;
+			if (w->dead || w->conn.fd < 0)
+				continue;
+			while (!why.code && (t = take_reply(w, &h)) > 0) {
+				if (h.type == PM_FR_ERROR)
+					refused(w->reply + PM_FRAME_HDR_LEN, h.len, &why);
+				drop_reply(w, &h);
+			}
+			if (t < 0)
+				w->dead = true;
+			else
+				pfd[n++] = (struct pollfd){ .fd = w->conn.fd, .events = POLLIN };
 		}
+		double left = deadline - pm_now_ms();
+		if (why.code || !n || left <= 0 || poll(pfd, n, (int)left + 1) <= 0)
+			break;
 	}
 	pthread_mutex_lock(&c->err_lock);
+	if (why.code)
+		c->err = why;
 	int r = pm_err_set(err, c->err.code ? c->err.code : EIO, "%s",
 			   c->err.code ? c->err.msg : "migration failed");
 	pthread_mutex_unlock(&c->err_lock);
@@ -245,9 +336,14 @@ static int setup(struct src_ctx *c, struct pm_err *err)
 	}
 	if (pm_queue_init(&c->q, 4 * c->nch))
 		return pm_err_set(err, ENOMEM, "out of memory");
+	atomic_store(&c->channels_ready, true);       /* for snapshot() in other threads */
 	if (p->progress) {
+		pthread_condattr_t ca;
+		pthread_condattr_init(&ca);
+		pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 		pthread_mutex_init(&c->prog_lock, NULL);
-		pthread_cond_init(&c->prog_cond, NULL);
+		pthread_cond_init(&c->prog_cond, &ca);
+		pthread_condattr_destroy(&ca);
 		c->prog_init = true;
 		c->prog_started = !pthread_create(&c->prog_thread, NULL, progress_main, c);
 	}
@@ -277,11 +373,13 @@ static int connect_channel(struct src_ctx *c, unsigned i, struct pm_err *err)
 	memcpy(h.session, c->session, 16);
 	snprintf(w->peer, sizeof(w->peer), "%s (channel %u)", to, i);
 	snprintf(w->what, sizeof(w->what), "channel %u (%.100s): sending pages", i, to);
-	r = pm_tcp_connect(to, bind, c->timeout_ms, err);
+	struct pm_connect co = { .bind = bind, .timeout_ms = c->timeout_ms, .wake_fd = c->wake[0] };
+	r = pm_tcp_connect_ex(to, &co, err);
 	if (r < 0)
 		return r;
 	pm_conn_init(&w->conn, r);
 	pm_conn_set_timeout(&w->conn, c->timeout_ms);
+	pm_conn_set_wake(&w->conn, c->wake[0]);
 	pm_encode_hello(hb, &h);
 	r = pm_send_frame(&w->conn, PM_FR_HELLO, hb, sizeof(hb), err);
 	if (!r)
@@ -553,8 +651,88 @@ static int phase_switchover(struct src_ctx *c, struct pm_err *err)
 
 /* ---------------------------------------------------- phase: completion */
 
-/* Device state on channel 0, END with counters on every channel, then
- * DONE on every channel: the destination runs the VM. */
+/* After the final state went out: DONE on any channel means the destination
+ * runs the VM; an ERROR means it did not and never will (it tells before it
+ * resumes, never after); anything else -- silence for twice the timeout,
+ * every channel closed -- leaves the outcome unknown (PM_UNKNOWN). */
+static int wait_outcome(struct src_ctx *c, struct pm_err *err)
+{
+	/* The destination may itself wait up to its timeout for a missing
+	 * frame before it answers (with an ERROR): outlast that. */
+	unsigned budget = 2 * c->timeout_ms;
+	double deadline = pm_now_ms() + budget;
+	char why[300] = "";
+
+	for (;;) {
+		struct pollfd pfd[PM_MAX_CHANNELS];
+		unsigned who[PM_MAX_CHANNELS], n = 0;
+
+		for (unsigned i = 0; i < c->nch; i++)
+			if (!c->w[i].dead) {
+				pfd[n] = (struct pollfd){ .fd = c->w[i].conn.fd, .events = POLLIN };
+				who[n++] = i;
+			}
+		double left = deadline - pm_now_ms();
+		if (!n || left <= 0) {
+			if (!n)
+				snprintf(why, sizeof(why), "every channel closed without DONE");
+			else
+				snprintf(why, sizeof(why), "no DONE within %u ms", budget);
+			for (unsigned i = 0; i < c->nch; i++)
+				if (c->w[i].dead) {
+					size_t l = strlen(why);
+					snprintf(why + l, sizeof(why) - l, "; %.200s", c->w[i].dead_why.msg);
+					break;
+				}
+			return pm_err_set(err, EINPROGRESS,
+					  "outcome unknown: the final state went to the destination, then %s; "
+					  "the destination may be running the VM, so it stays paused here -- "
+					  "check the destination, then send 'cont' to resume it here or 'quit' to drop it",
+					  why);
+		}
+		if (poll(pfd, n, (int)left + 1) < 0 && errno != EINTR)
+			return pm_err_set(err, errno, "poll: %s", strerror(errno));
+		for (unsigned k = 0; k < n; k++) {
+			struct worker *w = &c->w[who[k]];
+			struct pm_frame_hdr h;
+			int t;
+
+			if (!pfd[k].revents)
+				continue;
+			while ((t = take_reply(w, &h)) > 0) {
+				const uint8_t *body = w->reply + PM_FRAME_HDR_LEN;
+				if (h.type == PM_FR_DONE && h.len == PM_DONE_LEN) {
+					c->dump_ms += pm_get64(body) / 1e3;
+					exclude_dumps(c);
+					enter(c, SRC_COMPLETED);
+					atomic_store(&c->sample_phase, PM_PH_DONE);
+					src_sample(c, true);
+					return 0;
+				}
+				if (h.type == PM_FR_ERROR)
+					return refused(body, h.len, err);
+				pm_err_set(&w->dead_why, EPROTO, "%s: unexpected %s from the destination",
+					   w->peer, pm_frame_name(h.type));
+				t = -1;
+				break;
+			}
+			if (t < 0)
+				w->dead = true;
+		}
+	}
+}
+
+/* The last END is the point of no return: with it the destination has
+ * everything it needs to run the VM.  A cancel that came first wins. */
+static bool gate_commit(struct src_ctx *c)
+{
+	int open = GATE_OPEN;
+
+	return atomic_compare_exchange_strong(&c->gate, &open, GATE_COMMITTED);
+}
+
+/* Device state on channel 0, END with counters on every channel, then the
+ * destination's answer. */
 static int phase_complete(struct src_ctx *c, struct pm_err *err)
 {
 	struct pm_backend *be = c->be;
@@ -576,23 +754,16 @@ static int phase_complete(struct src_ctx *c, struct pm_err *err)
 		uint8_t eb[PM_END_LEN];
 		c->w[i].sent.final_round = c->round;
 		pm_encode_end(eb, &c->w[i].sent);
+		if (i == c->nch - 1 && !gate_commit(c))
+			return pm_err_set(err, ECANCELED, "migration cancelled");
+		/* An END that does not go out whole leaves the destination
+		 * without it: it cannot resume, and this side may. */
 		r = pm_send_frame(&c->w[i].conn, PM_FR_END, eb, sizeof(eb), err);
-	}
-	for (unsigned i = 0; i < c->nch && !r; i++) {
-		uint8_t db[PM_DONE_LEN];
-		uint32_t dl;
-		r = recv_reply(&c->w[i].conn, PM_FR_DONE, db, sizeof(db), &dl, "destination", err);
-		if (!r && i == 0) {
-			c->dump_ms += pm_get64(db) / 1e3;
-			exclude_dumps(c);
-		}
 	}
 	if (r)
 		return r;
-	enter(c, SRC_COMPLETED);
-	atomic_store(&c->sample_phase, PM_PH_DONE);
-	src_sample(c, true);
-	return 0;
+	c->committed = true;
+	return wait_outcome(c, err);
 }
 
 /* ------------------------------------------------------------- outcome */
@@ -634,8 +805,8 @@ static void fill_report(struct src_ctx *c)
 	}
 }
 
-/* Closes the channels (telling the destination why, if it failed), joins
- * the threads, frees everything. */
+/* Closes the channels (telling the destination why, if it failed) and
+ * joins the threads. */
 static void teardown(struct src_ctx *c, const struct pm_err *why)
 {
 	if (c->q.slots)
@@ -656,7 +827,104 @@ static void teardown(struct src_ctx *c, const struct pm_err *why)
 		pthread_cond_broadcast(&c->prog_cond);
 		pthread_mutex_unlock(&c->prog_lock);
 		pthread_join(c->prog_thread, NULL);
+		c->prog_started = false;
 	}
+}
+
+/* The one place that decides what the end of a migration means, by the
+ * phase it ended in (r is 0 only after the destination said DONE):
+ *   SETUP, CONNECT   nothing happened to the VM;
+ *   PRECOPY          the VM never stopped: tracking stops, it runs on;
+ *   SWITCHOVER,      the VM was paused: it is resumed here -- unless every
+ *   COMPLETING       END went out and no explicit ERROR came back: then the
+ *                    destination may run it, and it stays paused (UNKNOWN);
+ *   COMPLETED        the destination runs the VM: it stays paused here.
+ * A cancel that won the gate is reported as such.  Failures tell the
+ * destination why before the channels close. */
+static int conclude(struct src_ctx *c, int r, struct pm_err *err)
+{
+	struct pm_backend *be = c->be;
+	struct pm_report *rep = c->rep;
+	bool done = !r && c->phase == SRC_COMPLETED;
+	bool unknown = r == PM_UNKNOWN && c->committed;
+	double t_end = pm_now_ms();
+
+	if (!done && !r)
+		r = pm_err_set(err, EIO, "migration failed");
+	pthread_mutex_lock(&c->err_lock);
+	bool cancelled = c->cancel_won;
+	pthread_mutex_unlock(&c->err_lock);
+	if (!done && !unknown && cancelled)
+		r = pm_err_reset(err, ECANCELED, "migration cancelled%s",
+				 c->paused ? "; the VM runs here again" : "; the VM keeps running here");
+	atomic_store(&c->gate, GATE_ENDED);
+	if (c->w)
+		fill_report(c);
+	/* Verification dumps are a test aid, not part of the migration. */
+	rep->verify_dump_ms = c->dump_ms;
+	rep->total_time_ms = t_end - c->t0 - c->dump_ms;
+	rep->downtime_ms = done ? t_end - c->t_pause - c->dump_ms : 0;
+	rep->throughput_mbps = rep->total_time_ms > 0 ? rep->bytes_sent / 1e3 / rep->total_time_ms : 0;
+	if (c->tracking && be->ops->dirty_method)
+		snprintf(rep->dirty_method, sizeof(rep->dirty_method), "%s", be->ops->dirty_method(be->vm));
+	if (c->tracking)
+		be->ops->dirty_stop(be->vm);
+	c->tracking = false;
+	if (atomic_load(&c->throttle) && be->ops->throttle)
+		be->ops->throttle(be->vm, 0);
+	teardown(c, done ? NULL : err);
+	if (done)
+		return 0;
+	if (unknown) {
+		enter(c, SRC_UNKNOWN);
+		rep->status = PM_UNKNOWN;
+		snprintf(rep->error, sizeof(rep->error), "%s", err->msg);
+		return PM_UNKNOWN;
+	}
+	if (c->paused) {
+		struct pm_err e2 = { 0 };
+		if (be->ops->resume(be->vm, &e2))
+			pm_err_reset(err, e2.code, "%s; and resuming the source failed: %s", err->msg, e2.msg);
+	}
+	enter(c, SRC_FAILED);
+	if (r == PM_UNKNOWN)
+		r = -EIO;
+	rep->status = r;
+	snprintf(rep->error, sizeof(rep->error), "%s", err->msg);
+	return r;
+}
+
+static struct src_ctx *ctx_new(struct pm_backend *be, const struct pm_migrate_params *p,
+			       struct pm_report *rep)
+{
+	struct src_ctx *c = calloc(1, sizeof(*c));
+
+	memset(rep, 0, sizeof(*rep));
+	rep->role = "source";
+	rep->barrier = p->barrier;
+	rep->serial = p->serial;
+	rep->compress = p->compress;
+	if (!c)
+		return NULL;
+	c->be = be;
+	c->p = p;
+	c->rep = rep;
+	c->t0 = pm_now_ms();
+	pthread_mutex_init(&c->err_lock, NULL);
+	pm_timeline_init(&c->tl, 20);
+	enter(c, SRC_SETUP);
+	/* Before any thread can cancel. */
+	if (pipe2(c->wake, O_CLOEXEC | O_NONBLOCK)) {
+		pthread_mutex_destroy(&c->err_lock);
+		pm_timeline_destroy(&c->tl);
+		free(c);
+		return NULL;
+	}
+	return c;
+}
+
+static void ctx_free(struct src_ctx *c)
+{
 	if (c->prog_init) {
 		pthread_mutex_destroy(&c->prog_lock);
 		pthread_cond_destroy(&c->prog_cond);
@@ -669,76 +937,17 @@ static void teardown(struct src_ctx *c, const struct pm_err *why)
 	free(c->chunk_lock);
 	free(c->chunk_round);
 	free(c->w);
+	close(c->wake[0]);
+	close(c->wake[1]);
 	pthread_mutex_destroy(&c->err_lock);
 	pm_timeline_destroy(&c->tl);
+	free(c);
 }
 
-/* The one place that decides what the end of a migration means, by the
- * phase it ended in (r is 0 only after phase_complete succeeded):
- *   SETUP, CONNECT   nothing happened to the VM;
- *   PRECOPY          the VM never stopped: tracking stops, it runs on;
- *   SWITCHOVER,      the VM was paused: it is resumed here;
- *   COMPLETING
- *   COMPLETED        the destination runs the VM: it stays paused here.
- * Failures tell the destination why, before the channels close. */
-static int conclude(struct src_ctx *c, int r, struct pm_err *err)
+static int run(struct src_ctx *c, struct pm_err *err)
 {
-	struct pm_backend *be = c->be;
-	struct pm_report *rep = c->rep;
-	bool done = !r && c->phase == SRC_COMPLETED;
-	double t_end = pm_now_ms();
+	int r = setup(c, err);
 
-	if (!done && !r)
-		r = pm_err_set(err, EIO, "migration failed");
-	if (c->w)
-		fill_report(c);
-	/* Verification dumps are a test aid, not part of the migration. */
-	rep->verify_dump_ms = c->dump_ms;
-	rep->total_time_ms = t_end - c->t0 - c->dump_ms;
-	rep->downtime_ms = c->paused ? t_end - c->t_pause - c->dump_ms : 0;
-	rep->throughput_mbps = rep->total_time_ms > 0 ? rep->bytes_sent / 1e3 / rep->total_time_ms : 0;
-	if (c->tracking && be->ops->dirty_method)
-		snprintf(rep->dirty_method, sizeof(rep->dirty_method), "%s", be->ops->dirty_method(be->vm));
-	if (c->tracking)
-		be->ops->dirty_stop(be->vm);
-	if (atomic_load(&c->throttle) && be->ops->throttle)
-		be->ops->throttle(be->vm, 0);
-	teardown(c, done ? NULL : err);
-	if (done)
-		return 0;
-	if (c->paused) {
-		struct pm_err e2 = { 0 };
-		if (be->ops->resume(be->vm, &e2))
-			pm_err_reset(err, e2.code, "%s; and resuming the source failed: %s", err->msg, e2.msg);
-	}
-	enter(c, SRC_FAILED);
-	rep->downtime_ms = 0;
-	rep->status = r;
-	snprintf(rep->error, sizeof(rep->error), "%s", err->msg);
-	return r;
-}
-
-int pm_migrate_outgoing(struct pm_backend *be, const struct pm_migrate_params *p,
-			struct pm_report *rep, struct pm_err *err)
-{
-	struct src_ctx *c = calloc(1, sizeof(*c));
-	int r;
-
-	memset(rep, 0, sizeof(*rep));
-	rep->role = "source";
-	rep->barrier = p->barrier;
-	rep->serial = p->serial;
-	rep->compress = p->compress;
-	if (!c)
-		return pm_err_set(err, ENOMEM, "out of memory");
-	c->be = be;
-	c->p = p;
-	c->rep = rep;
-	c->t0 = pm_now_ms();
-	pthread_mutex_init(&c->err_lock, NULL);
-	pm_timeline_init(&c->tl, 20);
-	enter(c, SRC_SETUP);
-	r = setup(c, err);
 	if (!r)
 		r = phase_connect(c, err);
 	if (!r)
@@ -747,7 +956,136 @@ int pm_migrate_outgoing(struct pm_backend *be, const struct pm_migrate_params *p
 		r = phase_switchover(c, err);
 	if (!r)
 		r = phase_complete(c, err);
-	r = conclude(c, r, err);
-	free(c);
+	return conclude(c, r, err);
+}
+
+int pm_migrate_outgoing(struct pm_backend *be, const struct pm_migrate_params *p,
+			struct pm_report *rep, struct pm_err *err)
+{
+	struct src_ctx *c = ctx_new(be, p, rep);
+	int r;
+
+	if (!c)
+		return pm_err_set(err, ENOMEM, "out of memory");
+	r = run(c, err);
+	ctx_free(c);
 	return r;
+}
+
+/* ------------------------------------------------------ migration handle */
+
+struct pm_migration {
+	struct src_ctx *c;
+	pthread_t thread;
+	bool joined;
+	int done[2];                    /* written when the migration has ended */
+	int rc;
+	struct pm_err err;
+	struct pm_report *rep;
+	pthread_mutex_t lock;           /* progress snapshots */
+	uint64_t last[PM_MAX_CHANNELS];
+	double tlast;
+};
+
+static void *migration_main(void *arg)
+{
+	struct pm_migration *m = arg;
+
+	m->rc = run(m->c, &m->err);
+	if (write(m->done[1], "d", 1) < 0) {
+		/* cannot happen: an empty pipe */
+	}
+	return NULL;
+}
+
+int pm_migration_start(struct pm_migration **out, struct pm_backend *be,
+		       const struct pm_migrate_params *p, struct pm_err *err)
+{
+	struct pm_migration *m = calloc(1, sizeof(*m));
+
+	if (!m || !(m->rep = calloc(1, sizeof(*m->rep)))) {
+		free(m);
+		return pm_err_set(err, ENOMEM, "out of memory");
+	}
+	m->done[0] = m->done[1] = -1;
+	m->joined = true;               /* until the thread exists */
+	pthread_mutex_init(&m->lock, NULL);
+	m->c = ctx_new(be, p, m->rep);
+	if (!m->c || pipe2(m->done, O_CLOEXEC | O_NONBLOCK)) {
+		int e = m->c ? errno : ENOMEM;
+		pm_migration_free(m);
+		return pm_err_set(err, e, "cannot start a migration: %s", strerror(e));
+	}
+	m->tlast = m->c->t0;
+	if (pthread_create(&m->thread, NULL, migration_main, m)) {
+		pm_migration_free(m);
+		return pm_err_set(err, EAGAIN, "cannot start the migration thread");
+	}
+	m->joined = false;
+	*out = m;
+	return 0;
+}
+
+void pm_migration_progress(struct pm_migration *m, struct pm_progress *out)
+{
+	pthread_mutex_lock(&m->lock);
+	snapshot(m->c, out, m->last, &m->tlast);
+	pthread_mutex_unlock(&m->lock);
+}
+
+int pm_migration_cancel(struct pm_migration *m)
+{
+	struct src_ctx *c = m->c;
+	int g = GATE_OPEN;
+
+	if (!atomic_compare_exchange_strong(&c->gate, &g, GATE_CANCELLED))
+		return g == GATE_CANCELLED ? 0 : g == GATE_COMMITTED ? -EBUSY : -EALREADY;
+	pthread_mutex_lock(&c->err_lock);
+	if (!c->err.code) {
+		pm_err_set(&c->err, ECANCELED, "migration cancelled");
+		c->cancel_won = true;
+	}
+	pthread_mutex_unlock(&c->err_lock);
+	atomic_store(&c->failed, true);
+	/* Every wait on a channel ends now. */
+	if (c->wake[1] >= 0 && write(c->wake[1], "c", 1) < 0) {
+		/* full: already woken */
+	}
+	return 0;
+}
+
+int pm_migration_fd(const struct pm_migration *m)
+{
+	return m->done[0];
+}
+
+int pm_migration_wait(struct pm_migration *m, struct pm_report *rep, struct pm_err *err)
+{
+	if (!m->joined) {
+		pthread_join(m->thread, NULL);
+		m->joined = true;
+	}
+	if (rep)
+		*rep = *m->rep;
+	if (m->rc && err)
+		*err = m->err;
+	return m->rc;
+}
+
+void pm_migration_free(struct pm_migration *m)
+{
+	if (!m)
+		return;
+	if (!m->joined && m->c) {
+		pm_migration_cancel(m);
+		pm_migration_wait(m, NULL, NULL);
+	}
+	if (m->c)
+		ctx_free(m->c);
+	for (unsigned i = 0; i < 2; i++)
+		if (m->done[i] >= 0)
+			close(m->done[i]);
+	pthread_mutex_destroy(&m->lock);
+	free(m->rep);
+	free(m);
 }

@@ -44,6 +44,12 @@ struct worker {
 	char what[160];                 /* "channel 2 (10.0.0.2:7000): sending pages" */
 	_Atomic uint64_t wire_bytes;
 	struct pm_err err;
+	/* Replies of the destination, read without blocking while waiting for
+	 * the outcome: a partial frame waits here for the rest. */
+	uint8_t reply[PM_FRAME_HDR_LEN + PM_ERROR_FIXED_LEN + PM_MAX_ERROR_LEN];
+	size_t reply_len;
+	bool dead;                      /* closed or broken: nothing more comes */
+	struct pm_err dead_why;
 };
 
 struct round_acc {
@@ -59,6 +65,15 @@ enum src_phase {
 	SRC_COMPLETING,         /* device state, END, waiting for DONE */
 	SRC_COMPLETED,          /* DONE arrived: the destination runs the VM */
 	SRC_FAILED,             /* the source VM runs (again) */
+	SRC_UNKNOWN,            /* final state sent, no answer: paused until management decides */
+};
+
+/* Cancel against the point of no return: whichever comes first wins. */
+enum src_gate {
+	GATE_OPEN,              /* a cancel would be honoured */
+	GATE_CANCELLED,         /* cancelled: the migration stops, the VM runs here */
+	GATE_COMMITTED,         /* the last END is going out: too late to cancel */
+	GATE_ENDED,             /* the migration has ended */
 };
 
 struct src_ctx {
@@ -79,6 +94,9 @@ struct src_ctx {
 	/* Lifecycle, owned by the migration thread. */
 	enum src_phase phase;
 	bool tracking, paused, workers_started;
+	bool committed;                 /* every END of the final state was sent */
+	atomic_int gate;                /* enum src_gate */
+	int wake[2];                    /* a byte here ends every channel wait (cancel) */
 	unsigned round;                 /* current round; the final one once paused */
 	uint64_t prev_dirty;
 	unsigned no_progress;
@@ -87,12 +105,14 @@ struct src_ctx {
 	double round_ms[PM_MAX_ROUNDS + 2];
 	uint64_t dirty_at[PM_MAX_ROUNDS + 2];
 
-	/* The first error of any worker. */
+	/* The first error of any worker (or a cancel). */
 	atomic_bool failed;
 	pthread_mutex_t err_lock;
 	struct pm_err err;
+	bool cancel_won;                /* the first error is the cancel */
 
-	/* Read by the progress thread. */
+	/* Read by the progress thread and pm_migration_progress(). */
+	atomic_bool channels_ready;     /* nch and w are set */
 	struct round_acc acc[PM_MAX_ROUNDS + 2];
 	atomic_uint cur_round;
 	atomic_ullong dirty_at_start;

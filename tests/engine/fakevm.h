@@ -46,6 +46,8 @@ struct fakevm {
 	/* knobs */
 	bool fail_load;                         /* load_state fails */
 	unsigned harvest_delay_us;              /* slows the source down (a "slow link") */
+	void (*on_pause)(void *arg);            /* called in pause(), from the engine's thread */
+	void *on_pause_arg;
 	/* writer */
 	pthread_t writer;
 	bool writer_started;
@@ -164,6 +166,8 @@ static int fv_pause(void *o, struct pm_err *err)
 	vm->paused = true;
 	vm->pauses++;
 	pthread_mutex_unlock(&vm->lock);
+	if (vm->on_pause)
+		vm->on_pause(vm->on_pause_arg);
 	return 0;
 }
 

@@ -24,62 +24,11 @@
 #include "engine/net.h"
 #include "engine/protocol.h"
 #include "fakevm.h"
+#include "harness.h"
 
 static const uint64_t gpas[2] = { 0, 0x100000000ull };
 /* 612 + 300 pages (3.6 MiB): region ends fall inside chunks. */
 static const uint64_t src_pages[2] = { 612, 300 };
-
-struct dest_run {
-	struct pm_incoming *in;
-	struct fakevm *vm;
-	struct pm_report *rep;
-	struct pm_err err;
-	int rc;
-	pthread_t th;
-	char addr[4][80];
-	const char *to[4];
-	unsigned nlisten;
-};
-
-static void *dest_main(void *arg)
-{
-	struct dest_run *d = arg;
-
-	d->rc = pm_incoming_run(d->in, &d->vm->be, d->rep, &d->err);
-	return NULL;
-}
-
-/* Listens on nlisten loopback ports and runs the destination in a thread. */
-static void dest_start(struct dest_run *d, struct fakevm *vm, unsigned nlisten, const char *dump)
-{
-	const char *listen[4] = { "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0" };
-	struct pm_incoming_params ip = { .listen = listen, .nlisten = nlisten, .timeout_ms = 15000,
-					 .dump_on_resume = dump };
-	struct pm_err e = { 0 };
-
-	memset(d, 0, sizeof(*d));
-	d->vm = vm;
-	d->nlisten = nlisten;
-	d->rep = calloc(1, sizeof(*d->rep));
-	if (pm_incoming_listen(&d->in, &ip, &e))
-		fail_msg("listen: %s", e.msg);
-	for (unsigned i = 0; i < nlisten; i++) {
-		const char *a = pm_incoming_address(d->in, i);
-		assert_non_null(a);
-		assert_non_null(strstr(a, "127.0.0.1:"));
-		assert_string_not_equal(a, "127.0.0.1:0");
-		snprintf(d->addr[i], sizeof(d->addr[i]), "%s", a);
-		d->to[i] = d->addr[i];
-	}
-	assert_null(pm_incoming_address(d->in, nlisten));
-	assert_int_equal(pthread_create(&d->th, NULL, dest_main, d), 0);
-}
-
-static void dest_join(struct dest_run *d)
-{
-	pthread_join(d->th, NULL);
-	pm_incoming_close(d->in);
-}
 
 struct cfg {
 	unsigned channels, nlisten, chunk_pages, downtime_ms, max_rounds;

@@ -273,3 +273,45 @@ one_hop() {
 	check "$label: report says completed over $nch channels" \
 		test "$("${TOOL[@]}" get status <"$T/mig-$src.json") $("${TOOL[@]}" get channels <"$T/mig-$src.json")" = "completed $nch"
 }
+
+# wait_file FILE PATTERN SECONDS: FILE gets a line matching PATTERN.
+wait_file() {
+	local deadline=$(($(now_ms) + $3 * 1000 * SLOW))
+	while [ "$(now_ms)" -lt "$deadline" ]; do
+		grep -q -- "$2" "$1" 2>/dev/null && return 0
+		sleep 0.02
+	done
+	echo "no '$2' in $(basename "$1") after $3 s" | diag
+	return 1
+}
+
+# start_fault NAME TARGET RULE...: the fault injector (pmfault, path in
+# $FAULT) in front of TARGET, one --rule per argument; its events go to
+# $T/NAME.log; sets FAULT_ADDR (127.0.0.1:port).
+start_fault() {
+	local name=$1 target=$2 args=() r
+	shift 2
+	for r in "$@"; do args+=(--rule "$r"); done
+	rm -f "$T/$name.port"
+	"$FAULT" --to "$target" --port-file "$T/$name.port" "${args[@]}" >"$T/$name.log" 2>&1 &
+	EXTRA_PIDS+=($!)
+	FAULT_ADDR=
+	local deadline=$(($(now_ms) + 10000 * SLOW))
+	while [ "$(now_ms)" -lt "$deadline" ]; do
+		[ -s "$T/$name.port" ] && FAULT_ADDR=127.0.0.1:$(cat "$T/$name.port") && return 0
+		sleep 0.02
+	done
+	echo "fault injector $name did not start" | diag
+	return 1
+}
+
+# hb_stuck NAME: the heartbeat does not move (the VM is paused).
+hb_stuck() {
+	local c0 c
+	c0=$(status_get "$1" heartbeat.count)
+	sleep 0.3
+	c=$(status_get "$1" heartbeat.count)
+	[ -n "$c0" ] && [ "$c0" = "$c" ] && return 0
+	echo "vm $1: heartbeat moved from $c0 to $c" | diag
+	return 1
+}

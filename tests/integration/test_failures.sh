@@ -93,17 +93,6 @@ start_proxy() {
 	return 1
 }
 
-# wait_file FILE PATTERN SECONDS
-wait_file() {
-	local deadline=$(($(now_ms) + $3 * 1000 * SLOW))
-	while [ "$(now_ms)" -lt "$deadline" ]; do
-		grep -q -- "$2" "$1" 2>/dev/null && return 0
-		sleep 0.05
-	done
-	echo "no '$2' in $(basename "$1") after $3 s" | diag
-	return 1
-}
-
 # --- destination killed (SIGKILL) mid-migration.  Channel 3 of 4 runs
 # through a proxy that hangs it after 1 MB, so the migration cannot finish
 # before the kill (the destination acknowledges only once every channel
