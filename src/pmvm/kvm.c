@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 /* The VM: /dev/kvm, memory slots over one memfd, the in-kernel irqchip and
  * PIT, the serial port, and the boot of a guest in long mode. */
+#include <pmigrate/hostmem.h>
 #include "pmvm.h"
 
 #include <errno.h>
@@ -135,6 +136,10 @@ static int setup_memory(struct pmvm *vm, struct pm_err *err)
 	uint64_t low = vm->mem_bytes < PMVM_LOW_MEM_MAX ? vm->mem_bytes : PMVM_LOW_MEM_MAX;
 	int r;
 
+	/* A guest the host cannot hold is an error now, not the OOM killer later. */
+	r = pm_check_guest_memory(vm->mem_bytes, err);
+	if (r)
+		return r;
 	vm->mem_fd = memfd_create("pmvm-ram", MFD_CLOEXEC);
 	if (vm->mem_fd < 0)
 		return pm_err_set(err, errno, "memfd_create: %s", strerror(errno));

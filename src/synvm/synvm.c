@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+#include <pmigrate/hostmem.h>
 #include <pmigrate/rangelock.h>
 #include "synvm/synvm.h"
 
@@ -531,6 +532,11 @@ int synvm_create(struct synvm **out, const struct synvm_opts *o, struct pm_err *
 		return pm_err_set(err, EINVAL, "memory size must be a multiple of 4 KiB and at least 8 KiB");
 	if (o->workload.threads < 1 || o->workload.threads >= MAX_VCPUS)
 		return pm_err_set(err, EINVAL, "workload threads must be 1..%u", MAX_VCPUS - 1);
+	/* Before anything is allocated: a guest the host cannot hold is an
+	 * error now, not the OOM killer later. */
+	r = pm_check_guest_memory(o->mem_bytes, err);
+	if (r)
+		return r;
 	vm = calloc(1, sizeof(*vm));
 	if (!vm)
 		return pm_err_set(err, ENOMEM, "out of memory");

@@ -15,6 +15,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <cmocka.h>
+#include <pmigrate/hostmem.h>
 #include <pmigrate/migrate.h>
 #include "engine/codec.h"
 #include "engine/net.h"
@@ -256,6 +257,66 @@ static void test_tcp_tune(void **state)
 	assert_int_equal(getsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &v, &l), 0);
 	assert_int_equal(v, 1);
 	close(fd);
+}
+
+
+/* -------------------------------------------------------- host memory */
+
+static void put_file(const char *root, const char *rel, const char *text)
+{
+	char path[512], cmd[600];
+
+	snprintf(path, sizeof(path), "%s/%s", root, rel);
+	snprintf(cmd, sizeof(cmd), "mkdir -p \"$(dirname '%s')\"", path);
+	assert_int_equal(system(cmd), 0);
+	FILE *f = fopen(path, "w");
+	assert_non_null(f);
+	fputs(text, f);
+	fclose(f);
+}
+
+/* MemAvailable, capped by a v2 or v1 memory cgroup (at its path, or at the
+ * root of the hierarchy as inside a container); unlimited cgroups ignored. */
+static void test_host_memory(void **state)
+{
+	char root[] = "/tmp/pm-hostmem-XXXXXX", what[700], cmd[600];
+	struct pm_err e = { 0 };
+	uint64_t b;
+
+	assert_non_null(mkdtemp(root));
+	put_file(root, "proc/meminfo", "MemTotal: 8000000 kB\nMemAvailable: 4194304 kB\n");
+	put_file(root, "proc/self/cgroup", "0::/a/b\n");
+	put_file(root, "sys/fs/cgroup/a/b/memory.max", "max\n");
+	assert_int_equal(pm_host_mem_available_at(root, &b, what, sizeof(what), &e), 0);
+	assert_true(b == 4ull << 30);
+	assert_non_null(strstr(what, "MemAvailable"));
+	/* v2 limit below MemAvailable */
+	put_file(root, "sys/fs/cgroup/a/b/memory.max", "1073741824\n");
+	put_file(root, "sys/fs/cgroup/a/b/memory.current", "268435456\n");
+	assert_int_equal(pm_host_mem_available_at(root, &b, what, sizeof(what), &e), 0);
+	assert_true(b == 768ull << 20);
+	assert_non_null(strstr(what, "memory cgroup /a/b: limit 1.0 GiB, 0.2 GiB in use"));
+	/* v1, its path not visible: the mount's root holds the limit */
+	put_file(root, "proc/self/cgroup", "4:memory:/docker/xyz\n");
+	put_file(root, "sys/fs/cgroup/memory/memory.limit_in_bytes", "2147483648\n");
+	put_file(root, "sys/fs/cgroup/memory/memory.usage_in_bytes", "2000000000\n");
+	assert_int_equal(pm_host_mem_available_at(root, &b, what, sizeof(what), &e), 0);
+	assert_true(b == 147483648ull);
+	/* v1 "no limit" (a huge number) */
+	put_file(root, "sys/fs/cgroup/memory/memory.limit_in_bytes", "9223372036854771712\n");
+	assert_int_equal(pm_host_mem_available_at(root, &b, what, sizeof(what), &e), 0);
+	assert_true(b == 4ull << 30);
+	/* no MemAvailable: an error, not a guess */
+	put_file(root, "proc/meminfo", "MemTotal: 8000000 kB\n");
+	assert_true(pm_host_mem_available_at(root, &b, what, sizeof(what), &e) < 0);
+	assert_non_null(strstr(e.msg, "no MemAvailable"));
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", root);
+	assert_int_equal(system(cmd), 0);
+	/* This host: 1 TiB is refused with the figures. */
+	pm_err_clear(&e);
+	assert_int_equal(pm_check_guest_memory(1ull << 40, &e), -ENOMEM);
+	assert_non_null(strstr(e.msg, "cannot provide 1024.0 GiB of guest memory: only"));
+	assert_int_equal(pm_check_guest_memory(16 << 20, &e), 0);
 }
 
 /* ----------------------------------------------------------- compression */
@@ -608,6 +669,7 @@ int main(void)
 		cmocka_unit_test(test_conn_send_deadline),
 		cmocka_unit_test(test_conn_wake),
 		cmocka_unit_test(test_tcp_tune),
+		cmocka_unit_test(test_host_memory),
 		cmocka_unit_test(test_codec_lz4),
 		cmocka_unit_test(test_codec_zstd),
 		cmocka_unit_test(test_codec_cross),

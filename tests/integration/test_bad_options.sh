@@ -33,6 +33,11 @@ refused "vm --timeout abc" 2 "bad --timeout 'abc'" -- vm --mem 16M --control "$s
 refused "vm unknown option" 2 "unrecognized option '--bogus'" -- vm --mem 16M --control "$sock" --bogus
 refused "vm stray argument" 2 "unexpected argument 'extra'" -- vm --mem 16M --control "$sock" extra
 refused "vm --incoming with --mem-file" 2 "exclude each other" -- vm --mem 16M --control "$sock" --incoming 127.0.0.1:0 --mem-file /dev/null
+# More memory than the host has: refused before anything is allocated
+# (not left to the OOM killer), for a destination too.
+refused "vm --mem 1T" 1 "cannot provide 1024.0 GiB of guest memory: only .* GiB is available" -- vm --mem 1T --control "$sock"
+refused "vm --mem 1T --incoming" 1 "cannot provide 1024.0 GiB" -- vm --mem 1T --control "$sock" --incoming 127.0.0.1:0
+check "vm --mem 1T: no control socket left" test ! -e "$sock"
 refused "vm --mem-file missing" 1 "cannot open memory file $T/nonexistent" -- vm --mem 16M --control "$sock" --mem-file "$T/nonexistent"
 refused "vm --incoming nohost" 1 "address 'nohost' has no port" -- vm --mem 16M --control "$sock" --incoming nohost
 refused "vm --incoming port out of range" 1 "bad port in address '127.0.0.1:70000'" -- vm --mem 16M --control "$sock" --incoming 127.0.0.1:70000
