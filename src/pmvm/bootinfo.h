@@ -41,6 +41,8 @@
 #define PMVM_SERIAL_PORT    0x3f8u
 #define PMVM_EXIT_PORT      0xf4u        /* write: pmvm exits with value & 0xff */
 #define PMVM_HEARTBEAT_PORT 0xf5u        /* write: the guest is alive (any value) */
+#define PMVM_KBD_CMD_PORT   0x64u        /* write 0xfe: reset (pmvm reports it as a failure) */
+#define PMVM_KBD_CMD_RESET  0xfeu
 
 #define PMVM_BOOT_MAGIC     0x544f4f424d564d50ull /* "PMVMBOOT" */
 #define PMVM_BOOT_VERSION   1u

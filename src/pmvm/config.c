@@ -9,13 +9,17 @@
 
 const char *pmvm_usage(void)
 {
-	return "usage: pmvm run --guest FILE [--mem SIZE] [--vcpus N] [--control SOCKET]\n"
+	return "usage: pmvm run (--guest FILE | --kernel BZIMAGE [--initrd FILE] [--append CMDLINE])\n"
+	       "                [--mem SIZE] [--vcpus N] [--control SOCKET]\n"
 	       "                [--incoming ADDR[,ADDR...]] [--serial FILE]\n"
 	       "                [--dump-at-pause FILE] [--dump-on-resume FILE]\n"
 	       "                [--param KEY=VALUE]... [--kvm PATH]\n"
 	       "  --mem SIZE        guest RAM, e.g. 64M, 1G (default 64M; 4M..63G)\n"
 	       "  --vcpus N         vCPUs, 1..16 (default 1)\n"
 	       "  --guest FILE      flat binary (loaded at 1 MiB) or static ELF64\n"
+	       "  --kernel BZIMAGE  a Linux kernel (x86 boot protocol, 64-bit entry)\n"
+	       "  --initrd FILE     its initramfs\n"
+	       "  --append CMDLINE  added to the kernel command line \"" PMVM_LINUX_CMDLINE "\"\n"
 	       "  --control SOCKET  JSON control socket (pmigrate migrate/status)\n"
 	       "  --incoming ADDRS  wait for a migration on host:port[,host:port...]\n"
 	       "  --serial FILE     COM1 output (default: stdout)\n"
@@ -192,6 +196,12 @@ int pmvm_parse_args(int argc, char *const argv[], struct pmvm_config *c, struct 
 			c->vcpus = (unsigned)n;
 		} else if (!strcmp(name, "--guest")) {
 			c->guest = val;
+		} else if (!strcmp(name, "--kernel")) {
+			c->kernel = val;
+		} else if (!strcmp(name, "--initrd")) {
+			c->initrd = val;
+		} else if (!strcmp(name, "--append")) {
+			c->append = val;
 		} else if (!strcmp(name, "--control")) {
 			c->control = val;
 		} else if (!strcmp(name, "--serial")) {
@@ -215,8 +225,14 @@ int pmvm_parse_args(int argc, char *const argv[], struct pmvm_config *c, struct 
 		}
 #undef NEED_VAL
 	}
-	if (!c->guest)
-		return pm_err_set(err, EINVAL, "--guest FILE is required");
+	if (!c->guest && !c->kernel)
+		return pm_err_set(err, EINVAL, "--guest FILE or --kernel BZIMAGE is required");
+	if (c->guest && c->kernel)
+		return pm_err_set(err, EINVAL, "--guest and --kernel exclude each other");
+	if (!c->kernel && (c->initrd || c->append))
+		return pm_err_set(err, EINVAL, "%s needs --kernel", c->initrd ? "--initrd" : "--append");
+	if (c->kernel && c->nparams)
+		return pm_err_set(err, EINVAL, "--param is for freestanding guests; pass Linux settings with --append");
 	if (c->mem_bytes % 4096)
 		return pm_err_set(err, EINVAL, "--mem %llu is not a multiple of 4 KiB",
 				  (unsigned long long)c->mem_bytes);
@@ -225,6 +241,10 @@ int pmvm_parse_args(int argc, char *const argv[], struct pmvm_config *c, struct 
 				  (unsigned long long)(c->mem_bytes >> 20),
 				  (unsigned long long)(PMVM_MIN_MEM >> 20),
 				  (unsigned long long)(PMVM_MAX_MEM >> 30));
+	if (c->kernel && c->mem_bytes < PMVM_MIN_LINUX_MEM)
+		return pm_err_set(err, EINVAL, "--mem %llu MiB is too small for Linux (at least %llu MiB)",
+				  (unsigned long long)(c->mem_bytes >> 20),
+				  (unsigned long long)(PMVM_MIN_LINUX_MEM >> 20));
 	if (c->dump_on_resume && !c->nlisten)
 		return pm_err_set(err, EINVAL, "--dump-on-resume needs --incoming");
 	return 0;

@@ -11,11 +11,20 @@
 #define PMVM_MIN_MEM (4ull << 20)
 #define PMVM_MAX_MEM ((uint64_t)(PMVM_MAX_PD - 1) << 30)   /* the 3-4 GiB hole is mapped too */
 #define PMVM_MAX_LISTEN 64u
+/* What pmvm's machine needs on every Linux command line: the console on
+ * COM1, a reset through the keyboard controller (pmvm reports it), a
+ * panic that resets at once instead of hanging, and no PCI (pmvm has none;
+ * probing it costs a VM exit per config-space access). */
+#define PMVM_LINUX_CMDLINE "console=ttyS0 reboot=k panic=-1 pci=off"
+#define PMVM_MIN_LINUX_MEM (128ull << 20)
 
 struct pmvm_config {
 	uint64_t mem_bytes;            /* default 64 MiB */
 	unsigned vcpus;                /* default 1 */
-	const char *guest;             /* required */
+	const char *guest;             /* a freestanding guest, or: */
+	const char *kernel;            /* a Linux bzImage (exactly one of the two) */
+	const char *initrd;            /* with --kernel: optional */
+	const char *append;            /* with --kernel: added to PMVM_LINUX_CMDLINE */
 	const char *control;           /* optional: no control socket without it */
 	const char *serial;            /* NULL: stdout */
 	const char *dump_at_pause;

@@ -12,8 +12,32 @@ void pmvm_cpuid_fixup(struct kvm_cpuid_entry2 *e, unsigned n, unsigned index, un
 			/* EBX[31:24] initial APIC ID, [23:16] logical processors. */
 			e[i].ebx = (e[i].ebx & 0x0000ffffu) | (index << 24) | ((nvcpus & 0xff) << 16);
 			e[i].ecx |= 1u << 31;            /* running under a hypervisor */
+			e[i].ecx &= ~PMVM_CPUID1_ECX_AVX;
 			if (nvcpus > 1)
 				e[i].edx |= 1u << 28;    /* HTT: the count above is valid */
+			break;
+		case 0x7:
+			if (e[i].index == 0) {
+				e[i].ebx &= ~PMVM_CPUID7_EBX_AVX;
+				e[i].ecx &= ~PMVM_CPUID7_ECX_AVX;
+				e[i].edx &= ~PMVM_CPUID7_EDX_AVX;
+			} else if (e[i].index == 1) {
+				e[i].eax &= ~PMVM_CPUID7_1_EAX_AVX;
+			}
+			break;
+		case 0xd:
+			/* XSAVE covers x87 and SSE state only (XCR0 <= 3), with
+			 * the standard layout: 512 + 64 bytes. */
+			if (e[i].index == 0) {
+				e[i].eax &= 0x3;
+				e[i].edx = 0;
+				e[i].ebx = e[i].ecx = 576;
+			} else if (e[i].index == 1) {
+				e[i].eax &= ~(1u << 3);      /* no XSAVES: no supervisor state */
+				e[i].ebx = e[i].ecx = e[i].edx = 0;
+			} else {
+				e[i].eax = e[i].ebx = e[i].ecx = e[i].edx = 0;
+			}
 			break;
 		case 0xa:
 			/* No PMU: its MSRs would not migrate. */
@@ -57,6 +81,7 @@ static const struct { uint32_t first, last; } carried[] = {
 	{ 0x4b564d00, 0x4b564d06 }, /* KVM PV: clocks, async PF, steal time, PV EOI, poll control */
 	{ 0xc0000081, 0xc0000084 }, /* STAR, LSTAR, CSTAR, SFMASK */
 	{ 0xc0000102, 0xc0000103 }, /* KERNEL_GS_BASE, TSC_AUX */
+	{ 0xc001011f, 0xc001011f }, /* AMD VIRT_SPEC_CTRL (SSBD) */
 };
 
 bool pmvm_msr_carried(uint32_t index)

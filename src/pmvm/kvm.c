@@ -17,7 +17,9 @@
 #include "bootinfo.h"
 #include "cpu_setup.h"
 #include "cpuid.h"
+#include "bzimage.h"
 #include "loader.h"
+#include "mptable.h"
 
 #define PMVM_TSS_ADDR     0xfffbd000ull   /* three pages KVM needs on Intel, below the BIOS */
 #define PMVM_IDMAP_ADDR   0xfffbc000ull
@@ -239,6 +241,7 @@ int pmvm_create(struct pmvm *vm, const struct pmvm_config *c, struct pm_err *err
 	pthread_cond_init(&vm->cond, NULL);
 	pthread_rwlock_init(&vm->dirty_lock, NULL);
 	pmvm_serial_init(&vm->serial, serial_out, serial_irq, vm);
+	pmvm_rtc_init(&vm->rtc);
 
 	if (c->serial) {
 		vm->serial_fd = open(c->serial, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0644);
@@ -335,6 +338,49 @@ int pmvm_boot(struct pmvm *vm, const struct pmvm_config *c, const uint8_t *image
 	return 0;
 }
 
+static void cpuid_leaf1(const struct pmvm *vm, uint32_t *eax, uint32_t *edx)
+{
+	*eax = *edx = 0;
+	for (unsigned i = 0; i < vm->cpuid->nent; i++)
+		if (vm->cpuid->entries[i].function == 1) {
+			*eax = vm->cpuid->entries[i].eax;
+			*edx = vm->cpuid->entries[i].edx;
+		}
+}
+
+int pmvm_boot_linux(struct pmvm *vm, const struct pmvm_linux_boot *b, struct pm_err *err)
+{
+	uint64_t low_end = vm->slots[0].npages * PM_PAGE_SIZE;
+	uint64_t top = vm->slots[vm->nslots - 1].gpa + vm->slots[vm->nslots - 1].npages * PM_PAGE_SIZE;
+	uint64_t gdt[PMVM_GDT_ENTRIES];
+	struct pmvm_linux_layout lay;
+	uint32_t sig, features;
+	int r;
+
+	r = pmvm_linux_load(b, vm->mem, low_end, &lay, err);
+	if (r)
+		return r;
+	/* The 64-bit entry wants long mode with an identity map of what the
+	 * kernel touches before it builds its own tables: pmvm's usual one. */
+	r = pmvm_build_page_tables(vm->mem, low_end, top, err);
+	if (r)
+		return r;
+	pmvm_build_gdt(gdt, PMVM_TSS_GPA);
+	memset(vm->mem + PMVM_GDT_GPA, 0, 4096);
+	memcpy(vm->mem + PMVM_GDT_GPA, gdt, sizeof(gdt));
+	cpuid_leaf1(vm, &sig, &features);
+	pmvm_mptable_write(vm->mem + PMVM_EBDA_GPA, (uint32_t)PMVM_EBDA_GPA, vm->nvcpus, sig, features);
+	vm->linux_guest = true;
+	/* Only the boot processor starts; Linux wakes the others with
+	 * INIT/SIPI through the in-kernel LAPIC. */
+	for (unsigned i = 0; i < vm->nvcpus; i++) {
+		r = pmvm_vcpu_boot_linux(&vm->vcpus[i], lay.entry, PMVM_BOOT_PARAMS_GPA, err);
+		if (r)
+			return r;
+	}
+	return 0;
+}
+
 void pmvm_destroy(struct pmvm *vm)
 {
 	pmvm_vcpus_stop(vm);
@@ -363,6 +409,7 @@ void pmvm_destroy(struct pmvm *vm)
 	free(vm->cpuid);
 	free(vm->msrs);
 	pmvm_serial_destroy(&vm->serial);
+	pmvm_rtc_destroy(&vm->rtc);
 	pthread_rwlock_destroy(&vm->dirty_lock);
 	pthread_cond_destroy(&vm->cond);
 	pthread_mutex_destroy(&vm->lock);
@@ -396,6 +443,10 @@ int pmvm_save_vm(struct pmvm *vm, struct pmvm_vm_state *st, struct pm_err *err)
 	if (ioctl(vm->vm_fd, KVM_GET_CLOCK, &st->clock) < 0)
 		return pm_err_set(err, errno, "KVM_GET_CLOCK: %s", strerror(errno));
 	pmvm_serial_save(&vm->serial, &st->serial);
+	/* A line cut by the pause is written now rather than at exit. */
+	pmvm_serial_flush(vm);
+	st->has_rtc = true;
+	pmvm_rtc_save(&vm->rtc, &st->rtc);
 	st->has_heartbeat = true;
 	st->heartbeat.last_ns = atomic_load(&vm->hb.last_ns);
 	st->heartbeat.count = atomic_load(&vm->hb.count);
@@ -418,6 +469,8 @@ int pmvm_load_vm_early(struct pmvm *vm, const struct pmvm_vm_state *st, struct p
 		return pm_err_set(err, errno, "KVM_SET_PIT2: %s", strerror(errno));
 	if (pmvm_serial_load(&vm->serial, &st->serial))
 		return pm_err_set(err, EINVAL, "serial state is not one a 16550 can be in");
+	if (st->has_rtc && pmvm_rtc_load(&vm->rtc, &st->rtc))
+		return pm_err_set(err, EINVAL, "rtc state is not one an MC146818 can be in");
 	if (st->has_heartbeat) {
 		atomic_store(&vm->hb.last_ns, st->heartbeat.last_ns);
 		atomic_store(&vm->hb.count, st->heartbeat.count);

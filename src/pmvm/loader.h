@@ -11,6 +11,7 @@
 #include <pmigrate/error.h>
 
 #define PMVM_MAX_IMAGE (256u << 20)
+#define PMVM_MAX_INITRD (1u << 30)
 
 struct pmvm_image {
 	bool elf;

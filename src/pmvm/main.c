@@ -33,6 +33,7 @@ static void ctl_status(void *opaque, json_object *out)
 	struct pmvm *vm = cc->vm;
 
 	json_object_object_add(out, "vm", json_object_new_string("kvm"));
+	json_object_object_add(out, "guest", json_object_new_string(vm->linux_guest ? "linux" : "freestanding"));
 	json_object_object_add(out, "vcpus", json_object_new_int((int)vm->nvcpus));
 	json_object_object_add(out, "mem_bytes", json_object_new_int64((int64_t)vm->mem_bytes));
 	json_object_object_add(out, "paused", json_object_new_boolean(pmvm_is_paused(vm)));
@@ -97,6 +98,50 @@ static enum outcome check(struct pmvm *vm, struct pm_control *ctl)
 	return o;
 }
 
+/* Reads the kernel and initrd, makes the command line and checks that it
+ * all fits this VM's memory (nothing is written yet). */
+/* Prefixes err's message with what it was about. */
+static int err_about(struct pm_err *err, int r, const char *what, const char *path)
+{
+	char m[sizeof(err->msg)];
+
+	snprintf(m, sizeof(m), "%s", err->msg);
+	return pm_err_reset(err, -r, "%s %s: %s", what, path, m);
+}
+
+static int linux_prepare(const struct pmvm_config *c, struct pmvm_linux_boot *lb, uint8_t **kernel,
+			 size_t *kernel_len, uint8_t **initrd, char **cmdline, struct pm_err *err)
+{
+	size_t ilen = 0, n;
+	int r;
+
+	r = pmvm_read_file(c->kernel, kernel, kernel_len, PMVM_MAX_IMAGE, err);
+	if (r)
+		return err_about(err, r, "kernel", c->kernel);
+	if (c->initrd) {
+		r = pmvm_read_file(c->initrd, initrd, &ilen, PMVM_MAX_INITRD, err);
+		if (r)
+			return err_about(err, r, "initrd", c->initrd);
+	}
+	n = strlen(PMVM_LINUX_CMDLINE) + (c->append ? 1 + strlen(c->append) : 0) + 1;
+	*cmdline = malloc(n);
+	if (!*cmdline)
+		return pm_err_set(err, ENOMEM, "out of memory");
+	snprintf(*cmdline, n, "%s%s%s", PMVM_LINUX_CMDLINE, c->append ? " " : "",
+		 c->append ? c->append : "");
+	pmvm_e820_build(c->mem_bytes, (struct pmvm_e820 *)lb->map);
+	lb->kernel = *kernel;
+	lb->kernel_len = *kernel_len;
+	lb->initrd = *initrd;
+	lb->initrd_len = ilen;
+	lb->cmdline = *cmdline;
+	r = pmvm_linux_load(lb, NULL, c->mem_bytes < PMVM_LOW_MEM_MAX ? c->mem_bytes : PMVM_LOW_MEM_MAX,
+			    NULL, err);
+	if (r)
+		return err_about(err, r, "kernel", c->kernel);
+	return 0;
+}
+
 static int run(struct pmvm_config *c)
 {
 	struct pm_err err = {0};
@@ -109,6 +154,10 @@ static int run(struct pmvm_config *c)
 	struct pmvm_image info;
 	uint8_t *image = NULL;
 	size_t image_len = 0;
+	uint8_t *initrd = NULL;
+	char *cmdline = NULL;
+	struct pmvm_e820 map;
+	struct pmvm_linux_boot lb = { .map = &map };
 	uint64_t low = c->mem_bytes < PMVM_LOW_MEM_MAX ? c->mem_bytes : PMVM_LOW_MEM_MAX;
 	enum outcome o = FAILED;
 	sigset_t set;
@@ -121,8 +170,18 @@ static int run(struct pmvm_config *c)
 		return 1;
 	}
 	/* Everything that can be checked without KVM comes first. */
-	if (pmvm_read_file(c->guest, &image, &image_len, PMVM_MAX_IMAGE, &err) ||
-	    pmvm_image_load(image, image_len, NULL, low, &info, &err)) {
+	if (c->kernel) {
+		if (linux_prepare(c, &lb, &image, &image_len, &initrd, &cmdline, &err)) {
+			fprintf(stderr, "pmvm: %s\n", err.msg);
+			free(image);
+			free(initrd);
+			free(cmdline);
+			free(vm);
+			free(rep);
+			return 2;
+		}
+	} else if (pmvm_read_file(c->guest, &image, &image_len, PMVM_MAX_IMAGE, &err) ||
+		   pmvm_image_load(image, image_len, NULL, low, &info, &err)) {
 		fprintf(stderr, "pmvm: guest %s: %s\n", c->guest, err.msg);
 		free(image);
 		free(vm);
@@ -141,7 +200,9 @@ static int run(struct pmvm_config *c)
 	cc.vm = vm;
 	if (pmvm_create(vm, c, &err))
 		goto fail;
-	if (!c->nlisten && pmvm_boot(vm, c, image, image_len, &err))
+	if (!c->nlisten && c->kernel && pmvm_boot_linux(vm, &lb, &err))
+		goto fail;
+	if (!c->nlisten && !c->kernel && pmvm_boot(vm, c, image, image_len, &err))
 		goto fail;
 	pmvm_backend_init(&be, vm);
 
@@ -224,6 +285,8 @@ out:
 		pm_incoming_close(in);
 	pmvm_destroy(vm);
 	free(image);
+	free(initrd);
+	free(cmdline);
 	free(vm);
 	free(rep);
 	return status;

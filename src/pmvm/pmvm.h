@@ -13,7 +13,9 @@
 #include <pmigrate/backend.h>
 #include <pmigrate/error.h>
 
+#include "bzimage.h"
 #include "config.h"
+#include "rtc.h"
 #include "serial.h"
 #include "state.h"
 
@@ -75,10 +77,12 @@ struct pmvm {
 	unsigned nmsrs;
 
 	struct pmvm_vcpu *vcpus;
+	bool linux_guest;              /* booted by the Linux boot protocol */
 
 	/* Devices. */
 	struct pmvm_heartbeat hb;
 	struct pmvm_serial serial;
+	struct pmvm_rtc rtc;
 	int serial_fd;
 	char serial_line[256];
 	size_t serial_len;
@@ -106,6 +110,9 @@ int pmvm_create(struct pmvm *vm, const struct pmvm_config *c, struct pm_err *err
 void pmvm_destroy(struct pmvm *vm);
 int pmvm_boot(struct pmvm *vm, const struct pmvm_config *c, const uint8_t *image,
 	      size_t image_len, struct pm_err *err);
+/* Loads a Linux kernel (bzimage.h), writes the MP table and starts vCPU 0
+ * at its 64-bit entry; the others wait for INIT/SIPI. */
+int pmvm_boot_linux(struct pmvm *vm, const struct pmvm_linux_boot *b, struct pm_err *err);
 int pmvm_set_dirty_logging(struct pmvm *vm, bool on, struct pm_err *err);
 void pmvm_serial_flush(struct pmvm *vm);
 int pmvm_save_vm(struct pmvm *vm, struct pmvm_vm_state *st, struct pm_err *err);
@@ -115,6 +122,8 @@ int pmvm_load_vm_late(struct pmvm *vm, const struct pmvm_vm_state *st, struct pm
 /* vcpu.c */
 int pmvm_vcpus_create(struct pmvm *vm, struct pm_err *err);
 int pmvm_vcpu_boot(struct pmvm_vcpu *v, uint64_t entry, struct pm_err *err);
+int pmvm_vcpu_boot_linux(struct pmvm_vcpu *v, uint64_t entry, uint64_t boot_params,
+			 struct pm_err *err);
 int pmvm_vcpus_start(struct pmvm *vm, bool paused, struct pm_err *err);
 int pmvm_pause(struct pmvm *vm, struct pm_err *err);
 int pmvm_resume(struct pmvm *vm, struct pm_err *err);

@@ -46,6 +46,7 @@ static const char *const sec_names[] = {
 	[PMVM_SEC_CLOCK] = "clock",
 	[PMVM_SEC_SERIAL] = "serial",
 	[PMVM_SEC_HEARTBEAT] = "heartbeat",
+	[PMVM_SEC_RTC] = "rtc",
 	[PMVM_SEC_REGS] = "regs",
 	[PMVM_SEC_SREGS] = "sregs",
 	[PMVM_SEC_FPU] = "fpu",
@@ -90,6 +91,7 @@ static size_t fixed_len(unsigned type)
 	case PMVM_SEC_CLOCK: return sizeof(struct kvm_clock_data);
 	case PMVM_SEC_SERIAL: return sizeof(struct pmvm_serial_state);
 	case PMVM_SEC_HEARTBEAT: return sizeof(struct pmvm_heartbeat_state);
+	case PMVM_SEC_RTC: return sizeof(struct pmvm_rtc_state);
 	case PMVM_SEC_REGS: return sizeof(struct kvm_regs);
 	case PMVM_SEC_SREGS: return sizeof(struct kvm_sregs);
 	case PMVM_SEC_FPU: return sizeof(struct kvm_fpu);
@@ -115,7 +117,8 @@ static bool per_vcpu(unsigned type)
 
 static bool optional(unsigned type)
 {
-	return type == PMVM_SEC_XSAVE || type == PMVM_SEC_XCRS || type == PMVM_SEC_HEARTBEAT;
+	return type == PMVM_SEC_XSAVE || type == PMVM_SEC_XCRS || type == PMVM_SEC_HEARTBEAT ||
+	       type == PMVM_SEC_RTC;
 }
 
 int pmvm_state_init(struct pmvm_vm_state *st, uint32_t nvcpus, struct pm_err *err)
@@ -213,6 +216,8 @@ int pmvm_state_encode(const struct pmvm_vm_state *st, void **buf, size_t *len,
 	put_section(&w, PMVM_SEC_SERIAL, vm, &st->serial, sizeof(st->serial), NULL, 0);
 	if (st->has_heartbeat)
 		put_section(&w, PMVM_SEC_HEARTBEAT, vm, &st->heartbeat, sizeof(st->heartbeat), NULL, 0);
+	if (st->has_rtc)
+		put_section(&w, PMVM_SEC_RTC, vm, &st->rtc, sizeof(st->rtc), NULL, 0);
 
 	for (uint32_t i = 0; i < st->nvcpus; i++) {
 		const struct pmvm_vcpu_state *v = &st->vcpus[i];
@@ -381,6 +386,12 @@ static int check_vm_payload(unsigned type, const uint8_t *pl, uint32_t plen,
 		memcpy(&st->heartbeat, pl, plen);
 		st->has_heartbeat = true;
 		return 0;
+	case PMVM_SEC_RTC:
+		memcpy(&st->rtc, pl, plen);
+		if (!all_zero(st->rtc.reserved, sizeof(st->rtc.reserved)) || st->rtc.index > 0x7f)
+			return bad(st, err, "rtc state is not one an MC146818 can be in");
+		st->has_rtc = true;
+		return 0;
 	}
 	return bad(st, err, "section type %u is not VM-wide", type);
 }
@@ -407,8 +418,9 @@ int pmvm_state_decode(const void *buf, size_t len, struct pmvm_vm_state *st,
 	memcpy(&total, p + 16, 8);
 	memcpy(&nsec, p + 24, 4);
 	memcpy(&crc, p + 28, 4);
-	if (version != PMVM_STATE_VERSION)
-		return bad(st, err, "version %u, this pmvm reads version %u", version, PMVM_STATE_VERSION);
+	if (version < PMVM_STATE_MIN_VERSION || version > PMVM_STATE_VERSION)
+		return bad(st, err, "version %u, this pmvm reads versions %u..%u", version,
+			   PMVM_STATE_MIN_VERSION, PMVM_STATE_VERSION);
 	if (hlen != PMVM_STATE_HDR_LEN)
 		return bad(st, err, "header length %u, expected %u", hlen, PMVM_STATE_HDR_LEN);
 	if (total != len)
@@ -445,9 +457,9 @@ int pmvm_state_decode(const void *buf, size_t len, struct pmvm_vm_state *st,
 			free(seen);
 			return bad(st, err, "section %u has non-zero padding", s);
 		}
-		if (!known(h.type)) {
+		if (!known(h.type) || (h.type == PMVM_SEC_RTC && version < 2)) {
 			free(seen);
-			return bad(st, err, "section %u has unknown type %u", s, h.type);
+			return bad(st, err, "section %u has unknown type %u (for version %u)", s, h.type, version);
 		}
 		if (fixed_len(h.type) && h.len != fixed_len(h.type)) {
 			free(seen);

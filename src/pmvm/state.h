@@ -12,10 +12,12 @@
 #include <linux/kvm.h>
 #include <pmigrate/error.h>
 
+#include "rtc.h"
 #include "serial.h"
 
 #define PMVM_STATE_MAGIC     "PMVMSTAT"
-#define PMVM_STATE_VERSION   1u
+#define PMVM_STATE_VERSION   2u    /* 2: rtc section */
+#define PMVM_STATE_MIN_VERSION 1u
 #define PMVM_STATE_HDR_LEN   32u
 #define PMVM_STATE_SEC_LEN   16u
 #define PMVM_STATE_VM_INDEX  0xffffffffu
@@ -33,7 +35,8 @@ enum pmvm_state_section {
 	PMVM_SEC_CLOCK,
 	PMVM_SEC_SERIAL,
 	PMVM_SEC_HEARTBEAT,    /* optional: older senders have none */
-	PMVM_SEC_VM_LAST = PMVM_SEC_HEARTBEAT,
+	PMVM_SEC_RTC,          /* optional, version 2 and up */
+	PMVM_SEC_VM_LAST = PMVM_SEC_RTC,
 
 	PMVM_SEC_REGS = 16,
 	PMVM_SEC_SREGS,
@@ -80,6 +83,8 @@ struct pmvm_vm_state {
 	struct pmvm_serial_state serial;
 	bool has_heartbeat;
 	struct pmvm_heartbeat_state heartbeat;
+	bool has_rtc;
+	struct pmvm_rtc_state rtc;
 	struct pmvm_vcpu_state *vcpus; /* malloc'ed, nvcpus entries */
 };
 

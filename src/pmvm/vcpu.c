@@ -140,17 +140,24 @@ int pmvm_vcpus_create(struct pmvm *vm, struct pm_err *err)
 	return probe_msrs(vm, err);
 }
 
+/* Best effort: without MTRRs enabled all memory would be uncached. */
+static void set_mtrr_wb(struct pmvm_vcpu *v)
+{
+	struct {
+		struct kvm_msrs h;
+		struct kvm_msr_entry e;
+	} mtrr = { .h = { .nmsrs = 1 },
+		   .e = { .index = PMVM_MSR_MTRR_DEF_TYPE, .data = (1u << 11) | 6 } }; /* enabled, WB */
+
+	(void)ioctl(v->fd, KVM_SET_MSRS, &mtrr);
+}
+
 int pmvm_vcpu_boot(struct pmvm_vcpu *v, uint64_t entry, struct pm_err *err)
 {
 	struct kvm_sregs sregs;
 	struct kvm_regs regs;
 	struct kvm_fpu fpu;
 	struct kvm_mp_state mp = { .mp_state = KVM_MP_STATE_RUNNABLE };
-	struct {
-		struct kvm_msrs h;
-		struct kvm_msr_entry e;
-	} mtrr = { .h = { .nmsrs = 1 },
-		   .e = { .index = PMVM_MSR_MTRR_DEF_TYPE, .data = (1u << 11) | 6 } }; /* enabled, WB */
 
 	if (ioctl(v->fd, KVM_GET_SREGS, &sregs) < 0)
 		return pm_err_set(err, errno, "KVM_GET_SREGS vCPU %u: %s", v->index, strerror(errno));
@@ -163,12 +170,41 @@ int pmvm_vcpu_boot(struct pmvm_vcpu *v, uint64_t entry, struct pm_err *err)
 	pmvm_setup_fpu(&fpu);
 	if (ioctl(v->fd, KVM_SET_FPU, &fpu) < 0)
 		return pm_err_set(err, errno, "KVM_SET_FPU vCPU %u: %s", v->index, strerror(errno));
-	/* Best effort: without MTRRs enabled all memory would be uncached. */
-	(void)ioctl(v->fd, KVM_SET_MSRS, &mtrr);
+	set_mtrr_wb(v);
 	/* With the in-kernel LAPIC, APs wait for INIT/SIPI; pmvm starts every
 	 * vCPU directly in long mode instead. */
 	if (ioctl(v->fd, KVM_SET_MP_STATE, &mp) < 0)
 		return pm_err_set(err, errno, "KVM_SET_MP_STATE vCPU %u: %s", v->index, strerror(errno));
+	return 0;
+}
+
+/* The 64-bit boot protocol for vCPU 0: long mode, paging on with an
+ * identity map, interrupts off, RSI = boot_params.  The others only get
+ * their MTRRs: they stay as KVM made them, waiting for INIT/SIPI. */
+int pmvm_vcpu_boot_linux(struct pmvm_vcpu *v, uint64_t entry, uint64_t boot_params,
+			 struct pm_err *err)
+{
+	struct kvm_sregs sregs;
+	struct kvm_regs regs;
+	struct kvm_fpu fpu;
+
+	set_mtrr_wb(v);
+	if (v->index)
+		return 0;
+
+	if (ioctl(v->fd, KVM_GET_SREGS, &sregs) < 0)
+		return pm_err_set(err, errno, "KVM_GET_SREGS vCPU %u: %s", v->index, strerror(errno));
+	pmvm_setup_long_mode_sregs(&sregs);
+	if (ioctl(v->fd, KVM_SET_SREGS, &sregs) < 0)
+		return pm_err_set(err, errno, "KVM_SET_SREGS vCPU %u: %s", v->index, strerror(errno));
+	pmvm_setup_regs(&regs, entry, v->index);
+	regs.rdi = 0;
+	regs.rsi = boot_params;
+	if (ioctl(v->fd, KVM_SET_REGS, &regs) < 0)
+		return pm_err_set(err, errno, "KVM_SET_REGS vCPU %u: %s", v->index, strerror(errno));
+	pmvm_setup_fpu(&fpu);
+	if (ioctl(v->fd, KVM_SET_FPU, &fpu) < 0)
+		return pm_err_set(err, errno, "KVM_SET_FPU vCPU %u: %s", v->index, strerror(errno));
 	return 0;
 }
 
@@ -201,6 +237,19 @@ static bool handle_io(struct pmvm_vcpu *v)
 				memset(data, 0, size);
 				data[0] = pmvm_serial_read(&v->vm->serial, port - PMVM_SERIAL_PORT);
 			}
+		} else if (port == PMVM_RTC_INDEX_PORT || port == PMVM_RTC_DATA_PORT) {
+			if (run->io.direction == KVM_EXIT_IO_OUT) {
+				pmvm_rtc_write(&v->vm->rtc, port, data[0]);
+			} else {
+				memset(data, 0xff, size);
+				data[0] = pmvm_rtc_read(&v->vm->rtc, port);
+			}
+		} else if (port == PMVM_KBD_CMD_PORT && run->io.direction == KVM_EXIT_IO_OUT &&
+			   data[0] == PMVM_KBD_CMD_RESET) {
+			/* Linux's reboot=k, and its panic=-1: the guest wants a
+			 * reset, which pmvm reports rather than perform. */
+			pmvm_fail(v->vm, "guest vCPU %u asked for a reset (keyboard controller)", v->index);
+			return false;
 		} else if (port == PMVM_HEARTBEAT_PORT && run->io.direction == KVM_EXIT_IO_OUT) {
 			pmvm_heartbeat_beat(v->vm);
 		} else if (port == PMVM_EXIT_PORT && run->io.direction == KVM_EXIT_IO_OUT) {

@@ -13,6 +13,10 @@
 #include <cmocka.h>
 
 #include "bootinfo.h"
+#include "bzimage.h"
+#include "e820.h"
+#include "mptable.h"
+#include "rtc.h"
 #include "config.h"
 #include "cpu_setup.h"
 #include "cpuid.h"
@@ -57,6 +61,9 @@ static void make_state(struct pmvm_vm_state *st, unsigned nvcpus)
 	fill_rand(&st->clock, sizeof(st->clock));
 	st->serial = (struct pmvm_serial_state){ .ier = 2, .lcr = 3, .mcr = 0xb, .scr = 0x5a,
 						 .dll = 1, .lsr = 0x60 };
+	st->has_rtc = true;
+	fill_rand(st->rtc.ram, sizeof(st->rtc.ram));
+	st->rtc.index = 0x0e;
 	for (unsigned i = 0; i < nvcpus; i++) {
 		struct pmvm_vcpu_state *v = &st->vcpus[i];
 
@@ -93,6 +100,8 @@ static void assert_state_equal(const struct pmvm_vm_state *a, const struct pmvm_
 	assert_memory_equal(&a->pit, &b->pit, sizeof(a->pit));
 	assert_memory_equal(&a->clock, &b->clock, sizeof(a->clock));
 	assert_memory_equal(&a->serial, &b->serial, sizeof(a->serial));
+	assert_int_equal(a->has_rtc, b->has_rtc);
+	assert_memory_equal(&a->rtc, &b->rtc, sizeof(a->rtc));
 	for (unsigned i = 0; i < a->nvcpus; i++) {
 		const struct pmvm_vcpu_state *x = &a->vcpus[i], *y = &b->vcpus[i];
 
@@ -129,6 +138,8 @@ static void test_state_roundtrip(void **unused)
 	/* Without the optional sections too. */
 	pmvm_state_free(&b);
 	free(buf);
+	a.has_rtc = false;
+	memset(&a.rtc, 0, sizeof(a.rtc));
 	for (unsigned i = 0; i < a.nvcpus; i++) {
 		free(a.vcpus[i].xsave);
 		a.vcpus[i].xsave = NULL;
@@ -215,8 +226,8 @@ static void test_state_rejects(void **unused)
 
 	/* A newer version is named. */
 	memcpy(bad, buf, len);
-	bad[8] = 2;
-	expect_reject(bad, len, "version 2");
+	bad[8] = PMVM_STATE_VERSION + 1;
+	expect_reject(bad, len, "version 3");
 
 	/* Deeper checks, with the checksum made right. */
 	memcpy(bad, buf, len);
@@ -276,6 +287,19 @@ static void test_state_rejects(void **unused)
 		recrc(bad, last);
 		expect_reject(bad, last, "missing section debugregs of vCPU 1");
 	}
+
+	/* An rtc section in a version-1 blob (version 1 had none). */
+	memcpy(bad, buf, len);
+	bad[8] = 1;
+	recrc(bad, len);
+	expect_reject(bad, len, "for version 1");
+
+	/* An rtc state no MC146818 has. */
+	memcpy(bad, buf, len);
+	off = find_section(bad, len, PMVM_SEC_RTC);
+	bad[off + 16] = 0x80;
+	recrc(bad, len);
+	expect_reject(bad, len, "MC146818");
 
 	/* Wrong chip in the PIC section. */
 	memcpy(bad, buf, len);
@@ -429,6 +453,50 @@ static void test_cpuid_fixup(void **unused)
 	assert_int_equal(e[3].edx, 3);
 }
 
+static void test_cpuid_xsave(void **unused)
+{
+	struct kvm_cpuid_entry2 e[6];
+
+	memset(e, 0, sizeof(e));
+	e[0].function = 1;
+	e[0].ecx = 0xffffffff & ~(1u << 31);
+	e[1].function = 7;
+	e[1].ebx = e[1].ecx = e[1].edx = 0xffffffff;
+	e[2].function = 0xd;
+	e[2].eax = 0x2e7;
+	e[2].ebx = 0x340;
+	e[2].ecx = 0xa88;
+	e[3].function = 0xd;
+	e[3].index = 1;
+	e[3].eax = 0xf;
+	e[3].ecx = 0x1800;
+	e[4].function = 0xd;
+	e[4].index = 9;
+	e[4].eax = 8;
+	e[4].ebx = 0xa80;
+	e[5].function = 7;
+	e[5].index = 1;
+	e[5].eax = 0xffffffff;
+	pmvm_cpuid_fixup(e, 6, 0, 1);
+	/* No AVX, FMA, F16C; XSAVE/OSXSAVE and SSE stay. */
+	assert_int_equal(e[0].ecx & PMVM_CPUID1_ECX_AVX, 0);
+	assert_true(e[0].ecx & (1u << 26));
+	assert_true(e[0].ecx & (1u << 0));
+	/* No AVX2/AVX-512/PKU in leaf 7; other features stay. */
+	assert_int_equal(e[1].ebx & PMVM_CPUID7_EBX_AVX, 0);
+	assert_int_equal(e[1].ecx & PMVM_CPUID7_ECX_AVX, 0);
+	assert_true(e[1].ebx & (1u << 0));      /* FSGSBASE */
+	assert_int_equal(e[5].eax & PMVM_CPUID7_1_EAX_AVX, 0);
+	/* XCR0 offers x87 and SSE only, in 576 bytes. */
+	assert_int_equal(e[2].eax, 3);
+	assert_int_equal(e[2].ebx, 576);
+	assert_int_equal(e[2].ecx, 576);
+	assert_int_equal(e[3].eax, 0x7);        /* XSAVEOPT, XSAVEC, XGETBV1; no XSAVES */
+	assert_int_equal(e[3].ecx, 0);
+	assert_int_equal(e[4].eax, 0);
+	assert_int_equal(e[4].ebx, 0);
+}
+
 static void test_msr_filter(void **unused)
 {
 	uint32_t in[] = { 0xc0000082, 0x10, 0xc1, 0x40000000, 0x6e0, 0x10, 0x277, 0x38d,
@@ -444,6 +512,267 @@ static void test_msr_filter(void **unused)
 	/* In place. */
 	n = pmvm_msr_filter(in, sizeof(in) / 4, in);
 	assert_memory_equal(in, want, sizeof(want));
+}
+
+/* ---- Linux boot: e820, bzImage, MP table, RTC ---- */
+
+static void test_e820(void **unused)
+{
+	struct pmvm_e820 m;
+
+	pmvm_e820_build(256ull << 20, &m);
+	assert_int_equal(m.n, 3);
+	assert_int_equal(m.e[0].addr, 0);
+	assert_int_equal(m.e[0].size, PMVM_EBDA_GPA);
+	assert_int_equal(m.e[0].type, PMVM_E820_RAM);
+	assert_int_equal(m.e[1].type, PMVM_E820_RESERVED);
+	assert_int_equal(m.e[1].addr + m.e[1].size, 0x100000);
+	assert_int_equal(m.e[2].addr, 0x100000);
+	assert_int_equal(m.e[2].addr + m.e[2].size, 256ull << 20);
+	assert_true(pmvm_e820_is_ram(&m, 0x100000, 1 << 20));
+	assert_false(pmvm_e820_is_ram(&m, PMVM_EBDA_GPA, 16));
+	assert_false(pmvm_e820_is_ram(&m, (256ull << 20) - 4096, 8192));
+	assert_int_equal(sizeof(m.e[0]), 20);   /* the boot protocol's layout */
+
+	/* Above 3 GiB the rest of RAM starts at 4 GiB. */
+	pmvm_e820_build(5ull << 30, &m);
+	assert_int_equal(m.n, 4);
+	assert_int_equal(m.e[2].addr + m.e[2].size, PMVM_LOW_MEM_MAX);
+	assert_int_equal(m.e[3].addr, PMVM_HIGH_MEM_GPA);
+	assert_int_equal(m.e[3].size, (5ull << 30) - PMVM_LOW_MEM_MAX);
+}
+
+static void put_le(uint8_t *p, uint64_t v, unsigned n)
+{
+	for (unsigned i = 0; i < n; i++)
+		p[i] = (uint8_t)(v >> (8 * i));
+}
+
+/* A minimal image with a valid setup header: 4 setup sectors + 1, then a
+ * protected-mode part of `body` bytes. */
+static uint8_t *fake_bzimage(size_t body, size_t *len)
+{
+	size_t setup = 5 * 512;
+	uint8_t *f = calloc(1, setup + body);
+
+	f[BP_SETUP_SECTS] = 4;
+	put_le(f + BP_BOOT_FLAG, 0xaa55, 2);
+	f[BP_JUMP] = 0xeb;
+	f[BP_JUMP + 1] = 0x66;                  /* header ends at 0x268 */
+	memcpy(f + BP_HEADER, "HdrS", 4);
+	put_le(f + BP_VERSION, 0x020f, 2);
+	f[BP_LOADFLAGS] = LOADED_HIGH;
+	put_le(f + BP_INITRD_MAX, 0x7fffffff, 4);
+	put_le(f + BP_KERNEL_ALIGN, 0x200000, 4);
+	put_le(f + BP_XLOADFLAGS, XLF_KERNEL_64, 2);
+	put_le(f + BP_CMDLINE_SIZE, 255, 4);
+	put_le(f + 0x258, 0x1000000, 8);        /* pref_address */
+	put_le(f + BP_INIT_SIZE, 8u << 20, 4);
+	for (size_t i = 0; i < body; i++)
+		f[setup + i] = (uint8_t)(i * 7 + 1);
+	*len = setup + body;
+	return f;
+}
+
+static uint32_t get32(const uint8_t *p)
+{
+	uint32_t v;
+
+	memcpy(&v, p, 4);
+	return v;
+}
+
+static void expect_linux_error(const struct pmvm_linux_boot *b, uint64_t low, const char *needle)
+{
+	struct pm_err err = {0};
+
+	if (pmvm_linux_load(b, NULL, low, NULL, &err) >= 0)
+		fail_msg("accepted, expected an error with '%s'", needle);
+	if (!strstr(err.msg, needle))
+		fail_msg("message '%s' lacks '%s'", err.msg, needle);
+}
+
+static void test_bzimage(void **unused)
+{
+	const uint64_t mem_len = 64ull << 20;
+	struct pmvm_e820 map;
+	struct pmvm_linux_layout lay;
+	struct pm_err err = {0};
+	uint8_t initrd[10000];
+	size_t len;
+	uint8_t *f = fake_bzimage(100000, &len), *bad = malloc(len);
+	uint8_t *mem = calloc(1, mem_len);
+	struct pmvm_linux_boot b = { .kernel = f, .kernel_len = len, .initrd = initrd,
+				     .initrd_len = sizeof(initrd), .cmdline = "console=ttyS0 x=1",
+				     .map = &map };
+	struct pmvm_kernel_info ki;
+
+	fill_rand(initrd, sizeof(initrd));
+	pmvm_e820_build(mem_len, &map);
+	assert_int_equal(pmvm_bzimage_parse(f, len, &ki, &err), 0);
+	assert_int_equal(ki.setup_len, 5 * 512);
+	assert_int_equal(ki.kernel_len, 100000);
+	assert_int_equal(ki.entry, PMVM_KERNEL_GPA + 0x200);
+
+	/* Validation alone writes nothing. */
+	assert_int_equal(pmvm_linux_load(&b, NULL, mem_len, &lay, &err), 0);
+	assert_int_equal(pmvm_linux_load(&b, mem, mem_len, &lay, &err), 0);
+	assert_memory_equal(mem + PMVM_KERNEL_GPA, f + 5 * 512, 100000);
+	assert_int_equal(lay.entry, PMVM_KERNEL_GPA + 0x200);
+	assert_int_equal(lay.kernel_end, 0x1000000 + (8u << 20));
+	/* The initrd at the top of RAM, page aligned. */
+	assert_int_equal(lay.initrd_gpa % 4096, 0);
+	assert_true(lay.initrd_gpa + sizeof(initrd) <= mem_len);
+	assert_true(lay.initrd_gpa + sizeof(initrd) > mem_len - 4096);
+	assert_memory_equal(mem + lay.initrd_gpa, initrd, sizeof(initrd));
+	assert_string_equal((char *)mem + PMVM_CMDLINE_GPA, "console=ttyS0 x=1");
+	/* boot_params: the header copied, the loader's fields, the e820 map. */
+	uint8_t *bp = mem + PMVM_BOOT_PARAMS_GPA;
+	assert_memory_equal(bp + BP_HEADER, "HdrS", 4);
+	assert_int_equal(bp[BP_TYPE_OF_LOADER], 0xff);
+	assert_int_equal(get32(bp + BP_CODE32_START), PMVM_KERNEL_GPA);
+	assert_int_equal(get32(bp + BP_CMD_LINE_PTR), PMVM_CMDLINE_GPA);
+	assert_int_equal(get32(bp + BP_RAMDISK_IMAGE), lay.initrd_gpa);
+	assert_int_equal(get32(bp + BP_RAMDISK_SIZE), sizeof(initrd));
+	assert_int_equal(bp[BP_E820_ENTRIES], map.n);
+	assert_memory_equal(bp + BP_E820_TABLE, map.e, map.n * 20);
+	assert_int_equal(get32(bp + BP_INIT_SIZE), 8u << 20);
+
+	/* Rejections, each named. */
+	memcpy(bad, f, len);
+	bad[BP_BOOT_FLAG] = 0;
+	b.kernel = bad;
+	expect_linux_error(&b, mem_len, "not a bzImage");
+	memcpy(bad, f, len);
+	put_le(bad + BP_VERSION, 0x020b, 2);
+	expect_linux_error(&b, mem_len, "older than 2.12");
+	memcpy(bad, f, len);
+	put_le(bad + BP_XLOADFLAGS, 0, 2);
+	expect_linux_error(&b, mem_len, "XLF_KERNEL_64");
+	memcpy(bad, f, len);
+	bad[BP_SETUP_SECTS] = 200;
+	expect_linux_error(&b, mem_len, "truncated");
+	b.kernel_len = 100;
+	expect_linux_error(&b, mem_len, "too short");
+	b.kernel = f;
+	b.kernel_len = len;
+	char longline[300];
+	memset(longline, 'x', sizeof(longline) - 1);
+	longline[sizeof(longline) - 1] = 0;
+	b.cmdline = longline;
+	expect_linux_error(&b, mem_len, "at most 255");
+	b.cmdline = "";
+	/* RAM that ends before the kernel's decompression area does. */
+	pmvm_e820_build(16ull << 20, &map);
+	expect_linux_error(&b, 16ull << 20, "RAM up to 24 MiB");
+	/* An initrd that would overlap the kernel. */
+	pmvm_e820_build(mem_len, &map);
+	b.initrd_len = mem_len - (20ull << 20);
+	expect_linux_error(&b, mem_len, "initrd");
+	free(f);
+	free(bad);
+	free(mem);
+}
+
+static uint8_t sum8(const uint8_t *p, size_t n)
+{
+	uint8_t s = 0;
+
+	while (n--)
+		s = (uint8_t)(s + *p++);
+	return s;
+}
+
+static void test_mptable(void **unused)
+{
+	uint8_t buf[1024];
+	size_t n = pmvm_mptable_write(buf, 0x9fc00, 3, 0x00a00f11, 0x178bfbff);
+	uint16_t base_len, count;
+
+	assert_int_equal(n, pmvm_mptable_size(3));
+	assert_true(pmvm_mptable_size(PMVM_MAX_VCPUS) <= 1024);
+	assert_memory_equal(buf, "_MP_", 4);
+	assert_int_equal(get32(buf + 4), 0x9fc00 + 16);
+	assert_int_equal(sum8(buf, 16), 0);
+	assert_memory_equal(buf + 16, "PCMP", 4);
+	memcpy(&base_len, buf + 16 + 4, 2);
+	memcpy(&count, buf + 16 + 34, 2);
+	assert_int_equal(base_len, n - 16);
+	assert_int_equal(sum8(buf + 16, base_len), 0);
+	assert_int_equal(get32(buf + 16 + 36), PMVM_LAPIC_GPA);
+	assert_int_equal(count, 3 + 1 + 1 + 16 + 2);
+	/* Processors: APIC IDs 0..2, only the first the boot processor. */
+	const uint8_t *p = buf + 16 + 44;
+	for (unsigned i = 0; i < 3; i++, p += 20) {
+		assert_int_equal(p[0], 0);
+		assert_int_equal(p[1], i);
+		assert_int_equal(p[3], i == 0 ? 3 : 1);
+		assert_int_equal(get32(p + 4), 0x00a00f11);
+	}
+	assert_int_equal(p[0], 1);                  /* the ISA bus */
+	assert_memory_equal(p + 2, "ISA   ", 6);
+	p += 8;
+	assert_int_equal(p[0], 2);                  /* the IOAPIC, ID after the CPUs */
+	assert_int_equal(p[1], 3);
+	assert_int_equal(get32(p + 4), PMVM_IOAPIC_GPA);
+	p += 8;
+	for (unsigned irq = 0; irq < 16; irq++, p += 8) {
+		assert_int_equal(p[0], 3);
+		assert_int_equal(p[5], irq);            /* ISA IRQ i ... */
+		assert_int_equal(p[6], 3);
+		assert_int_equal(p[7], irq);            /* ... on pin i */
+	}
+	assert_int_equal(p[0], 4);                  /* ExtINT on LINT0 */
+	assert_int_equal(p[1], 3);
+	assert_int_equal(p[7], 0);
+	assert_int_equal(p[8], 4);                  /* NMI on LINT1 */
+	assert_int_equal(p[9], 1);
+	assert_int_equal(p[15], 1);
+}
+
+static time_t fixed_time(void)
+{
+	return 1796073430;   /* 2026-11-30 21:17:10 UTC, a Monday */
+}
+
+static void test_rtc(void **unused)
+{
+	struct pmvm_rtc r;
+	struct pmvm_rtc_state st;
+	static const struct { uint8_t reg, want; } t[] = {
+		{ 0, 0x10 }, { 2, 0x17 }, { 4, 0x21 }, { 6, 0x02 }, { 7, 0x30 }, { 8, 0x11 }, { 9, 0x26 },
+		{ 0x32, 0x20 }, { 0x0a, 0x26 }, { 0x0b, 0x02 }, { 0x0d, 0x80 },
+	};
+
+	pmvm_rtc_init(&r);
+	r.now = fixed_time;
+	for (unsigned i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
+		pmvm_rtc_write(&r, PMVM_RTC_INDEX_PORT, t[i].reg | 0x80);   /* NMI-mask bit ignored */
+		assert_int_equal(pmvm_rtc_read(&r, PMVM_RTC_DATA_PORT), t[i].want);
+	}
+	/* Time registers ignore writes; RAM keeps them; binary mode is refused. */
+	pmvm_rtc_write(&r, PMVM_RTC_INDEX_PORT, 0);
+	pmvm_rtc_write(&r, PMVM_RTC_DATA_PORT, 0x59);
+	assert_int_equal(pmvm_rtc_read(&r, PMVM_RTC_DATA_PORT), 0x10);
+	pmvm_rtc_write(&r, PMVM_RTC_INDEX_PORT, 0x40);
+	pmvm_rtc_write(&r, PMVM_RTC_DATA_PORT, 0xa5);
+	assert_int_equal(pmvm_rtc_read(&r, PMVM_RTC_DATA_PORT), 0xa5);
+	pmvm_rtc_write(&r, PMVM_RTC_INDEX_PORT, 0x0b);
+	pmvm_rtc_write(&r, PMVM_RTC_DATA_PORT, 0x06);
+	assert_int_equal(pmvm_rtc_read(&r, PMVM_RTC_DATA_PORT), 0x02);
+	/* Save and load; a state with binary mode or a bad index is refused. */
+	pmvm_rtc_write(&r, PMVM_RTC_INDEX_PORT, 0x40);
+	pmvm_rtc_save(&r, &st);
+	assert_int_equal(st.index, 0x40);
+	pmvm_rtc_write(&r, PMVM_RTC_INDEX_PORT, 0);
+	assert_int_equal(pmvm_rtc_load(&r, &st), 0);
+	assert_int_equal(pmvm_rtc_read(&r, PMVM_RTC_DATA_PORT), 0xa5);
+	st.ram[0x0b] = 0x06;
+	assert_int_equal(pmvm_rtc_load(&r, &st), -EINVAL);
+	st.ram[0x0b] = 0x02;
+	st.index = 0x90;
+	assert_int_equal(pmvm_rtc_load(&r, &st), -EINVAL);
+	pmvm_rtc_destroy(&r);
 }
 
 /* ---- serial ---- */
@@ -758,7 +1087,12 @@ int main(void)
 		cmocka_unit_test(test_gdt),
 		cmocka_unit_test(test_sregs_regs),
 		cmocka_unit_test(test_cpuid_fixup),
+		cmocka_unit_test(test_cpuid_xsave),
 		cmocka_unit_test(test_msr_filter),
+		cmocka_unit_test(test_e820),
+		cmocka_unit_test(test_bzimage),
+		cmocka_unit_test(test_mptable),
+		cmocka_unit_test(test_rtc),
 		cmocka_unit_test(test_serial),
 		cmocka_unit_test(test_loader_flat),
 		cmocka_unit_test(test_guests_built),
