@@ -33,7 +33,8 @@ def main(argv):
     entries = [("dev", stat.S_IFDIR | 0o755, None), ("proc", stat.S_IFDIR | 0o755, None),
                ("sys", stat.S_IFDIR | 0o755, None), ("root", stat.S_IFDIR | 0o700, None),
                ("tmp", stat.S_IFDIR | 0o1777, None),
-               ("dev/console", stat.S_IFCHR | 0o600, (5, 1)), ("dev/null", stat.S_IFCHR | 0o666, (1, 3))]
+               ("dev/console", stat.S_IFCHR | 0o600, (5, 1)), ("dev/null", stat.S_IFCHR | 0o666, (1, 3)),
+               ("dev/port", stat.S_IFCHR | 0o600, (1, 4))]
     tmp = argv[1] + ".tmp"
     with open(tmp, "wb") as out:
         ino = 1

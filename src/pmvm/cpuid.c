@@ -60,7 +60,7 @@ void pmvm_cpuid_fixup(struct kvm_cpuid_entry2 *e, unsigned n, unsigned index, un
  * describe the host and are set by KVM from CPUID. */
 static const struct { uint32_t first, last; } carried[] = {
 	{ 0x00000010, 0x00000010 }, /* IA32_TSC */
-	{ 0x00000011, 0x00000012 }, /* KVM wall clock / system time (old) */
+	{ 0x00000012, 0x00000012 }, /* KVM system time (old); not the wall clock (below) */
 	{ 0x0000003a, 0x0000003a }, /* IA32_FEATURE_CONTROL */
 	{ 0x0000003b, 0x0000003b }, /* IA32_TSC_ADJUST */
 	{ 0x00000048, 0x00000048 }, /* IA32_SPEC_CTRL */
@@ -78,7 +78,11 @@ static const struct { uint32_t first, last; } carried[] = {
 	{ 0x000006e0, 0x000006e0 }, /* IA32_TSC_DEADLINE (after the LAPIC) */
 	{ 0x000006e1, 0x000006e1 }, /* IA32_PKRS */
 	{ 0x00000da0, 0x00000da0 }, /* IA32_XSS */
-	{ 0x4b564d00, 0x4b564d06 }, /* KVM PV: clocks, async PF, steal time, PV EOI, poll control */
+	/* KVM PV: system time, async PF, steal time, PV EOI, poll control.  Not
+	 * the wall-clock MSRs (0x11, 0x4b564d00): a write makes KVM store the
+	 * host's time into guest memory at once, so restoring one would change
+	 * migrated memory; the guest reads that structure only at boot. */
+	{ 0x4b564d01, 0x4b564d06 },
 	{ 0xc0000081, 0xc0000084 }, /* STAR, LSTAR, CSTAR, SFMASK */
 	{ 0xc0000102, 0xc0000103 }, /* KERNEL_GS_BASE, TSC_AUX */
 	{ 0xc001011f, 0xc001011f }, /* AMD VIRT_SPEC_CTRL (SSBD) */

@@ -440,8 +440,14 @@ int pmvm_save_vm(struct pmvm *vm, struct pmvm_vm_state *st, struct pm_err *err)
 		return r;
 	if (ioctl(vm->vm_fd, KVM_GET_PIT2, &st->pit) < 0)
 		return pm_err_set(err, errno, "KVM_GET_PIT2: %s", strerror(errno));
-	if (ioctl(vm->vm_fd, KVM_GET_CLOCK, &st->clock) < 0)
+	pthread_mutex_lock(&vm->lock);
+	if (vm->clock_frozen) {
+		st->clock = vm->clock_at_pause;     /* the guest's time at the pause */
+	} else if (ioctl(vm->vm_fd, KVM_GET_CLOCK, &st->clock) < 0) {
+		pthread_mutex_unlock(&vm->lock);
 		return pm_err_set(err, errno, "KVM_GET_CLOCK: %s", strerror(errno));
+	}
+	pthread_mutex_unlock(&vm->lock);
 	pmvm_serial_save(&vm->serial, &st->serial);
 	/* A line cut by the pause is written now rather than at exit. */
 	pmvm_serial_flush(vm);
@@ -478,12 +484,41 @@ int pmvm_load_vm_early(struct pmvm *vm, const struct pmvm_vm_state *st, struct p
 	return 0;
 }
 
-/* Last, just before the vCPUs run: kvmclock. */
+/* Last, just before the vCPUs run: kvmclock, set again by the resume
+ * (pmvm_clock_thaw) so that the time spent between here and there does
+ * not count either. */
 int pmvm_load_vm_late(struct pmvm *vm, const struct pmvm_vm_state *st, struct pm_err *err)
 {
 	struct kvm_clock_data clock = { .clock = st->clock.clock };
 
 	if (ioctl(vm->vm_fd, KVM_SET_CLOCK, &clock) < 0)
 		return pm_err_set(err, errno, "KVM_SET_CLOCK: %s", strerror(errno));
+	pthread_mutex_lock(&vm->lock);
+	vm->clock_at_pause = clock;
+	vm->clock_frozen = true;
+	pthread_mutex_unlock(&vm->lock);
+	return 0;
+}
+
+int pmvm_clock_freeze(struct pmvm *vm, struct pm_err *err)
+{
+	if (vm->clock_frozen)
+		return 0;
+	memset(&vm->clock_at_pause, 0, sizeof(vm->clock_at_pause));
+	if (ioctl(vm->vm_fd, KVM_GET_CLOCK, &vm->clock_at_pause) < 0)
+		return pm_err_set(err, errno, "KVM_GET_CLOCK: %s", strerror(errno));
+	vm->clock_frozen = true;
+	return 0;
+}
+
+int pmvm_clock_thaw(struct pmvm *vm, struct pm_err *err)
+{
+	struct kvm_clock_data clock = { .clock = vm->clock_at_pause.clock };
+
+	if (!vm->clock_frozen)
+		return 0;
+	if (ioctl(vm->vm_fd, KVM_SET_CLOCK, &clock) < 0)
+		return pm_err_set(err, errno, "KVM_SET_CLOCK: %s", strerror(errno));
+	vm->clock_frozen = false;
 	return 0;
 }

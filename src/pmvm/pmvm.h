@@ -97,6 +97,12 @@ struct pmvm {
 	bool throttle_started;
 	pthread_t throttle_thread;
 
+	/* kvmclock stands still while the VM is paused (as QEMU's does): read
+	 * at the pause, written back at the resume, so the guest's clocks do
+	 * not count a pause, the pause of a migration included.  Under lock. */
+	bool clock_frozen;
+	struct kvm_clock_data clock_at_pause;
+
 	/* Outcome, under lock; cond is broadcast when any changes. */
 	bool guest_exited;
 	int exit_code;
@@ -118,6 +124,9 @@ void pmvm_serial_flush(struct pmvm *vm);
 int pmvm_save_vm(struct pmvm *vm, struct pmvm_vm_state *st, struct pm_err *err);
 int pmvm_load_vm_early(struct pmvm *vm, const struct pmvm_vm_state *st, struct pm_err *err);
 int pmvm_load_vm_late(struct pmvm *vm, const struct pmvm_vm_state *st, struct pm_err *err);
+/* vm->lock held: kvmclock read at a pause, and written back at the resume. */
+int pmvm_clock_freeze(struct pmvm *vm, struct pm_err *err);
+int pmvm_clock_thaw(struct pmvm *vm, struct pm_err *err);
 
 /* vcpu.c */
 int pmvm_vcpus_create(struct pmvm *vm, struct pm_err *err);

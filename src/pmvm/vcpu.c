@@ -527,6 +527,8 @@ static void wait_ms(struct pmvm *vm, long ms)
 
 int pmvm_pause(struct pmvm *vm, struct pm_err *err)
 {
+	int r;
+
 	pthread_mutex_lock(&vm->lock);
 	vm->pause_req = true;
 	for (unsigned i = 0; i < vm->nvcpus; i++)
@@ -535,9 +537,9 @@ int pmvm_pause(struct pmvm *vm, struct pm_err *err)
 		kick_all(vm);
 		wait_ms(vm, 50);
 	}
+	r = pmvm_clock_freeze(vm, err);
 	pthread_mutex_unlock(&vm->lock);
-	(void)err;
-	return 0;
+	return r;
 }
 
 int pmvm_resume(struct pmvm *vm, struct pm_err *err)
@@ -546,6 +548,10 @@ int pmvm_resume(struct pmvm *vm, struct pm_err *err)
 	if (vm->failed) {
 		pthread_mutex_unlock(&vm->lock);
 		return pm_err_set(err, EIO, "cannot resume: %s", vm->fail_msg);
+	}
+	if (pmvm_clock_thaw(vm, err)) {
+		pthread_mutex_unlock(&vm->lock);
+		return -err->code;
 	}
 	if (vm->pause_req)
 		atomic_store(&vm->hb.resume_pending, true);
