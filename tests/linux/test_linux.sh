@@ -186,7 +186,7 @@ if [ $ok3 = 1 ]; then
 	echo "# guest clock across the switchover: +$step ms (host-seen pause ${gap:-?} ms)"
 	[ "$step" -ge 0 ] && [ "$step" -le $((${gap:-0} + 1000)) ] || { echo "# the guest's clock jumped"; ok3=0; }
 	echo "# total $(json_num "$T/report.json" total_time_ms) ms, downtime $(json_num "$T/report.json" downtime_ms) ms," \
-		"rounds $(grep -o '"round":' "$T/report.json" | wc -l), pause seen by the guest $(json_num "$T/dst-status.json" resume_gap_ms) ms"
+		"rounds $(grep -o '"dirty_at_start"' "$T/report.json" | wc -l), pause seen by the guest $(json_num "$T/dst-status.json" resume_gap_ms) ms"
 	sed 's/^/# /' "$T/migrate.out" | tail -n 12
 fi
 if [ $ok3 = 1 ]; then
