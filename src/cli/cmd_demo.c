@@ -15,107 +15,8 @@
 #include <time.h>
 #include <unistd.h>
 #include "cli/cli.h"
+#include "cli/demo.h"
 #include "synvm/synvm.h"
-
-struct child {
-	const char *exe;
-	pid_t pid;
-	char sock[256];
-	char log[256];
-};
-
-static int spawn(struct child *c, char *const argv[])
-{
-	pid_t pid = fork();
-
-	if (pid < 0)
-		return -errno;
-	if (pid == 0) {
-		int fd = open(c->log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-		if (fd >= 0) {
-			dup2(fd, 1);
-			dup2(fd, 2);
-		}
-		execv(c->exe ? c->exe : self_exe(), argv);
-		_exit(127);
-	}
-	c->pid = pid;
-	return 0;
-}
-
-static void sleep_ms(unsigned ms)
-{
-	struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
-	nanosleep(&ts, NULL);
-}
-
-static void show_log(const struct child *c, const char *who)
-{
-	FILE *f = fopen(c->log, "r");
-	char line[512];
-
-	if (!f)
-		return;
-	while (fgets(line, sizeof(line), f))
-		fprintf(stderr, "  [%s] %s", who, line);
-	fclose(f);
-}
-
-/* Waits for the control socket to answer; fails early if the child died. */
-static json_object *wait_status(struct child *c, unsigned timeout_ms, struct pm_err *err)
-{
-	for (unsigned t = 0; t < timeout_ms; t += 50) {
-		struct ctl_conn cc;
-		struct pm_err e = { 0 };
-		int st;
-		if (waitpid(c->pid, &st, WNOHANG) == c->pid) {
-			c->pid = 0;
-			pm_err_set(err, ECHILD, "VM process exited early (status %d)",
-				   WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));
-			return NULL;
-		}
-		if (!ctl_open(&cc, c->sock, &e)) {
-			json_object *s = ctl_execute(&cc, "status", NULL, &e);
-			ctl_close(&cc);
-			if (s)
-				return s;
-		}
-		sleep_ms(50);
-	}
-	pm_err_set(err, ETIMEDOUT, "VM process did not answer on %s", c->sock);
-	return NULL;
-}
-
-/* Reaps a child that has exited (then pid is 0). */
-static bool child_exited(struct child *c)
-{
-	if (c->pid > 0 && waitpid(c->pid, NULL, WNOHANG) == c->pid)
-		c->pid = 0;
-	return c->pid <= 0;
-}
-
-static void stop_child(struct child *c)
-{
-	struct ctl_conn cc;
-	struct pm_err e = { 0 };
-
-	if (c->pid <= 0)
-		return;
-	if (!ctl_open(&cc, c->sock, &e)) {
-		json_object_put(ctl_execute(&cc, "quit", NULL, &e));
-		ctl_close(&cc);
-	}
-	for (int i = 0; i < 100; i++) {
-		if (waitpid(c->pid, NULL, WNOHANG) == c->pid) {
-			c->pid = 0;
-			return;
-		}
-		sleep_ms(50);
-	}
-	kill(c->pid, SIGKILL);
-	waitpid(c->pid, NULL, 0);
-	c->pid = 0;
-}
 
 /* Compares two dumps; returns 0 if equal, else the 1-based differing page. */
 static long long compare_dumps(const char *a, const char *b, uint64_t *bytes, struct pm_err *err)
@@ -162,35 +63,6 @@ static int rm_entry(const char *path, const struct stat *st, int flag, struct FT
 {
 	(void)st; (void)flag; (void)ftw;
 	return remove(path);
-}
-
-static double hb_field(json_object *st, const char *key)
-{
-	json_object *hb, *v;
-
-	if (json_object_object_get_ex(st, "heartbeat", &hb) && json_object_object_get_ex(hb, key, &v))
-		return json_object_get_double(v);
-	return -1;
-}
-
-/* pmvm and its verifier guest: next to pmigrate in a build tree or install. */
-static const char *find_sibling(const char *env, const char *const rel[], char *buf, size_t len)
-{
-	const char *e = getenv(env);
-	char dir[2048];
-
-	if (e && *e)
-		return e;
-	snprintf(dir, sizeof(dir), "%s", self_exe());
-	char *slash = strrchr(dir, '/');
-	if (slash)
-		*slash = '\0';
-	for (unsigned i = 0; rel[i]; i++) {
-		snprintf(buf, len, "%s/%s", dir, rel[i]);
-		if (access(buf, R_OK) == 0)
-			return buf;
-	}
-	return NULL;
 }
 
 /* What a verifier guest's serial log says. */
@@ -274,14 +146,20 @@ static void usage(FILE *f)
 {
 	fprintf(f,
 		"usage: pmigrate demo [--mem SIZE] [--channels N] [--workload SPEC] [--json FILE]\n"
-		"                     [--barrier] [--downtime MS] [--keep] [--vm synthetic|kvm] [--guest FILE]\n"
+		"                     [--barrier] [--downtime MS] [--keep] [--vm synthetic|kvm|linux]\n"
+		"                     [--guest FILE] [--kernel BZIMAGE]\n"
 		"  Runs a source and a destination synthetic VM as processes on this host, migrates\n"
 		"  live over loopback and verifies the destination's memory against the source's.\n"
 		"  Defaults: --mem 512M --channels 4 --workload zipf,rate=300MB/s,hot=10%%\n"
 		"  --vm kvm: a pmvm KVM guest instead (the verifier, 2 vCPUs, 256M, stamping 90%% of its\n"
 		"  memory); needs /dev/kvm. It checks that the guest re-checks every page at the\n"
 		"  destination and never prints VERIFY FAIL. pmvm and the guest are found next to\n"
-		"  pmigrate, or via $PMVM / --guest.\n");
+		"  pmigrate, or via $PMVM / --guest.\n"
+		"  --vm linux: Linux (the newest /boot/vmlinuz-*, or --kernel) in pmvm with the project's\n"
+		"  initramfs, 2 vCPUs, 256M; --workload takes its pmw_KEY=VALUE settings. It checks that\n"
+		"  the guest's heartbeat continues and its own memory check passes at the destination,\n"
+		"  with no oops. It runs inside the nested L1 of tools/nested/run (PMIGRATE_LINUX_DIRECT=1:\n"
+		"  on this host's KVM).\n");
 }
 
 int cmd_demo(int argc, char **argv)
@@ -291,8 +169,10 @@ int cmd_demo(int argc, char **argv)
 		{ "workload", required_argument, 0, 'w' }, { "json", required_argument, 0, 'j' },
 		{ "barrier", no_argument, 0, 'B' }, { "downtime", required_argument, 0, 'd' },
 		{ "keep", no_argument, 0, 'k' }, { "vm", required_argument, 0, 'v' },
-		{ "guest", required_argument, 0, 'g' }, { "help", no_argument, 0, 'h' }, { 0 } };
-	bool kvm = false, mem_given = false;
+		{ "guest", required_argument, 0, 'g' }, { "kernel", required_argument, 0, 'K' },
+		{ "help", no_argument, 0, 'h' }, { 0 } };
+	bool kvm = false, linux_vm = false, mem_given = false, workload_given = false;
+	const char *kernel = NULL;
 	const char *guest = NULL;
 	const char *mem = "512M", *workload = "zipf,rate=300MB/s,hot=10%", *json_path = NULL;
 	unsigned channels = 4, downtime = 300;
@@ -308,14 +188,16 @@ int cmd_demo(int argc, char **argv)
 		switch (o) {
 		case 'm': mem = optarg; mem_given = true; break;
 		case 'v':
-			if (strcmp(optarg, "kvm") && strcmp(optarg, "synthetic")) {
-				fprintf(stderr, "pmigrate demo: --vm must be synthetic or kvm\n");
+			if (strcmp(optarg, "kvm") && strcmp(optarg, "synthetic") && strcmp(optarg, "linux")) {
+				fprintf(stderr, "pmigrate demo: --vm must be synthetic, kvm or linux\n");
 				return 2;
 			}
 			kvm = !strcmp(optarg, "kvm");
+			linux_vm = !strcmp(optarg, "linux");
 			break;
+		case 'K': kernel = optarg; break;
 		case 'g': guest = optarg; break;
-		case 'w': workload = optarg; break;
+		case 'w': workload = optarg; workload_given = true; break;
 		case 'j': json_path = optarg; break;
 		case 'B': barrier = true; break;
 		case 'k': keep = true; break;
@@ -335,6 +217,18 @@ int cmd_demo(int argc, char **argv)
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;
 		}
+	}
+	if (linux_vm) {
+		struct demo_linux_opts lo = {
+			.mem = mem_given ? mem : NULL, .channels = channels, .downtime_ms = downtime,
+			.barrier = barrier, .kernel = kernel, .workload = workload_given ? workload : NULL,
+			.json_path = json_path, .keep = keep,
+		};
+		return demo_linux(&lo, argc, argv);
+	}
+	if (kernel) {
+		fprintf(stderr, "pmigrate demo: --kernel goes with --vm linux\n");
+		return 2;
 	}
 	/* Check the options here so that mistakes are reported before any VM. */
 	uint64_t mem_bytes;
