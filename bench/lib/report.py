@@ -18,7 +18,8 @@ import shutil
 import subprocess
 import sys
 
-TOOLS_ORDER = ["iperf3", "loopcopy", "loopcopy-thp", "pmigrate", "pmigrate-barrier", "pmigrate-serial", "qemu-multifd", "qemu-precopy"]
+TOOLS_ORDER = ["iperf3", "loopcopy", "loopcopy-thp", "pmigrate", "pmigrate-barrier", "pmigrate-serial", "qemu-multifd", "qemu-precopy",
+               "pmvm", "qemu-kvm"]
 SCEN_TITLE = {
     1: "Scenario 1: paused VM, incompressible memory, loopback",
     2: "Scenario 2: paused VM, incompressible memory, K shaped veth links (multi-NIC)",
@@ -26,7 +27,14 @@ SCEN_TITLE = {
     4: "Scenario 4: barrier vs barrier-free rounds (pmigrate), high dirty rates",
     5: "Scenario 5: dirty-rate sweep, writes tracked by the guest itself (--dirty self)",
     6: "Scenario 6: where it does not converge: the non-convergence policies",
+    "linux": "Scenario linux: a Linux guest, pmvm + pmigrate vs QEMU-KVM, inside the nested L1",
 }
+SCENARIOS = (1, 2, 3, 4, 5, 6, "linux")
+
+
+def scen_order(s):
+    """Scenarios sort 1..4, then the named ones."""
+    return s if isinstance(s, int) else 100
 
 
 def load(out):
@@ -51,7 +59,7 @@ def load(out):
 
 def key(r):
     return (r.get("scenario"), r.get("topology"), r.get("tool"), r.get("channels"), r.get("rate"),
-            r.get("policy"))
+            r.get("policy"), r.get("mode"))
 
 
 def best_rows(runs):
@@ -79,6 +87,9 @@ def best_rows(runs):
                "gave_up": sum(1 for r in rs if r.get("status") == "gave_up"),
                "memory_verified": (all(verified) if verified else None)}
         errs = [r.get("error") for r in rs if r.get("status") not in ("completed", "gave_up") and r.get("error")]
+        if k[6]:
+            row["mode"] = k[6]
+        errs = errs or [r.get("error") for r in rs if r.get("guest_alive") is False and r.get("error")]
         if errs:
             row["first_error"] = str(errs[0])[:300]
         if best:
@@ -95,7 +106,7 @@ def best_rows(runs):
                 row["all_total_ms"] = [r.get("total_time_ms") for r in timed]
         rows.append(row)
     order = {t: i for i, t in enumerate(TOOLS_ORDER)}
-    rows.sort(key=lambda r: (r["scenario"] or 0, r["topology"] or "", r["rate"] or 0,
+    rows.sort(key=lambda r: (scen_order(r["scenario"] or 0), r["topology"] or "", r["rate"] or 0,
                              order.get(r["tool"], 99), r["channels"] or 0))
     return rows
 
@@ -200,7 +211,7 @@ def live_tables(rows, scen, md, ratios):
     md.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rs:
         md.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %d/%d | %d | %s |" % (
-            fmt(r["rate"], 0), r["tool"], r["channels"],
+            fmt(r["rate"], 0), r["tool"] + (" (%s)" % r["mode"] if r.get("mode") else ""), r["channels"],
             (fmt(secs(r), 2) + " s") if secs(r) is not None else "failed",
             (fmt(r.get("downtime_ms"), 0) + " ms") if r.get("downtime_ms") is not None else "–",
             (fmt(r.get("guest_gap_ms"), 0) + " ms") if r.get("guest_gap_ms") is not None else "–",
@@ -232,6 +243,22 @@ def live_tables(rows, scen, md, ratios):
                 lines.append("- %s MB/s, %d ch: QEMU multifd / pmigrate total time %s, downtime %s" % (
                     fmt(rate, 0), p["channels"], (fmt(tr, 2) + "x") if tr else "–",
                     (fmt(dr, 2) + "x") if dr else "–"))
+        elif scen == "linux":
+            for p in [r for r in rs if r["rate"] == rate and r["tool"] == "pmvm"]:
+                q = find(rs, rate=rate, tool="qemu-kvm", mode="multifd", channels=p["channels"])
+                if not q:
+                    continue
+                tr = ratio(secs(q), secs(p))
+                gr = ratio(q.get("guest_gap_ms"), p.get("guest_gap_ms"))
+                dr = ratio(q.get("downtime_ms"), p.get("downtime_ms"))
+                ratios.append({"scenario": "linux", "rate": rate, "channels": p["channels"],
+                               "total_time_qemu_kvm_multifd_over_pmvm": tr,
+                               "guest_gap_qemu_kvm_multifd_over_pmvm": gr,
+                               "downtime_qemu_kvm_multifd_over_pmvm": dr})
+                lines.append("- %s MB/s, %d ch: QEMU-KVM multifd / pmvm+pmigrate total time %s, "
+                             "guest-seen pause %s, downtime %s" % (
+                                 fmt(rate, 0), p["channels"], (fmt(tr, 2) + "x") if tr else "–",
+                                 (fmt(gr, 2) + "x") if gr else "–", (fmt(dr, 2) + "x") if dr else "–"))
         else:
             for p in [r for r in rs if r["rate"] == rate and r["tool"] == "pmigrate"]:
                 b = find(rs, rate=rate, tool="pmigrate-barrier", channels=p["channels"])
@@ -388,9 +415,12 @@ def plots(out, rows, md):
                               "channels / streams", "MB/s", series, True))
     for scen, metric, label in ((3, "total_time_ms", "total time (s)"), (3, "downtime_ms", "downtime (ms)"),
                                 (3, "guest_gap_ms", "guest-visible gap (ms)"),
+                                ("linux", "total_time_ms", "total time (s)"),
+                                ("linux", "guest_gap_ms", "guest-seen pause (ms)"),
                                 (4, "total_time_ms", "total time (s)"), (4, "downtime_ms", "downtime (ms)")):
         series = []
-        for tool in ("pmigrate", "pmigrate-barrier", "pmigrate-serial", "qemu-multifd", "qemu-precopy"):
+        for tool in ("pmigrate", "pmigrate-barrier", "pmigrate-serial", "qemu-multifd", "qemu-precopy",
+                     "pmvm", "qemu-kvm"):
             for ch in sorted({r["channels"] for r in rows if r["scenario"] == scen and r["tool"] == tool}):
                 pts = [(r["rate"], r[metric] / (1000.0 if metric == "total_time_ms" else 1.0)) for r in rows
                        if r["scenario"] == scen and r["tool"] == tool and r["channels"] == ch
@@ -398,7 +428,7 @@ def plots(out, rows, md):
                 if pts:
                     series.append(("%s %dch" % (tool, ch), sorted(pts)))
         if series:
-            specs.append(("s%d_%s" % (scen, metric.replace("_ms", "")), SCEN_TITLE[scen].split(":")[0],
+            specs.append(("s%s_%s" % (scen, metric.replace("_ms", "")), SCEN_TITLE[scen].split(":")[0],
                           "dirty rate (MB/s)", label, series, False))
     for t in sorted({r["topology"] for r in rows if r["scenario"] == 5}):
         for metric, label in (("total_time_ms", "total time (s)"), ("downtime_ms", "downtime (ms)"),
@@ -463,7 +493,7 @@ def main():
         if meta.get("notes"):
             md.append("")
     ratios = []
-    for scen in (1, 2, 3, 4, 5, 6):
+    for scen in SCENARIOS:
         if not any(r["scenario"] == scen for r in rows):
             continue
         md.append("## " + SCEN_TITLE[scen])
@@ -479,7 +509,7 @@ def main():
         md.append("## Failures")
         md.append("")
         for r in errs:
-            md.append("- scenario %s %s %s %sch rate %s: %d/%d ok; first error: `%s`" % (
+            md.append("- scenario %s %s %s %sch rate %s: %d/%d completed; first error: `%s`" % (
                 r["scenario"], r["topology"], r["tool"], r["channels"], fmt(r["rate"], 0), r["ok"], r["runs"],
                 r["first_error"].replace("`", "'").replace("\n", " ")[:240]))
         md.append("")
