@@ -202,6 +202,7 @@ def one(a, tool, channels, rate, rep):
         res["boot_s"] = round(time.monotonic() - t0, 1)
         time.sleep(a.warmup_s)       # the workload writes at its rate for a while
         (migrate_pmvm if tool == "pmvm" else migrate_qemu)(a, d, channels, res)
+        t_done = time.monotonic()
         if res["status"] != "completed":
             raise Failed(res.get("error", "migration failed"))
         last_src = src_c.hb[-1] if src_c.hb else None
@@ -217,6 +218,10 @@ def one(a, tool, channels, rate, rep):
             res["error"] = str(e)
         if last_src and first_dst:
             res["guest_gap_ms"] = round((first_dst[0] - last_src[0]) * 1000, 1)
+            # Where the gap lies against the end of the migration (the tool
+            # returned): before it at the source, after it at the destination.
+            res["src_last_beat_before_end_ms"] = round((t_done - last_src[0]) * 1000, 1)
+            res["dst_first_beat_after_end_ms"] = round((first_dst[0] - t_done) * 1000, 1)
             res["guest_clock_step_ms"] = first_dst[2] - last_src[2]
         res["ok"] = alive
         res["guest_alive"] = alive
