@@ -21,6 +21,39 @@ struct pm_region {
 	uint8_t *host;      /* mapped once for the whole migration */
 };
 
+/* A disk the VM writes through its own I/O path: a raw image behind an fd.
+ * The engine moves it block by block beside memory, over the same
+ * channels and in the same rounds (docs/storage.md). */
+struct pm_blockdev_ops {
+	/* Begin tracking writes, every block initially dirty. */
+	int (*dirty_start)(void *dev, struct pm_err *err);
+	/* Blocks dirty now (estimate allowed). */
+	int (*dirty_count)(void *dev, uint64_t *blocks, struct pm_err *err);
+	/* Get-and-clear of blocks [first, first+n), just before the engine
+	 * reads them; called concurrently on disjoint ranges.  The VM marks a
+	 * block only after its write reached fd, so a cleared block read now
+	 * holds every write that was marked before. */
+	int (*dirty_harvest)(void *dev, uint64_t first, uint64_t n, uint64_t *bitmap,
+			     struct pm_err *err);
+	void (*dirty_stop)(void *dev);
+	/* Everything the VM wrote is on stable storage (fdatasync); called
+	 * with the VM paused when the storage is shared. */
+	int (*flush)(void *dev, struct pm_err *err);
+};
+
+struct pm_blockdev {
+	uint32_t id;            /* as sent on the wire; index into the array */
+	const char *name;       /* for messages and reports (the image's path) */
+	uint64_t size;          /* bytes, a multiple of 512 */
+	uint32_t block_size;    /* unit of tracking and transfer: a power of two, 4 KiB..1 MiB */
+	/* The image: the source reads it (SEEK_DATA/SEEK_HOLE, sendfile,
+	 * pread) and never writes; the destination writes it (pwrite at each
+	 * block's offset, holes punched, fsync before DONE). */
+	int fd;
+	const struct pm_blockdev_ops *ops;
+	void *dev;
+};
+
 struct pm_backend_ops {
 	/* Begin tracking writes, all pages initially dirty. */
 	int (*dirty_start)(void *vm, struct pm_err *err);
@@ -63,6 +96,10 @@ struct pm_backend {
 	 * hold it for reading over a chunk from harvest to send, so a chunk is
 	 * never read half before and half after such a change. */
 	struct pm_rangelock *layout_lock;
+	/* Disks beside memory (none: 0).  Their blocks share the workers,
+	 * channels, rounds and convergence decision with the pages. */
+	unsigned ndisks;
+	struct pm_blockdev *disks;
 };
 
 #endif
