@@ -9,6 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <pmigrate/control.h>
+#include <pmigrate/disk.h>
 #include "cli/cli.h"
 #include "synvm/synvm.h"
 
@@ -48,6 +49,27 @@ static void vm_status(void *opaque, json_object *o)
 						      synvm_workload_of(p->vm)->rate / 1e6));
 	json_object_object_add(o, "write_rate_mbps", json_object_new_double(synvm_write_rate(p->vm) / 1e6));
 	json_object_object_add(o, "pid", json_object_new_int(getpid()));
+	if (synvm_ndisks(p->vm)) {
+		json_object *a = json_object_new_array();
+		for (unsigned i = 0; i < synvm_ndisks(p->vm); i++) {
+			struct pm_disk *d = synvm_disk(p->vm, i);
+			json_object *e = json_object_new_object();
+			json_object_object_add(e, "path", json_object_new_string(pm_disk_path(d)));
+			json_object_object_add(e, "size_bytes", json_object_new_int64((int64_t)pm_disk_size(d)));
+			json_object_object_add(e, "block_bytes", json_object_new_int64(pm_disk_block_size(d)));
+			json_object_object_add(e, "allocated_bytes", json_object_new_int64((int64_t)pm_disk_allocated(d)));
+			json_object_object_add(e, "bytes_written", json_object_new_int64((int64_t)pm_disk_bytes_written(d)));
+			json_object_array_add(a, e);
+		}
+		json_object_object_add(o, "disks", a);
+		synvm_format_diskload(synvm_diskload_of(p->vm), wl, sizeof(wl));
+		json_object_object_add(o, "disk_workload", json_object_new_string(wl));
+		json_object_object_add(o, "disk_write_rate_asked_mbps",
+				       json_object_new_double(synvm_diskload_of(p->vm)->kind == SYNVM_DISK_IDLE ? 0 :
+							      synvm_diskload_of(p->vm)->rate / 1e6));
+		json_object_object_add(o, "disk_write_rate_mbps",
+				       json_object_new_double(synvm_disk_write_rate(p->vm) / 1e6));
+	}
 	if (p->in) {
 		json_object *a = json_object_new_array();
 		for (unsigned i = 0; pm_incoming_address(p->in, i); i++)
@@ -117,7 +139,14 @@ static void usage(FILE *f)
 		"  --timeout MS          destination: channel silence that fails it (default 30000)\n"
 		"  --paused              start with the vCPUs paused\n"
 		"  --dump-at-pause FILE  source: write guest memory here when paused for switchover\n"
-		"  --dump-on-resume FILE destination: write guest memory here just before resuming\n");
+		"  --dump-on-resume FILE destination: write guest memory here just before resuming\n"
+		"  --disk FILE[,size=SIZE][,populated=SIZE][,block=SIZE]\n"
+		"                        a raw disk image (repeatable, up to %u), created sparse if\n"
+		"                        missing; populated= writes that much of it first (source);\n"
+		"                        block= is the dirty-tracking unit (default 64K)\n"
+		"  --disk-workload SPEC  idle | randwrite,rate=R | seqwrite,rate=R\n"
+		"                        [,bs=SIZE][,threads=N][,seed=S] (default idle, bs 64K)\n",
+		SYNVM_MAX_DISKS);
 }
 
 int cmd_vm(int argc, char **argv)
@@ -128,7 +157,8 @@ int cmd_vm(int argc, char **argv)
 		{ "fill", required_argument, 0, 'F' }, { "dirty", required_argument, 0, 'D' },
 		{ "incoming", required_argument, 0, 'i' }, { "timeout", required_argument, 0, 'T' },
 		{ "paused", no_argument, 0, 'P' }, { "dump-at-pause", required_argument, 0, 'a' },
-		{ "dump-on-resume", required_argument, 0, 'r' }, { "help", no_argument, 0, 'h' }, { 0 } };
+		{ "dump-on-resume", required_argument, 0, 'r' }, { "disk", required_argument, 0, 'k' },
+		{ "disk-workload", required_argument, 0, 'K' }, { "help", no_argument, 0, 'h' }, { 0 } };
 	struct synvm_opts so = { 0 };
 	struct pm_err err = { 0 };
 	const char *control = NULL, *incoming = NULL, *dump_pause = NULL, *dump_resume = NULL;
@@ -138,6 +168,7 @@ int cmd_vm(int argc, char **argv)
 	int o, rc = 1;
 
 	synvm_parse_workload("idle", &so.workload, &err);
+	synvm_parse_diskload("idle", &so.diskload, &err);
 	while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
 		switch (o) {
 		case 'm':
@@ -177,6 +208,19 @@ int cmd_vm(int argc, char **argv)
 			timeout_ms = v;
 			break;
 		}
+		case 'k':
+			if (so.ndisks == SYNVM_MAX_DISKS) {
+				pm_err_set(&err, EINVAL, "at most %u --disk options", SYNVM_MAX_DISKS);
+				goto bad_opt;
+			}
+			if (synvm_parse_disk(optarg, &so.disks[so.ndisks], &err))
+				goto bad_opt;
+			so.ndisks++;
+			break;
+		case 'K':
+			if (synvm_parse_diskload(optarg, &so.diskload, &err))
+				goto bad_opt;
+			break;
 		case 'P': so.start_paused = true; break;
 		case 'a': dump_pause = optarg; break;
 		case 'r': dump_resume = optarg; break;
@@ -195,6 +239,16 @@ int cmd_vm(int argc, char **argv)
 	}
 	so.mem_bytes = (so.mem_bytes + PM_PAGE_SIZE - 1) & ~(uint64_t)(PM_PAGE_SIZE - 1);
 	so.incoming = incoming != NULL;
+	if (so.diskload.kind != SYNVM_DISK_IDLE && !so.ndisks) {
+		fprintf(stderr, "pmigrate vm: --disk-workload needs a --disk\n");
+		return 2;
+	}
+	for (unsigned i = 0; i < so.ndisks; i++)
+		if (incoming && so.disks[i].populate) {
+			fprintf(stderr, "pmigrate vm: --disk %s: populated= and --incoming exclude each other "
+				"(a destination's disk comes from the source)\n", so.disks[i].path);
+			return 2;
+		}
 	if (incoming && so.mem_file) {
 		fprintf(stderr, "pmigrate vm: --mem-file and --incoming exclude each other "
 			"(a destination's memory comes from the source)\n");

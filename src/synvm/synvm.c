@@ -13,6 +13,7 @@
 #include <pmigrate/hostmem.h>
 #include <pmigrate/rangelock.h>
 #include "synvm/synvm.h"
+#include "synvm/vdisk.h"
 
 #define HB_MAGIC 0x5042454154484231ull   /* "PBEATHB1" */
 #define STATE_MAGIC 0x53594e564d535431ull /* "SYNVMST1" */
@@ -48,6 +49,10 @@ struct synvm {
 	 * leave the pages in forced_dirty, which harvest folds in. */
 	struct pm_rangelock layout_lock;
 	uint64_t *forced_dirty;
+	/* Disks and their writer threads (vdisk.c), which park with the vCPUs. */
+	struct vdisks *vd;
+	unsigned ndwriters;
+	uint64_t disk_rate_bits;          /* bytes/s written over the last second */
 
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
@@ -106,6 +111,21 @@ static bool checkpoint(struct synvm *vm)
 	return go;
 }
 
+bool synvm_checkpoint(struct synvm *vm)
+{
+	return checkpoint(vm);
+}
+
+bool synvm_pause_requested(struct synvm *vm)
+{
+	return __atomic_load_n(&vm->pause_req, __ATOMIC_ACQUIRE);
+}
+
+unsigned synvm_throttle_pct(struct synvm *vm)
+{
+	return atomic_load(&vm->throttle);
+}
+
 static void sleep_ns(long ns)
 {
 	struct timespec ts = { .tv_sec = ns / 1000000000L, .tv_nsec = ns % 1000000000L };
@@ -121,6 +141,7 @@ static void *heartbeat_main(void *arg)
 	struct synvm_heartbeat *hb = hb_of(vm);
 	bool after_pause = true;
 	uint64_t meter_t = now_ns(CLOCK_MONOTONIC), meter_n = synvm_pages_written(vm);
+	uint64_t meter_d = vdisks_bytes_written(vm->vd);
 
 	while (checkpoint(vm)) {
 		uint64_t mono = now_ns(CLOCK_MONOTONIC);
@@ -130,8 +151,13 @@ static void *heartbeat_main(void *arg)
 			uint64_t bits;
 			memcpy(&bits, &rate, sizeof(bits));
 			__atomic_store_n(&vm->write_rate_bits, bits, __ATOMIC_RELAXED);
+			uint64_t d = vdisks_bytes_written(vm->vd);
+			rate = (double)(d - meter_d) * 1e9 / (double)(mono - meter_t);
+			memcpy(&bits, &rate, sizeof(bits));
+			__atomic_store_n(&vm->disk_rate_bits, bits, __ATOMIC_RELAXED);
 			meter_t = mono;
 			meter_n = n;
+			meter_d = d;
 		}
 		uint64_t now = now_ns(CLOCK_REALTIME), last = hb->last_ns;
 		if (last && now > last) {
@@ -241,7 +267,7 @@ static int start_threads(struct synvm *vm, struct pm_err *err)
 		}
 	}
 	vm->threads_started = true;
-	return 0;
+	return vdisks_start(vm->vd, &vm->ndwriters, err);
 }
 
 /* ---- backend interface ---- */
@@ -252,7 +278,7 @@ static int be_pause(void *opaque, struct pm_err *err)
 
 	pthread_mutex_lock(&vm->lock);
 	__atomic_store_n(&vm->pause_req, true, __ATOMIC_RELEASE);
-	while ((vm->threads_started && vm->parked < vm->nthreads) || vm->discards)
+	while ((vm->threads_started && vm->parked < vm->nthreads + vm->ndwriters) || vm->discards)
 		pthread_cond_wait(&vm->cond, &vm->lock);
 	pthread_mutex_unlock(&vm->lock);
 	return 0;
@@ -402,10 +428,14 @@ struct state_blob {
 static int be_save_state(void *opaque, void **buf, size_t *len, struct pm_err *err)
 {
 	struct synvm *vm = opaque;
-	struct state_blob *s = calloc(1, sizeof(*s));
+	/* The disk writers' state follows the fixed part. */
+	size_t dlen = vdisks_state_len(vm->vd);
+	struct state_blob *s = calloc(1, sizeof(*s) + dlen);
 
 	if (!s)
 		return pm_err_set(err, ENOMEM, "out of memory");
+	if (dlen)
+		vdisks_save(vm->vd, (uint8_t *)(s + 1));
 	s->magic = STATE_MAGIC;
 	s->version = STATE_VERSION;
 	s->nthreads = vm->o.workload.threads;
@@ -420,7 +450,7 @@ static int be_save_state(void *opaque, void **buf, size_t *len, struct pm_err *e
 		s->v[i].written = vm->vcpu[i].written;
 	}
 	*buf = s;
-	*len = sizeof(*s);
+	*len = sizeof(*s) + dlen;
 	return 0;
 }
 
@@ -429,8 +459,9 @@ static int be_load_state(void *opaque, const void *buf, size_t len, struct pm_er
 	struct synvm *vm = opaque;
 	struct state_blob s;
 
-	if (len != sizeof(s))
-		return pm_err_set(err, EPROTO, "synthetic VM state has %zu bytes, expected %zu", len, sizeof(s));
+	if (len < sizeof(s) || (len == sizeof(s)) != !vm->vd)
+		return pm_err_set(err, EPROTO, "synthetic VM state has %zu bytes, expected %zu%s", len, sizeof(s),
+				  vm->vd ? " and the disks' state (the source has no disks, this VM has)" : "");
 	memcpy(&s, buf, sizeof(s));
 	if (s.magic != STATE_MAGIC || s.version != STATE_VERSION)
 		return pm_err_set(err, EPROTO, "not a synthetic VM state of version %u", STATE_VERSION);
@@ -442,6 +473,11 @@ static int be_load_state(void *opaque, const void *buf, size_t len, struct pm_er
 		return pm_err_set(err, EPROTO, "synthetic VM state has out-of-range workload fields");
 	if (vm->threads_started)
 		return pm_err_set(err, EBUSY, "cannot load state into a VM that has run");
+	if (len > sizeof(s)) {
+		int r = vdisks_restore(vm->vd, (const uint8_t *)buf + sizeof(s), len - sizeof(s), err);
+		if (r)
+			return r;
+	}
 	vm->o.workload = (struct synvm_workload){ .kind = s.kind, .rate = s.rate, .hot = s.hot,
 						  .threads = s.nthreads, .seed = s.seed };
 	for (unsigned i = 0; i <= s.nthreads; i++) {
@@ -587,9 +623,13 @@ int synvm_create(struct synvm **out, const struct synvm_opts *o, struct pm_err *
 		hb->magic = HB_MAGIC;
 	}
 	vm->region = (struct pm_region){ .id = 0, .gpa = 0, .npages = vm->npages, .host = vm->mem };
+	r = vdisks_open(&vm->vd, vm, o, err);
+	if (r)
+		goto fail;
 	vm->be = (struct pm_backend){ .kind = "synthetic", .ops = &synvm_ops, .vm = vm,
 				      .nregions = 1, .regions = &vm->region,
-				      .layout_lock = &vm->layout_lock };
+				      .layout_lock = &vm->layout_lock,
+				      .ndisks = vdisks_count(vm->vd), .disks = vdisks_blockdevs(vm->vd) };
 	snprintf(vm->dirty_name, sizeof(vm->dirty_name), "%s", pm_dirty_method_name(o->dirty));
 	if (!o->incoming) {
 		vm->pause_req = o->start_paused;
@@ -616,6 +656,7 @@ void synvm_destroy(struct synvm *vm)
 	pthread_mutex_unlock(&vm->lock);
 	for (unsigned i = 0; vm->threads_started && i < vm->nthreads; i++)
 		pthread_join(vm->vcpu[i].thread, NULL);
+	vdisks_close(vm->vd);
 	if (vm->dt)
 		pm_dirty_close(vm->dt);
 	if (vm->mem)
@@ -675,3 +716,32 @@ uint64_t synvm_pages_written(struct synvm *vm)
 	return n;
 }
 
+
+unsigned synvm_ndisks(struct synvm *vm)
+{
+	return vdisks_count(vm->vd);
+}
+
+struct pm_disk *synvm_disk(struct synvm *vm, unsigned i)
+{
+	return vdisks_disk(vm->vd, i);
+}
+
+const struct synvm_diskload *synvm_diskload_of(struct synvm *vm)
+{
+	return vdisks_load(vm->vd);
+}
+
+uint64_t synvm_disk_bytes_written(struct synvm *vm)
+{
+	return vdisks_bytes_written(vm->vd);
+}
+
+double synvm_disk_write_rate(struct synvm *vm)
+{
+	uint64_t bits = __atomic_load_n(&vm->disk_rate_bits, __ATOMIC_RELAXED);
+	double rate;
+
+	memcpy(&rate, &bits, sizeof(rate));
+	return rate;
+}

@@ -44,6 +44,30 @@ struct synvm_heartbeat {
 	uint64_t resumes;
 };
 
+/* A disk: "FILE[,size=SIZE][,populated=SIZE][,block=SIZE]". */
+#define SYNVM_MAX_DISKS 8
+struct synvm_disk_spec {
+	char path[4096];
+	uint64_t size;          /* 0: the file's own (it must exist) */
+	uint64_t populate;      /* write this much first (pm_disk_params.populate) */
+	uint32_t block_size;    /* 0: 64 KiB */
+};
+int synvm_parse_disk(const char *spec, struct synvm_disk_spec *d, struct pm_err *err);
+
+/* The disk workload: "idle", "randwrite,rate=R", "seqwrite,rate=R", with
+ * [,bs=SIZE][,threads=N][,seed=S]: writer threads, each write bs bytes of
+ * fresh data at a bs-aligned offset, rate = bytes written per second. */
+enum synvm_disk_kind { SYNVM_DISK_IDLE, SYNVM_DISK_RANDWRITE, SYNVM_DISK_SEQWRITE };
+struct synvm_diskload {
+	enum synvm_disk_kind kind;
+	double rate;
+	uint32_t bs;            /* default 64 KiB */
+	unsigned threads;
+	uint64_t seed;
+};
+int synvm_parse_diskload(const char *spec, struct synvm_diskload *w, struct pm_err *err);
+void synvm_format_diskload(const struct synvm_diskload *w, char *buf, size_t len);
+
 struct synvm_opts {
 	uint64_t mem_bytes;
 	struct synvm_workload workload;
@@ -52,6 +76,9 @@ struct synvm_opts {
 	enum pm_dirty_method dirty;
 	bool incoming;              /* memory stays zero, threads wait for load_state */
 	bool start_paused;
+	unsigned ndisks;
+	struct synvm_disk_spec disks[SYNVM_MAX_DISKS];
+	struct synvm_diskload diskload;
 };
 
 struct synvm;
@@ -68,6 +95,14 @@ uint64_t synvm_pages_written(struct synvm *vm);
 /* Bytes (pages x 4096) the workload wrote per second over the last full
  * second: what it achieved, beside the rate it asked for. */
 double synvm_write_rate(struct synvm *vm);
+/* Disks (pmigrate vm --disk): how many, each one, the workload on them,
+ * bytes the writers wrote, and their rate over the last full second. */
+struct pm_disk;
+unsigned synvm_ndisks(struct synvm *vm);
+struct pm_disk *synvm_disk(struct synvm *vm, unsigned i);
+const struct synvm_diskload *synvm_diskload_of(struct synvm *vm);
+uint64_t synvm_disk_bytes_written(struct synvm *vm);
+double synvm_disk_write_rate(struct synvm *vm);
 /* Gives pages back (like a balloon): they read as zero afterwards.  Safe
  * during a migration: done under the layout range lock and the pages are
  * marked dirty so the destination gets the zeros too. */
