@@ -38,6 +38,10 @@ static int dirty_start(void *opaque, struct pm_err *err)
 		}
 	}
 	pthread_rwlock_unlock(&vm->dirty_lock);
+	/* "Initially all dirty" covers what the devices wrote before. */
+	for (unsigned i = 0; i < vm->nslots; i++)
+		for (uint64_t w = 0; vm->slots[i].dev_dirty && w < (vm->slots[i].npages + 63) / 64; w++)
+			atomic_store_explicit(&vm->slots[i].dev_dirty[w], 0, memory_order_relaxed);
 	int r = pmvm_set_dirty_logging(vm, true, err);
 	if (r)
 		return r;
@@ -84,7 +88,9 @@ static int dirty_count(void *opaque, uint64_t *pages, struct pm_err *err)
 	for (unsigned i = 0; i < vm->nslots; i++)
 		for (uint64_t w = 0; w < (vm->slots[i].npages + 63) / 64; w++)
 			n += (uint64_t)__builtin_popcountll(
-				__atomic_load_n(&vm->slots[i].bitmap[w], __ATOMIC_RELAXED));
+				__atomic_load_n(&vm->slots[i].bitmap[w], __ATOMIC_RELAXED) |
+				(vm->slots[i].dev_dirty ? atomic_load_explicit(&vm->slots[i].dev_dirty[w],
+									       memory_order_relaxed) : 0));
 	pthread_rwlock_unlock(&vm->dirty_lock);
 	*pages = n;
 	return 0;
@@ -140,6 +146,19 @@ static int dirty_harvest(void *opaque, uint32_t region, uint64_t first, uint64_t
 	if (!r && any)
 		pmvm_dirty_shift(taken, a0, a1, first, n, out);
 	free(taken);
+	/* What the devices wrote: taken after their stores (acquire), so the
+	 * pages read next hold them. */
+	for (uint64_t i = 0; !r && s->dev_dirty && i < n; i++) {
+		uint64_t p = first + i;
+		_Atomic uint64_t *word = &s->dev_dirty[p / 64];
+
+		if (!atomic_load_explicit(word, memory_order_relaxed)) {
+			i += 63 - p % 64;
+			continue;
+		}
+		if (atomic_fetch_and_explicit(word, ~(1ull << (p % 64)), memory_order_acq_rel) & (1ull << (p % 64)))
+			out[i / 64] |= 1ull << (i % 64);
+	}
 	return r;
 }
 
@@ -250,4 +269,8 @@ void pmvm_backend_init(struct pm_backend *be, struct pmvm *vm)
 	be->vm = vm;
 	be->nregions = vm->nslots;
 	be->regions = vm->regions;
+	if (vm->disk) {
+		be->ndisks = 1;
+		be->disks = &vm->blockdev;
+	}
 }

@@ -37,6 +37,11 @@
 #define PMVM_LOW_MEM_MAX    0xc0000000ull
 #define PMVM_HIGH_MEM_GPA   0x100000000ull
 
+/* The virtio-blk device's virtio-mmio window (in the hole below 4 GiB)
+ * and its interrupt line, when pmvm has a --disk. */
+#define PMVM_VIRTIO_BLK_GPA 0xd0000000ull
+#define PMVM_VIRTIO_BLK_IRQ 5u
+
 /* I/O ports. */
 #define PMVM_SERIAL_PORT    0x3f8u
 #define PMVM_EXIT_PORT      0xf4u        /* write: pmvm exits with value & 0xff */
@@ -45,7 +50,7 @@
 #define PMVM_KBD_CMD_RESET  0xfeu
 
 #define PMVM_BOOT_MAGIC     0x544f4f424d564d50ull /* "PMVMBOOT" */
-#define PMVM_BOOT_VERSION   1u
+#define PMVM_BOOT_VERSION   2u         /* 2: virtio-blk */
 #define PMVM_MAX_PARAMS     16u
 #define PMVM_PARAM_KEY_LEN  16u
 
@@ -67,6 +72,9 @@ struct pmvm_bootinfo {
 	uint32_t nparams;
 	uint32_t reserved;
 	struct pmvm_param params[PMVM_MAX_PARAMS];
+	uint64_t virtio_blk_base;      /* version 2: the disk's virtio-mmio window, 0: no disk */
+	uint32_t virtio_blk_irq;
+	uint32_t reserved2;
 };
 
 #endif

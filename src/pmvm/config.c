@@ -14,6 +14,7 @@ const char *pmvm_usage(void)
 	       "                [--incoming ADDR[,ADDR...]] [--serial FILE]\n"
 	       "                [--dump-at-pause FILE] [--dump-on-resume FILE]\n"
 	       "                [--param KEY=VALUE]... [--kvm PATH]\n"
+	       "                [--disk FILE[,size=SIZE][,block=SIZE]]\n"
 	       "  --mem SIZE        guest RAM, e.g. 64M, 1G (default 64M; 4M..63G)\n"
 	       "  --vcpus N         vCPUs, 1..16 (default 1)\n"
 	       "  --guest FILE      flat binary (loaded at 1 MiB) or static ELF64\n"
@@ -24,7 +25,9 @@ const char *pmvm_usage(void)
 	       "  --incoming ADDRS  wait for a migration on host:port[,host:port...]\n"
 	       "  --serial FILE     COM1 output (default: stdout)\n"
 	       "  --param K=V       guest parameter (bootinfo block), V a number\n"
-	       "  --kvm PATH        KVM device (default /dev/kvm)\n";
+	       "  --kvm PATH        KVM device (default /dev/kvm)\n"
+	       "  --disk FILE,...   a virtio-blk disk over virtio-mmio: a raw image, created sparse\n"
+	       "                    if missing (size= needed then); block= is the dirty-tracking unit\n";
 }
 
 int pmvm_parse_size(const char *s, uint64_t *out, struct pm_err *err)
@@ -113,6 +116,44 @@ static int split_incoming(struct pmvm_config *c, const char *arg, struct pm_err 
 	}
 	if (!c->nlisten)
 		return pm_err_set(err, EINVAL, "--incoming: empty address list");
+	return 0;
+}
+
+static int parse_disk(struct pmvm_config *c, const char *arg, struct pm_err *err)
+{
+	char buf[sizeof(c->disk_path) + 64], *save = NULL, *tok;
+
+	if (c->disk_path[0])
+		return pm_err_set(err, EINVAL, "--disk given twice (pmvm has one disk)");
+	if (!*arg || strlen(arg) >= sizeof(buf))
+		return pm_err_set(err, EINVAL, "--disk '%s': expected FILE[,size=SIZE][,block=SIZE]", arg);
+	strcpy(buf, arg);
+	tok = strtok_r(buf, ",", &save);
+	if (!tok || strchr(tok, '='))
+		return pm_err_set(err, EINVAL, "--disk '%s' must start with the image file", arg);
+	snprintf(c->disk_path, sizeof(c->disk_path), "%s", tok);
+	while ((tok = strtok_r(NULL, ",", &save))) {
+		char *eq = strchr(tok, '=');
+		uint64_t *to;
+		int r;
+
+		if (!eq)
+			return pm_err_set(err, EINVAL, "--disk option '%s' is not key=value", tok);
+		*eq++ = 0;
+		if (!strcmp(tok, "size"))
+			to = &c->disk_size;
+		else if (!strcmp(tok, "block"))
+			to = &c->disk_block;
+		else
+			return pm_err_set(err, EINVAL, "unknown --disk option '%s' (size, block)", tok);
+		r = pmvm_parse_size(eq, to, err);
+		if (r)
+			return r;
+	}
+	if (c->disk_size % 512 || (c->disk_block && (c->disk_block < 4096 || c->disk_block > (1u << 20) ||
+						     (c->disk_block & (c->disk_block - 1)))))
+		return pm_err_set(err, EINVAL, "--disk: size must be a multiple of 512 and block a power of two "
+				  "from 4K to 1M");
 	return 0;
 }
 
@@ -214,6 +255,10 @@ int pmvm_parse_args(int argc, char *const argv[], struct pmvm_config *c, struct 
 			c->kvm_path = val;
 		} else if (!strcmp(name, "--incoming")) {
 			r = split_incoming(c, val, err);
+			if (r)
+				return r;
+		} else if (!strcmp(name, "--disk")) {
+			r = parse_disk(c, val, err);
 			if (r)
 				return r;
 		} else if (!strcmp(name, "--param")) {

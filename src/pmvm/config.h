@@ -30,6 +30,10 @@ struct pmvm_config {
 	const char *dump_at_pause;
 	const char *dump_on_resume;
 	const char *kvm_path;          /* default /dev/kvm */
+	/* --disk FILE[,size=SIZE][,block=SIZE]: a virtio-blk disk (a raw
+	 * image, created sparse when missing and size= is given). */
+	char disk_path[4096];
+	uint64_t disk_size, disk_block;
 	char *incoming_buf;            /* owned copy of --incoming, split in place */
 	const char *listen[PMVM_MAX_LISTEN];
 	unsigned nlisten;              /* > 0: wait for an incoming migration */

@@ -25,6 +25,80 @@
 #define PMVM_IDMAP_ADDR   0xfffbc000ull
 #define SERIAL_IRQ 4
 
+void *pmvm_gpa(struct pmvm *vm, uint64_t gpa, uint64_t len)
+{
+	for (unsigned i = 0; i < vm->nslots; i++) {
+		const struct pmvm_slot *s = &vm->slots[i];
+		uint64_t size = s->npages * PM_PAGE_SIZE;
+
+		if (gpa >= s->gpa && gpa - s->gpa < size && len <= size - (gpa - s->gpa))
+			return s->host + (gpa - s->gpa);
+	}
+	return NULL;
+}
+
+void pmvm_mark_dirty(struct pmvm *vm, uint64_t gpa, uint64_t len)
+{
+	if (!len)
+		return;
+	for (unsigned i = 0; i < vm->nslots; i++) {
+		const struct pmvm_slot *s = &vm->slots[i];
+		uint64_t end = gpa + len, lo, hi;
+
+		if (end <= s->gpa || gpa >= s->gpa + s->npages * PM_PAGE_SIZE || !s->dev_dirty)
+			continue;
+		lo = (gpa > s->gpa ? gpa - s->gpa : 0) / PM_PAGE_SIZE;
+		hi = (end - s->gpa + PM_PAGE_SIZE - 1) / PM_PAGE_SIZE;
+		if (hi > s->npages)
+			hi = s->npages;
+		/* After the device's stores: release, as pm_dirty_log_mark. */
+		for (uint64_t p = lo; p < hi; p++)
+			atomic_fetch_or_explicit(&s->dev_dirty[p / 64], 1ull << (p % 64), memory_order_release);
+	}
+}
+
+static void *vblk_gpa(void *opaque, uint64_t gpa, uint64_t len)
+{
+	return pmvm_gpa(opaque, gpa, len);
+}
+
+static void vblk_dirty(void *opaque, uint64_t gpa, uint64_t len)
+{
+	pmvm_mark_dirty(opaque, gpa, len);
+}
+
+static void vblk_irq(void *opaque, bool level)
+{
+	struct pmvm *vm = opaque;
+	struct kvm_irq_level l = { .irq = PMVM_VIRTIO_BLK_IRQ, .level = level };
+
+	if (ioctl(vm->vm_fd, KVM_IRQ_LINE, &l) < 0)
+		pmvm_fail(vm, "KVM_IRQ_LINE %u: %s", PMVM_VIRTIO_BLK_IRQ, strerror(errno));
+}
+
+/* --disk: the image (created sparse when missing) and its device. */
+static int setup_disk(struct pmvm *vm, const struct pmvm_config *c, struct pm_err *err)
+{
+	struct pm_disk_params p = { .path = c->disk_path, .size = c->disk_size,
+				    .block_size = (uint32_t)c->disk_block, .create = true };
+	struct virtio_env env = { vblk_gpa, vblk_dirty, vblk_irq, vm };
+	int r;
+
+	for (unsigned i = 0; i < vm->nslots; i++) {
+		vm->slots[i].dev_dirty = calloc((vm->slots[i].npages + 63) / 64, sizeof(uint64_t));
+		if (!vm->slots[i].dev_dirty)
+			return pm_err_set(err, ENOMEM, "out of memory");
+	}
+	if (!c->disk_path[0])
+		return 0;
+	r = pm_disk_open(&vm->disk, &p, err);
+	if (r)
+		return r;
+	pmvm_virtio_blk_init(&vm->vblk, vm->disk, &env);
+	pm_disk_blockdev(vm->disk, 0, &vm->blockdev);
+	return 0;
+}
+
 static const struct { int cap; const char *name; } required_caps[] = {
 	{ KVM_CAP_IRQCHIP, "KVM_CAP_IRQCHIP" },
 	{ KVM_CAP_USER_MEMORY, "KVM_CAP_USER_MEMORY" },
@@ -272,6 +346,8 @@ int pmvm_create(struct pmvm *vm, const struct pmvm_config *c, struct pm_err *err
 		return pm_err_set(err, errno, "KVM_CREATE_PIT2: %s", strerror(errno));
 
 	r = setup_memory(vm, err);
+	if (!r)
+		r = setup_disk(vm, c, err);
 	if (r)
 		return r;
 
@@ -328,6 +404,10 @@ int pmvm_boot(struct pmvm *vm, const struct pmvm_config *c, const uint8_t *image
 	bi.exit_port = PMVM_EXIT_PORT;
 	bi.nparams = c->nparams;
 	memcpy(bi.params, c->params, sizeof(bi.params));
+	if (vm->disk) {
+		bi.virtio_blk_base = PMVM_VIRTIO_BLK_GPA;
+		bi.virtio_blk_irq = PMVM_VIRTIO_BLK_IRQ;
+	}
 	memcpy(vm->mem + PMVM_BOOTINFO_GPA, &bi, sizeof(bi));
 
 	for (unsigned i = 0; i < vm->nvcpus; i++) {
@@ -394,8 +474,14 @@ void pmvm_destroy(struct pmvm *vm)
 		}
 		free(vm->vcpus);
 	}
-	for (unsigned i = 0; i < vm->nslots; i++)
+	for (unsigned i = 0; i < vm->nslots; i++) {
 		free(vm->slots[i].bitmap);
+		free(vm->slots[i].dev_dirty);
+	}
+	if (vm->disk) {
+		pmvm_virtio_blk_destroy(&vm->vblk);
+		pm_disk_close(vm->disk);
+	}
 	if (vm->mem)
 		munmap(vm->mem, vm->mem_bytes);
 	if (vm->mem_fd >= 0)
@@ -453,6 +539,10 @@ int pmvm_save_vm(struct pmvm *vm, struct pmvm_vm_state *st, struct pm_err *err)
 	pmvm_serial_flush(vm);
 	st->has_rtc = true;
 	pmvm_rtc_save(&vm->rtc, &st->rtc);
+	if (vm->disk) {
+		st->has_virtio_blk = true;
+		virtio_mmio_save(&vm->vblk.t, &st->virtio_blk);
+	}
 	st->has_heartbeat = true;
 	st->heartbeat.last_ns = atomic_load(&vm->hb.last_ns);
 	st->heartbeat.count = atomic_load(&vm->hb.count);
@@ -477,6 +567,11 @@ int pmvm_load_vm_early(struct pmvm *vm, const struct pmvm_vm_state *st, struct p
 		return pm_err_set(err, EINVAL, "serial state is not one a 16550 can be in");
 	if (st->has_rtc && pmvm_rtc_load(&vm->rtc, &st->rtc))
 		return pm_err_set(err, EINVAL, "rtc state is not one an MC146818 can be in");
+	if (st->has_virtio_blk != (vm->disk != NULL))
+		return pm_err_set(err, EINVAL, "the state is of a VM %s a disk, this one has %s",
+				  st->has_virtio_blk ? "with" : "without", vm->disk ? "one" : "none");
+	if (vm->disk && virtio_mmio_load(&vm->vblk.t, &st->virtio_blk))
+		return pm_err_set(err, EINVAL, "virtio-blk state does not fit this VM (rings outside its RAM)");
 	if (st->has_heartbeat) {
 		atomic_store(&vm->hb.last_ns, st->heartbeat.last_ns);
 		atomic_store(&vm->hb.count, st->heartbeat.count);

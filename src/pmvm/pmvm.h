@@ -18,6 +18,7 @@
 #include "rtc.h"
 #include "serial.h"
 #include "state.h"
+#include "virtio_blk.h"
 
 #define PMVM_KICK_SIGNAL SIGUSR1
 #define PMVM_MAX_SLOTS 2
@@ -42,6 +43,9 @@ struct pmvm_slot {
 	uint64_t npages;
 	uint8_t *host;
 	uint64_t *bitmap;              /* last KVM_GET_DIRTY_LOG, bits taken by harvests */
+	/* Pages pmvm's devices wrote (KVM's log does not see them): set
+	 * after the write, always, and folded into every harvest. */
+	_Atomic uint64_t *dev_dirty;
 };
 
 /* The guest's heartbeat (writes to PMVM_HEARTBEAT_PORT), timestamped with
@@ -84,6 +88,10 @@ struct pmvm {
 	struct pmvm_serial serial;
 	struct pmvm_rtc rtc;
 	int serial_fd;
+	/* --disk: the image and its virtio-blk device; the engine's view. */
+	struct pm_disk *disk;
+	struct pmvm_virtio_blk vblk;
+	struct pm_blockdev blockdev;
 	char serial_line[256];
 	size_t serial_len;
 
@@ -127,6 +135,11 @@ int pmvm_load_vm_late(struct pmvm *vm, const struct pmvm_vm_state *st, struct pm
 /* vm->lock held: kvmclock read at a pause, and written back at the resume. */
 int pmvm_clock_freeze(struct pmvm *vm, struct pm_err *err);
 int pmvm_clock_thaw(struct pmvm *vm, struct pm_err *err);
+
+/* Host address of [gpa, gpa + len) when it lies in one RAM slot, else NULL. */
+void *pmvm_gpa(struct pmvm *vm, uint64_t gpa, uint64_t len);
+/* A device wrote guest memory [gpa, gpa + len): dirty for migration. */
+void pmvm_mark_dirty(struct pmvm *vm, uint64_t gpa, uint64_t len);
 
 /* vcpu.c */
 int pmvm_vcpus_create(struct pmvm *vm, struct pm_err *err);

@@ -47,6 +47,7 @@ static const char *const sec_names[] = {
 	[PMVM_SEC_SERIAL] = "serial",
 	[PMVM_SEC_HEARTBEAT] = "heartbeat",
 	[PMVM_SEC_RTC] = "rtc",
+	[PMVM_SEC_VIRTIO_BLK] = "virtio-blk",
 	[PMVM_SEC_REGS] = "regs",
 	[PMVM_SEC_SREGS] = "sregs",
 	[PMVM_SEC_FPU] = "fpu",
@@ -92,6 +93,7 @@ static size_t fixed_len(unsigned type)
 	case PMVM_SEC_SERIAL: return sizeof(struct pmvm_serial_state);
 	case PMVM_SEC_HEARTBEAT: return sizeof(struct pmvm_heartbeat_state);
 	case PMVM_SEC_RTC: return sizeof(struct pmvm_rtc_state);
+	case PMVM_SEC_VIRTIO_BLK: return sizeof(struct virtio_mmio_state);
 	case PMVM_SEC_REGS: return sizeof(struct kvm_regs);
 	case PMVM_SEC_SREGS: return sizeof(struct kvm_sregs);
 	case PMVM_SEC_FPU: return sizeof(struct kvm_fpu);
@@ -118,7 +120,7 @@ static bool per_vcpu(unsigned type)
 static bool optional(unsigned type)
 {
 	return type == PMVM_SEC_XSAVE || type == PMVM_SEC_XCRS || type == PMVM_SEC_HEARTBEAT ||
-	       type == PMVM_SEC_RTC;
+	       type == PMVM_SEC_RTC || type == PMVM_SEC_VIRTIO_BLK;
 }
 
 int pmvm_state_init(struct pmvm_vm_state *st, uint32_t nvcpus, struct pm_err *err)
@@ -218,6 +220,8 @@ int pmvm_state_encode(const struct pmvm_vm_state *st, void **buf, size_t *len,
 		put_section(&w, PMVM_SEC_HEARTBEAT, vm, &st->heartbeat, sizeof(st->heartbeat), NULL, 0);
 	if (st->has_rtc)
 		put_section(&w, PMVM_SEC_RTC, vm, &st->rtc, sizeof(st->rtc), NULL, 0);
+	if (st->has_virtio_blk)
+		put_section(&w, PMVM_SEC_VIRTIO_BLK, vm, &st->virtio_blk, sizeof(st->virtio_blk), NULL, 0);
 
 	for (uint32_t i = 0; i < st->nvcpus; i++) {
 		const struct pmvm_vcpu_state *v = &st->vcpus[i];
@@ -392,6 +396,12 @@ static int check_vm_payload(unsigned type, const uint8_t *pl, uint32_t plen,
 			return bad(st, err, "rtc state is not one an MC146818 can be in");
 		st->has_rtc = true;
 		return 0;
+	case PMVM_SEC_VIRTIO_BLK:
+		memcpy(&st->virtio_blk, pl, plen);
+		if (virtio_mmio_state_check(&st->virtio_blk, 1))
+			return bad(st, err, "virtio-blk state is not one the device can be in");
+		st->has_virtio_blk = true;
+		return 0;
 	}
 	return bad(st, err, "section type %u is not VM-wide", type);
 }
@@ -457,7 +467,8 @@ int pmvm_state_decode(const void *buf, size_t len, struct pmvm_vm_state *st,
 			free(seen);
 			return bad(st, err, "section %u has non-zero padding", s);
 		}
-		if (!known(h.type) || (h.type == PMVM_SEC_RTC && version < 2)) {
+		if (!known(h.type) || (h.type == PMVM_SEC_RTC && version < 2) ||
+		    (h.type == PMVM_SEC_VIRTIO_BLK && version < 3)) {
 			free(seen);
 			return bad(st, err, "section %u has unknown type %u (for version %u)", s, h.type, version);
 		}

@@ -14,9 +14,10 @@
 
 #include "rtc.h"
 #include "serial.h"
+#include "virtio_mmio.h"
 
 #define PMVM_STATE_MAGIC     "PMVMSTAT"
-#define PMVM_STATE_VERSION   2u    /* 2: rtc section */
+#define PMVM_STATE_VERSION   3u    /* 2: rtc section; 3: virtio-blk section */
 #define PMVM_STATE_MIN_VERSION 1u
 #define PMVM_STATE_HDR_LEN   32u
 #define PMVM_STATE_SEC_LEN   16u
@@ -36,7 +37,8 @@ enum pmvm_state_section {
 	PMVM_SEC_SERIAL,
 	PMVM_SEC_HEARTBEAT,    /* optional: older senders have none */
 	PMVM_SEC_RTC,          /* optional, version 2 and up */
-	PMVM_SEC_VM_LAST = PMVM_SEC_RTC,
+	PMVM_SEC_VIRTIO_BLK,   /* optional (a VM with a disk), version 3 and up */
+	PMVM_SEC_VM_LAST = PMVM_SEC_VIRTIO_BLK,
 
 	PMVM_SEC_REGS = 16,
 	PMVM_SEC_SREGS,
@@ -85,6 +87,8 @@ struct pmvm_vm_state {
 	struct pmvm_heartbeat_state heartbeat;
 	bool has_rtc;
 	struct pmvm_rtc_state rtc;
+	bool has_virtio_blk;
+	struct virtio_mmio_state virtio_blk;
 	struct pmvm_vcpu_state *vcpus; /* malloc'ed, nvcpus entries */
 };
 

@@ -353,11 +353,21 @@ static bool handle_exit(struct pmvm_vcpu *v)
 	case KVM_EXIT_IO:
 		v->needs_completion = true;
 		return handle_io(v);
-	case KVM_EXIT_MMIO:
+	case KVM_EXIT_MMIO: {
+		uint64_t a = run->mmio.phys_addr;
+		unsigned len = run->mmio.len <= 8 ? run->mmio.len : 8;
+
 		v->needs_completion = true;
-		if (!run->mmio.is_write)
+		if (vm->disk && a >= PMVM_VIRTIO_BLK_GPA && a - PMVM_VIRTIO_BLK_GPA < VIRTIO_MMIO_SIZE) {
+			if (run->mmio.is_write)
+				virtio_mmio_write(&vm->vblk.t, a - PMVM_VIRTIO_BLK_GPA, run->mmio.data, len);
+			else
+				virtio_mmio_read(&vm->vblk.t, a - PMVM_VIRTIO_BLK_GPA, run->mmio.data, len);
+		} else if (!run->mmio.is_write) {
 			memset(run->mmio.data, 0xff, sizeof(run->mmio.data));
+		}
 		return true;
+	}
 	case KVM_EXIT_HLT:
 		return true;
 	case KVM_EXIT_INTR:

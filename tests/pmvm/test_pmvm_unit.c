@@ -64,6 +64,10 @@ static void make_state(struct pmvm_vm_state *st, unsigned nvcpus)
 	st->has_rtc = true;
 	fill_rand(st->rtc.ram, sizeof(st->rtc.ram));
 	st->rtc.index = 0x0e;
+	st->has_virtio_blk = true;
+	st->virtio_blk = (struct virtio_mmio_state){ .status = 15, .driver_features = 1ull << 32 | 1u << 9,
+		.int_status = 1, .q[0] = { .num = 16, .ready = 1, .desc = 0x10000, .avail = 0x11000,
+					    .used = 0x12000, .last_avail = 77 } };
 	for (unsigned i = 0; i < nvcpus; i++) {
 		struct pmvm_vcpu_state *v = &st->vcpus[i];
 
@@ -102,6 +106,8 @@ static void assert_state_equal(const struct pmvm_vm_state *a, const struct pmvm_
 	assert_memory_equal(&a->serial, &b->serial, sizeof(a->serial));
 	assert_int_equal(a->has_rtc, b->has_rtc);
 	assert_memory_equal(&a->rtc, &b->rtc, sizeof(a->rtc));
+	assert_int_equal(a->has_virtio_blk, b->has_virtio_blk);
+	assert_memory_equal(&a->virtio_blk, &b->virtio_blk, sizeof(a->virtio_blk));
 	for (unsigned i = 0; i < a->nvcpus; i++) {
 		const struct pmvm_vcpu_state *x = &a->vcpus[i], *y = &b->vcpus[i];
 
@@ -140,6 +146,8 @@ static void test_state_roundtrip(void **unused)
 	free(buf);
 	a.has_rtc = false;
 	memset(&a.rtc, 0, sizeof(a.rtc));
+	a.has_virtio_blk = false;
+	memset(&a.virtio_blk, 0, sizeof(a.virtio_blk));
 	for (unsigned i = 0; i < a.nvcpus; i++) {
 		free(a.vcpus[i].xsave);
 		a.vcpus[i].xsave = NULL;
@@ -227,7 +235,9 @@ static void test_state_rejects(void **unused)
 	/* A newer version is named. */
 	memcpy(bad, buf, len);
 	bad[8] = PMVM_STATE_VERSION + 1;
-	expect_reject(bad, len, "version 3");
+	char want[32];
+	snprintf(want, sizeof(want), "version %u,", PMVM_STATE_VERSION + 1);
+	expect_reject(bad, len, want);
 
 	/* Deeper checks, with the checksum made right. */
 	memcpy(bad, buf, len);
@@ -300,6 +310,30 @@ static void test_state_rejects(void **unused)
 	bad[off + 16] = 0x80;
 	recrc(bad, len);
 	expect_reject(bad, len, "MC146818");
+
+	/* A virtio-blk section in a version-2 blob (version 2 had none). */
+	memcpy(bad, buf, len);
+	bad[8] = 2;
+	off = find_section(bad, len, PMVM_SEC_RTC);       /* keep rtc legal: it is version 2 */
+	recrc(bad, len);
+	expect_reject(bad, len, "for version 2");
+
+	/* A virtio-blk state the device cannot be in: a queue size that is
+	 * not a power of two, status bits that do not exist. */
+	memcpy(bad, buf, len);
+	off = find_section(bad, len, PMVM_SEC_VIRTIO_BLK);
+	{
+		struct virtio_mmio_state vs;
+		memcpy(&vs, bad + off + 16, sizeof(vs));
+		vs.q[0].num = 12;
+		memcpy(bad + off + 16, &vs, sizeof(vs));
+	}
+	recrc(bad, len);
+	expect_reject(bad, len, "virtio-blk state");
+	memcpy(bad, buf, len);
+	bad[off + 16] = 0x30;                             /* status: unknown bits */
+	recrc(bad, len);
+	expect_reject(bad, len, "virtio-blk state");
 
 	/* Wrong chip in the PIC section. */
 	memcpy(bad, buf, len);
