@@ -385,6 +385,9 @@ int pmvm_boot(struct pmvm *vm, const struct pmvm_config *c, const uint8_t *image
 	r = pmvm_image_load(image, image_len, vm->mem, low_end, &img, err);
 	if (r)
 		return r;
+	/* The disk's registers are in the hole: map up to them. */
+	if (vm->disk && top < PMVM_VIRTIO_BLK_GPA + VIRTIO_MMIO_SIZE)
+		top = PMVM_VIRTIO_BLK_GPA + VIRTIO_MMIO_SIZE;
 	r = pmvm_build_page_tables(vm->mem, low_end, top, err);
 	if (r)
 		return r;
