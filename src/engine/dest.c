@@ -424,7 +424,10 @@ int pm_incoming_run(struct pm_incoming *in, struct pm_backend *be, struct pm_rep
 		c->total_pages += be->regions[i].npages;
 	}
 	c->page_round = calloc(c->total_pages, sizeof(*c->page_round));
-	if (!c->page_round)
+	if (be->ndisks)     /* until disks travel with memory */
+		r = pm_err_set(err, ENOTSUP, "the VM has %u disk%s; this engine does not migrate disks yet",
+			       be->ndisks, be->ndisks > 1 ? "s" : "");
+	else if (!c->page_round)
 		r = pm_err_set(err, ENOMEM, "out of memory");
 	else if (pipe2(c->notify, O_CLOEXEC | O_NONBLOCK))
 		r = pm_err_set(err, errno, "pipe: %s", strerror(errno));

@@ -296,6 +296,10 @@ static int setup(struct src_ctx *c, struct pm_err *err)
 	if (c->chunk_pages > PM_MAX_CHUNK_PAGES || c->chunk_pages % 64)
 		return pm_err_set(err, EINVAL, "chunk of %u pages: must be a multiple of 64 up to %u",
 				  c->chunk_pages, PM_MAX_CHUNK_PAGES);
+	/* Until disks travel with memory, a VM with one must not look migrated. */
+	if (be->ndisks)
+		return pm_err_set(err, ENOTSUP, "the VM has %u disk%s; this engine does not migrate disks yet",
+				  be->ndisks, be->ndisks > 1 ? "s" : "");
 	if (!be->nregions || be->nregions > PM_MAX_REGIONS)
 		return pm_err_set(err, EINVAL, "VM has %u memory regions (1..%u supported)",
 				  be->nregions, PM_MAX_REGIONS);
