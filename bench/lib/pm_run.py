@@ -115,6 +115,10 @@ def main():
     p.add_argument("--check-s", type=float, default=1.5)
     p.add_argument("--verify", action="store_true")
     p.add_argument("--timeout", type=float, default=300.0)
+    p.add_argument("--tls", default="none", choices=("none", "x509", "psk"),
+                   help="transport security; x509/psk use --tls-dir (tests/tls/mkcreds.sh layout)")
+    p.add_argument("--tls-dir", default="", help="x509/ (QEMU layout) and keys.psk")
+    p.add_argument("--no-ktls", action="store_true", help="TLS records in userspace even with kTLS")
     a = p.parse_args()
 
     os.makedirs(a.workdir, exist_ok=True)
@@ -141,6 +145,17 @@ def main():
         if a.dirty:
             src_cmd += ["--dirty", a.dirty]
             dst_cmd += ["--dirty", a.dirty]
+        # The shaped links are not loopback: plain TCP needs --insecure.
+        if a.tls == "none":
+            tls_args = ["--insecure"]
+        elif a.tls == "x509":
+            tls_args = ["--tls-creds", os.path.join(a.tls_dir, "x509")]
+        else:
+            tls_args = ["--tls-psk", os.path.join(a.tls_dir, "keys.psk")]
+        if a.no_ktls:
+            tls_args += ["--no-ktls"]
+        dst_cmd += tls_args
+        res["tls"] = a.tls
         if a.verify:
             dst_cmd += ["--dump-on-resume", dump_dst]
             src_cmd += ["--dump-at-pause", dump_src]
@@ -165,7 +180,7 @@ def main():
 
         mig = ns_prefix(a.src_ns) + [a.bin, "migrate", "--control", src_sock, "--to", a.to,
                                      "--channels", str(a.channels), "--downtime", str(a.downtime_ms),
-                                     "--json", report]
+                                     "--json", report] + tls_args
         if a.bind:
             mig += ["--bind", a.bind]
         if a.serial:
@@ -227,7 +242,8 @@ def main():
         elif isinstance(rounds, int):
             res["rounds"] = rounds
         for k in ("dirty_method", "switchover_reason", "throttle_pct", "stale_pages", "setup_ms",
-                  "verify_dump_ms", "write_rate_mbps", "write_rate_asked_mbps", "nrounds"):
+                  "verify_dump_ms", "write_rate_mbps", "write_rate_asked_mbps", "nrounds",
+                  "tls_records"):
             if k in rep:
                 res[k] = rep[k]
         if res["status"] == "completed":

@@ -40,6 +40,31 @@ enum pm_nonconverge {
 	PM_NC_ABORT,        /* give up; the VM keeps running at the source */
 };
 
+/* Transport security (docs/security.md).  Every channel runs TLS 1.3 when
+ * creds_dir or psk_file is set; without either, plain TCP, which both ends
+ * refuse for any non-loopback address unless `insecure` is set. */
+enum pm_tls_mode { PM_TLS_NONE = 0, PM_TLS_X509, PM_TLS_PSK };
+struct pm_tls_params {
+	/* X.509 with mutual authentication, QEMU's layout: ca-cert.pem, and
+	 * server-cert.pem + server-key.pem (destination) or client-cert.pem +
+	 * client-key.pem (source); ca-crl.pem is used if present. */
+	const char *creds_dir;
+	/* Pre-shared keys, QEMU's format: lines "identity:hexkey" (at least
+	 * 16 bytes of key).  The source uses the first line. */
+	const char *psk_file;
+	/* Source, X.509: the name the destination's certificate must carry;
+	 * NULL: the host of each destination address. */
+	const char *hostname;
+	/* Destination, X.509: only clients whose subject DN (RFC 4514, e.g.
+	 * "CN=src.example,O=Example") matches a line of this file ('*' and
+	 * '?' glob); NULL: any client the CA signed. */
+	const char *authz_file;
+	/* Keep the record layer in OpenSSL even where the kernel has TLS. */
+	bool no_ktls;
+};
+/* Names for reports and options: "none", "x509", "psk". */
+const char *pm_tls_mode_name(enum pm_tls_mode m);
+
 struct pm_progress {
 	const char *phase;          /* "connecting", "precopy", "switchover", "completing" */
 	unsigned round;
@@ -69,6 +94,8 @@ struct pm_migrate_params {
 	unsigned chunk_pages;       /* 0: 512 (2 MiB) */
 	unsigned timeout_ms;        /* network silence that fails the migration; 0: 30000 */
 	const char *dump_at_pause;  /* write guest memory here when paused */
+	struct pm_tls_params tls;
+	bool insecure;              /* allow plain TCP to a non-loopback address */
 	pm_progress_fn progress;
 	void *progress_opaque;
 	unsigned progress_interval_ms; /* 0: 250 */
@@ -120,6 +147,12 @@ struct pm_report {
 	char switchover_reason[64]; /* "converged", "max-rounds", "max-bytes", "no-progress" */
 	unsigned throttle_pct;
 	uint64_t stale_pages;       /* destination: pages skipped as older than what it had */
+	/* Transport: "none", "x509" or "psk"; and who made the records of the
+	 * bulk direction (source: sending, destination: receiving): "ktls"
+	 * (the kernel, on every channel), "userspace" (OpenSSL), "none". */
+	char tls[8];
+	char tls_records[12];
+	unsigned rejected_connections; /* destination: closed before or instead of joining */
 	/* Source: when the VM was paused (ms since start; 0: never), and the
 	 * guest's write rate asked and achieved from tracking start to the
 	 * pause (MB/s of pages x 4096; 0: the backend does not say). */
@@ -159,8 +192,17 @@ struct pm_incoming;
 struct pm_incoming_params {
 	const char *const *listen;  /* "host:port"; port 0 picks one */
 	unsigned nlisten;
-	unsigned timeout_ms;        /* after the first connection; 0: 30000 */
+	/* A connection must finish its handshake and HELLO within this, and
+	 * all channels of the session must arrive within it of the first;
+	 * 0: 30000. */
+	unsigned timeout_ms;
 	const char *dump_on_resume; /* write guest memory here just before resume */
+	struct pm_tls_params tls;
+	bool insecure;              /* allow plain TCP on a non-loopback address (warns) */
+	/* Warnings and rejected connections, one line each (no newline);
+	 * NULL: to stderr prefixed "pmigrate: ". */
+	void (*log)(void *opaque, const char *msg);
+	void *log_opaque;
 };
 int pm_incoming_listen(struct pm_incoming **out, const struct pm_incoming_params *p,
 		       struct pm_err *err);

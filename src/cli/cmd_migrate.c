@@ -104,6 +104,12 @@ static void usage(FILE *f)
 		"  --serial             one thread harvests and sends, no pipelining (baseline)\n"
 		"  --compress C         none (default), lz4, zstd\n"
 		"  --timeout MS         deadline of every wait on the network (default 30000)\n"
+		"  --tls-creds DIR      TLS 1.3 with X.509 (QEMU's layout: ca-cert.pem, client-cert.pem,\n"
+		"                       client-key.pem); the destination's certificate must name --to\n"
+		"  --tls-hostname NAME  the name the destination's certificate must carry instead\n"
+		"  --tls-psk FILE       TLS 1.3 with a pre-shared key (the first identity:hexkey line)\n"
+		"  --insecure           allow plain TCP to a non-loopback address\n"
+		"  --no-ktls            keep TLS records in userspace even if the kernel has kTLS\n"
 		"  --json FILE          write the report as JSON ('-' for stdout)\n"
 		"  --timeline FILE.svg  draw the migration over time: MB/s per channel, round starts,\n"
 		"                       dirty pages left, the guest's write rate, the pause\n"
@@ -125,6 +131,9 @@ int cmd_migrate(int argc, char **argv)
 		{ "json", required_argument, 0, 'j' }, { "progress", no_argument, 0, 'p' },
 		{ "no-progress", no_argument, 0, 'N' }, { "quiet", no_argument, 0, 'q' },
 		{ "timeline", required_argument, 0, 'L' },
+		{ "tls-creds", required_argument, 0, 'X' }, { "tls-psk", required_argument, 0, 'K' },
+		{ "tls-hostname", required_argument, 0, 'H' }, { "insecure", no_argument, 0, 'I' },
+		{ "no-ktls", no_argument, 0, 'k' },
 		{ "help", no_argument, 0, 'h' }, { 0 } };
 	const char *control = NULL, *json_path = NULL, *timeline_path = NULL;
 	json_object *args = json_object_new_object();
@@ -184,6 +193,22 @@ int cmd_migrate(int argc, char **argv)
 			json_object_object_add(args, "compress", json_object_new_string(optarg));
 			break;
 		}
+		case 'X': case 'K': {
+			/* The VM process reads them, from its own working directory. */
+			char *abs = realpath(optarg, NULL);
+			if (!abs) {
+				fprintf(stderr, "pmigrate migrate: --%s %s: %s\n", o == 'X' ? "tls-creds" : "tls-psk",
+					optarg, strerror(errno));
+				json_object_put(args);
+				return 1;
+			}
+			json_object_object_add(args, o == 'X' ? "tls_creds" : "tls_psk", json_object_new_string(abs));
+			free(abs);
+			break;
+		}
+		case 'H': json_object_object_add(args, "tls_hostname", json_object_new_string(optarg)); break;
+		case 'I': json_object_object_add(args, "insecure", json_object_new_boolean(1)); break;
+		case 'k': json_object_object_add(args, "no_ktls", json_object_new_boolean(1)); break;
 		case 'B': json_object_object_add(args, "barrier", json_object_new_boolean(1)); break;
 		case 'S': json_object_object_add(args, "serial", json_object_new_boolean(1)); break;
 		case 'j': json_path = optarg; break;

@@ -122,6 +122,13 @@ static void on_signal(int sig)
 		__atomic_store_n(&the_proc->quit, true, __ATOMIC_RELEASE);
 }
 
+/* The destination's warnings and rejected connections. */
+static void vm_log(void *opaque, const char *msg)
+{
+	(void)opaque;
+	fprintf(stderr, "pmigrate vm: %s\n", msg);
+}
+
 static void usage(FILE *f)
 {
 	fprintf(f,
@@ -137,6 +144,13 @@ static void usage(FILE *f)
 		"                        (the vCPUs log their own writes, as KVM's dirty ring does)\n"
 		"  --incoming ADDR,...   wait as a migration destination on these host:port\n"
 		"  --timeout MS          destination: channel silence that fails it (default 30000)\n"
+		"  --tls-creds DIR       destination: TLS 1.3 with X.509 (QEMU's layout: ca-cert.pem,\n"
+		"                        server-cert.pem, server-key.pem); sources need a client cert\n"
+		"  --tls-psk FILE        destination: TLS 1.3 with pre-shared keys (identity:hexkey lines)\n"
+		"  --tls-authz FILE      destination, X.509: accept only the client DNs listed\n"
+		"  --insecure            destination: allow plain TCP on a non-loopback address\n"
+		"  --no-ktls             keep TLS records in userspace even if the kernel has kTLS\n"
+		"                        (docs/security.md)\n"
 		"  --paused              start with the vCPUs paused\n"
 		"  --dump-at-pause FILE  source: write guest memory here when paused for switchover\n"
 		"  --dump-on-resume FILE destination: write guest memory here just before resuming\n"
@@ -158,11 +172,16 @@ int cmd_vm(int argc, char **argv)
 		{ "incoming", required_argument, 0, 'i' }, { "timeout", required_argument, 0, 'T' },
 		{ "paused", no_argument, 0, 'P' }, { "dump-at-pause", required_argument, 0, 'a' },
 		{ "dump-on-resume", required_argument, 0, 'r' }, { "disk", required_argument, 0, 'k' },
-		{ "disk-workload", required_argument, 0, 'K' }, { "help", no_argument, 0, 'h' }, { 0 } };
+		{ "disk-workload", required_argument, 0, 'K' }, { "help", no_argument, 0, 'h' },
+		{ "tls-creds", required_argument, 0, 'X' }, { "tls-psk", required_argument, 0, 1001 },
+		{ "tls-authz", required_argument, 0, 'Z' }, { "insecure", no_argument, 0, 'I' },
+		{ "no-ktls", no_argument, 0, 1002 }, { 0 } };
 	struct synvm_opts so = { 0 };
 	struct pm_err err = { 0 };
 	const char *control = NULL, *incoming = NULL, *dump_pause = NULL, *dump_resume = NULL;
 	unsigned timeout_ms = 0;
+	struct pm_tls_params tls = { 0 };
+	bool insecure = false;
 	struct vm_proc proc = { 0 };
 	struct pm_control *ctl = NULL;
 	int o, rc = 1;
@@ -221,6 +240,11 @@ int cmd_vm(int argc, char **argv)
 			if (synvm_parse_diskload(optarg, &so.diskload, &err))
 				goto bad_opt;
 			break;
+		case 'X': tls.creds_dir = optarg; break;
+		case 1001: tls.psk_file = optarg; break;
+		case 'Z': tls.authz_file = optarg; break;
+		case 'I': insecure = true; break;
+		case 1002: tls.no_ktls = true; break;
 		case 'P': so.start_paused = true; break;
 		case 'a': dump_pause = optarg; break;
 		case 'r': dump_resume = optarg; break;
@@ -249,6 +273,11 @@ int cmd_vm(int argc, char **argv)
 				"(a destination's disk comes from the source)\n", so.disks[i].path);
 			return 2;
 		}
+	if (!incoming && (tls.creds_dir || tls.psk_file || tls.authz_file || insecure)) {
+		fprintf(stderr, "pmigrate vm: --tls-creds, --tls-psk, --tls-authz and --insecure are for a "
+			"destination (--incoming); a source takes them with 'pmigrate migrate'\n");
+		return 2;
+	}
 	if (incoming && so.mem_file) {
 		fprintf(stderr, "pmigrate vm: --mem-file and --incoming exclude each other "
 			"(a destination's memory comes from the source)\n");
@@ -261,7 +290,8 @@ int cmd_vm(int argc, char **argv)
 		size_t n = json_object_array_length(list);
 		const char *addrs[64];
 		struct pm_incoming_params ip = { .listen = addrs, .nlisten = n, .timeout_ms = timeout_ms,
-						 .dump_on_resume = dump_resume };
+						 .dump_on_resume = dump_resume, .tls = tls, .insecure = insecure,
+						 .log = vm_log };
 		for (size_t i = 0; i < n && i < 64; i++)
 			addrs[i] = json_object_get_string(json_object_array_get_idx(list, i));
 		int r = n > 64 ? pm_err_set(&err, EINVAL, "too many --incoming addresses") :

@@ -62,6 +62,7 @@ struct pm_control {
 	pthread_mutex_t write_lock;
 	struct pm_migrate_params params;
 	char *to_buf, *bind_buf;
+	char *tls_str[3];       /* creds dir, PSK file, hostname of the running migration */
 	const char *to[PM_MAX_CHANNELS], *bind[PM_MAX_CHANNELS];
 };
 
@@ -323,7 +324,8 @@ static int get_string(json_object *args, const char *key, const char **out, char
 
 static const char *const migrate_args[] = {
 	"to", "bind", "channels", "downtime_ms", "max_rounds", "max_bytes_factor", "timeout_ms",
-	"chunk_pages", "barrier", "serial", "compress", "compress_level", "policy", NULL,
+	"chunk_pages", "barrier", "serial", "compress", "compress_level", "policy",
+	"tls_creds", "tls_psk", "tls_hostname", "insecure", "no_ktls", NULL,
 };
 
 /* A misspelt argument would silently fall back to a default: refuse it. */
@@ -365,6 +367,10 @@ static void cmd_migrate(struct pm_control *c, int fd, json_object *args)
 	free(c->to_buf);
 	free(c->bind_buf);
 	c->to_buf = c->bind_buf = NULL;
+	for (unsigned i = 0; i < 3; i++) {
+		free(c->tls_str[i]);
+		c->tls_str[i] = NULL;
+	}
 	memset(p, 0, sizeof(*p));
 	if (!args || !json_object_object_get_ex(args, "to", &v) ||
 	    addr_list(v, &c->to_buf, c->to, &p->nto) || !p->nto) {
@@ -416,6 +422,17 @@ static void cmd_migrate(struct pm_control *c, int fd, json_object *args)
 		snprintf(why, sizeof(why), "'policy' must be throttle, force or abort");
 		r = -EINVAL;
 	}
+	static const char *const tls_keys[] = { "tls_creds", "tls_psk", "tls_hostname" };
+	const char **tls_out[] = { &p->tls.creds_dir, &p->tls.psk_file, &p->tls.hostname };
+	for (unsigned i = 0; i < 3 && !r; i++) {
+		r = get_string(args, tls_keys[i], &str, why, sizeof(why));
+		if (!r && str && !(*tls_out[i] = c->tls_str[i] = strdup(str)))
+			r = -ENOMEM;
+	}
+	if (!r)
+		r = get_bool(args, "insecure", &p->insecure, why, sizeof(why));
+	if (!r)
+		r = get_bool(args, "no_ktls", &p->tls.no_ktls, why, sizeof(why));
 	if (r) {
 		send_error(c, fd, "InvalidParameter", why);
 		goto unclaim;
@@ -856,6 +873,8 @@ void pm_control_stop(struct pm_control *c)
 			close(c->clients[i].fd);
 		}
 	release_path(c);
+	for (unsigned i = 0; i < 3; i++)
+		free(c->tls_str[i]);
 	free(c->to_buf);
 	free(c->bind_buf);
 	free(c->dump_at_pause);

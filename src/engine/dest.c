@@ -18,17 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 #include "engine/dest.h"
-
-#define MAX_LISTEN 64
-
-struct pm_incoming {
-	int cancel[2];          /* pipe: a byte here cancels a run */
-	unsigned n;
-	int lfd[MAX_LISTEN];
-	char addr[MAX_LISTEN][80];
-	unsigned timeout_ms;
-	const char *dump_on_resume;
-};
+#include "engine/tls.h"
 
 void dst_notify(struct dst_ctx *c)
 {
@@ -82,6 +72,31 @@ int pm_incoming_listen(struct pm_incoming **out, const struct pm_incoming_params
 	}
 	in->timeout_ms = p->timeout_ms ? p->timeout_ms : 30000;
 	in->dump_on_resume = p->dump_on_resume;
+	in->log = p->log;
+	in->log_opaque = p->log_opaque;
+	int r = pm_tls_new(&in->tls, &p->tls, true, err);
+	if (r) {
+		pm_incoming_close(in);
+		return r;
+	}
+	/* Secure unless told otherwise: without TLS, anyone who reaches the
+	 * port can install a VM of their own here. */
+	for (unsigned i = 0; i < p->nlisten && !in->tls; i++) {
+		struct sockaddr_storage ss;
+		socklen_t sl;
+		r = pm_parse_addr(p->listen[i], &ss, &sl, 0, err);
+		if (!r && !pm_addr_is_loopback((struct sockaddr *)&ss) && !p->insecure)
+			r = pm_err_set(err, EACCES, "refusing to listen on %s without TLS: anyone who can reach "
+				       "it could replace this VM; give --tls-creds DIR or --tls-psk FILE "
+				       "(or --insecure on a network you trust)", p->listen[i]);
+		if (!r && !pm_addr_is_loopback((struct sockaddr *)&ss))
+			dst_log(in, "warning: listening on %s without TLS (--insecure): anyone who can reach "
+				"this port can replace the VM and read its memory", p->listen[i]);
+		if (r) {
+			pm_incoming_close(in);
+			return r;
+		}
+	}
 	for (unsigned i = 0; i < p->nlisten; i++) {
 		struct sockaddr_storage ss;
 		socklen_t sl = sizeof(ss);
@@ -91,6 +106,7 @@ int pm_incoming_listen(struct pm_incoming **out, const struct pm_incoming_params
 			pm_incoming_close(in);
 			return fd;
 		}
+		fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
 		in->lfd[in->n++] = fd;
 		getsockname(fd, (struct sockaddr *)&ss, &sl);
 		pm_format_addr((struct sockaddr *)&ss, in->addr[i], sizeof(in->addr[i]));
@@ -131,112 +147,8 @@ void pm_incoming_close(struct pm_incoming *in)
 	close(in->cancel[1]);
 	for (unsigned i = 0; i < in->n; i++)
 		close(in->lfd[i]);
+	pm_tls_free(in->tls);
 	free(in);
-}
-
-/* Accepts connections until every announced channel said a valid HELLO. */
-static int accept_channels(struct pm_incoming *in, struct dst_ctx *c, struct pm_err *err)
-{
-	uint8_t session[16];
-	unsigned have = 0;
-	double deadline = 0;
-	struct pm_conn conns[PM_MAX_CHANNELS];
-	int r = 0;
-
-	for (unsigned i = 0; i < PM_MAX_CHANNELS; i++)
-		pm_conn_init(&conns[i], -1);
-	for (;;) {
-		struct pollfd pfd[MAX_LISTEN + 1];
-		int wait = -1;
-
-		for (unsigned i = 0; i < in->n; i++)
-			pfd[i] = (struct pollfd){ .fd = in->lfd[i], .events = POLLIN };
-		pfd[in->n] = (struct pollfd){ .fd = in->cancel[0], .events = POLLIN };
-		if (deadline) {
-			wait = deadline - pm_now_ms();
-			if (wait <= 0) {
-				r = pm_err_set(err, ETIMEDOUT, "only %u of %u channels connected within %u ms",
-					       have, c->nch, in->timeout_ms);
-				goto fail;
-			}
-		}
-		r = poll(pfd, in->n + 1, wait);
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (pfd[in->n].revents & POLLIN) {
-			r = pm_err_set(err, ECANCELED, "cancelled while waiting for the source");
-			goto fail;
-		}
-		for (unsigned i = 0; i < in->n && r > 0; i++) {
-			if (!(pfd[i].revents & POLLIN))
-				continue;
-			int fd = accept4(in->lfd[i], NULL, NULL, SOCK_CLOEXEC);
-			struct pm_conn conn;
-			uint8_t hb[PM_FRAME_HDR_LEN], body[PM_HELLO_LEN];
-			struct pm_frame_hdr h;
-			struct pm_hello hello;
-
-			if (fd < 0)
-				continue;
-			pm_tcp_tune(fd, in->timeout_ms);
-			pm_conn_init(&conn, fd);
-			pm_conn_set_timeout(&conn, in->timeout_ms);
-			if (!deadline)
-				deadline = pm_now_ms() + in->timeout_ms;
-			r = pm_recv_buf(&conn, hb, sizeof(hb), err, "waiting for HELLO");
-			if (!r) {
-				pm_decode_hdr(hb, &h);
-				if (h.type != PM_FR_HELLO)
-					r = pm_err_set(err, EPROTO, "first frame on a new connection is %s (type %u), not HELLO"
-						       " — not a pmigrate source", pm_frame_name(h.type), h.type);
-			}
-			if (!r)
-				r = pm_check_hdr(&h, PM_MAX_CHUNK_PAGES, err);
-			if (!r)
-				r = pm_recv_buf(&conn, body, sizeof(body), err, "receiving HELLO");
-			if (!r)
-				r = pm_decode_hello(body, sizeof(body), &hello, err);
-			if (!r && have == 0) {
-				memcpy(session, hello.session, 16);
-				c->nch = hello.nchannels;
-				c->features = hello.features;
-				c->chunk_pages = hello.chunk_pages;
-			} else if (!r && (memcmp(session, hello.session, 16) || hello.nchannels != c->nch ||
-					  hello.features != c->features || hello.chunk_pages != c->chunk_pages)) {
-				r = pm_err_set(err, EPROTO, "channel %u belongs to another migration session",
-					       hello.channel);
-			}
-			if (!r && conns[hello.channel].fd >= 0)
-				r = pm_err_set(err, EPROTO, "channel %u connected twice", hello.channel);
-			if (!r)
-				r = pm_send_frame(&conn, PM_FR_HELLO_ACK, body, sizeof(body), err);
-			if (r) {
-				pm_send_error_frame(&conn, err->code, err->msg);
-				pm_conn_close(&conn);
-				goto fail;
-			}
-			conns[hello.channel] = conn;
-			if (++have == c->nch) {
-				c->rx = calloc(c->nch, sizeof(*c->rx));
-				if (!c->rx) {
-					r = pm_err_set(err, ENOMEM, "out of memory");
-					goto fail;
-				}
-				for (unsigned k = 0; k < c->nch; k++) {
-					c->rx[k].conn = conns[k];
-					pthread_mutex_init(&c->rx[k].send_lock, NULL);
-				}
-				return 0;
-			}
-		}
-	}
-fail:
-	for (unsigned i = 0; i < PM_MAX_CHANNELS; i++)
-		if (conns[i].fd >= 0) {
-			pm_send_error_frame(&conns[i], err->code, err->msg);
-			pm_conn_close(&conns[i]);
-		}
-	return r ? r : -EIO;
 }
 
 static int check_layout(struct dst_ctx *c, struct pm_err *err)
@@ -364,7 +276,15 @@ static int resume_vm(struct dst_ctx *c, uint8_t done[PM_DONE_LEN], struct pm_err
 
 static void fill_report(struct dst_ctx *c, struct pm_report *rep)
 {
+	bool kernel = c->rx && c->nch;
+
 	rep->vm_pages = c->total_pages;
+	rep->rejected_connections = c->rejected;
+	snprintf(rep->tls, sizeof(rep->tls), "%s", pm_tls_mode_name(pm_tls_mode_of(c->in->tls)));
+	for (unsigned i = 0; c->rx && i < c->nch; i++)
+		kernel = kernel && pm_tls_kernel(&c->rx[i].conn, false);
+	snprintf(rep->tls_records, sizeof(rep->tls_records), "%s",
+		 !c->in->tls ? "none" : kernel ? "ktls" : "userspace");
 	for (unsigned i = 0; c->rx && i < c->nch; i++) {
 		struct receiver *x = &c->rx[i];
 		rep->pages_sent += x->data;
@@ -432,7 +352,7 @@ int pm_incoming_run(struct pm_incoming *in, struct pm_backend *be, struct pm_rep
 	else if (pipe2(c->notify, O_CLOEXEC | O_NONBLOCK))
 		r = pm_err_set(err, errno, "pipe: %s", strerror(errno));
 	if (!r)
-		r = accept_channels(in, c, err);
+		r = dst_accept(in, c, err);
 	if (!r) {
 		t0 = pm_now_ms();
 		rep->channels = c->nch;

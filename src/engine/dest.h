@@ -16,6 +16,21 @@
 #include "engine/protocol.h"
 
 struct pm_codec;
+struct pm_tls;
+
+#define MAX_LISTEN 64
+
+struct pm_incoming {
+	int cancel[2];          /* pipe: a byte here cancels a run */
+	unsigned n;
+	int lfd[MAX_LISTEN];    /* non-blocking */
+	char addr[MAX_LISTEN][80];
+	unsigned timeout_ms;
+	const char *dump_on_resume;
+	struct pm_tls *tls;     /* NULL: plain TCP */
+	void (*log)(void *opaque, const char *msg);
+	void *log_opaque;
+};
 
 enum rx_state {
 	RX_RUNNING,             /* reading frames */
@@ -54,6 +69,8 @@ struct dst_ctx {
 	struct pm_rangelock lock;       /* over page numbers: check-and-write of a run */
 	unsigned nch, chunk_pages, timeout_ms;
 	uint32_t features;
+	char peer[300];                 /* the source's authenticated identity ("" without TLS) */
+	unsigned rejected;              /* connections closed in the accept phase */
 	struct receiver *rx;
 	int notify[2];                  /* a receiver changed state: wakes the incoming thread */
 
@@ -76,6 +93,11 @@ void rx_free(struct receiver *x);
 void *rx_main(void *arg);
 /* Sends a frame on a receiver's channel (serialised with its other sends). */
 int rx_send(struct receiver *x, uint32_t type, const void *body, uint32_t len, struct pm_err *err);
+
+/* accept.c: waits for the channels of one session (each authenticated
+ * when TLS is on) and hands them to c->rx. */
+int dst_accept(struct pm_incoming *in, struct dst_ctx *c, struct pm_err *err);
+void dst_log(struct pm_incoming *in, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* dest.c */
 /* The migration fails: the first error wins, the source is told on every

@@ -19,6 +19,7 @@
 #define IPPROTO_MPTCP 262     /* Linux 5.6+; Debian 12's headers have it, older ones not */
 #endif
 #include "engine/protocol.h"
+#include "engine/tls.h"
 
 double pm_now_ms(void)
 {
@@ -96,6 +97,31 @@ void pm_format_addr(const struct sockaddr *sa, char *buf, size_t len)
 		inet_ntop(AF_INET6, &in6->sin6_addr, h, sizeof(h));
 		snprintf(buf, len, "[%s]:%u", h, ntohs(in6->sin6_port));
 	}
+}
+
+void pm_addr_host(const char *addr, char *host, size_t len)
+{
+	const char *end;
+
+	if (addr[0] == '[') {
+		addr++;
+		end = strchr(addr, ']');
+	} else {
+		end = strrchr(addr, ':');
+	}
+	size_t n = end ? (size_t)(end - addr) : strlen(addr);
+	snprintf(host, len, "%.*s", (int)n, addr);
+}
+
+bool pm_addr_is_loopback(const struct sockaddr *sa)
+{
+	if (sa->sa_family == AF_INET)
+		return (ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr) >> 24) == 127;
+	if (sa->sa_family == AF_INET6) {
+		const struct in6_addr *a = &((const struct sockaddr_in6 *)sa)->sin6_addr;
+		return IN6_IS_ADDR_LOOPBACK(a) || (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
+	}
+	return false;
 }
 
 int pm_tcp_tune(int fd, unsigned timeout_ms)
@@ -262,6 +288,7 @@ void pm_conn_shutdown(struct pm_conn *c)
 
 void pm_conn_close(struct pm_conn *c)
 {
+	pm_tls_conn_free(c);
 	if (c->fd >= 0)
 		close(c->fd);
 	c->fd = -1;
@@ -277,8 +304,8 @@ static double op_deadline(const struct pm_conn *c)
 
 /* Waits until the socket is ready for events, the deadline passes, or the
  * wake fd fires (cancel). */
-static int conn_wait(struct pm_conn *c, short events, double deadline, struct pm_err *err,
-		     const char *what)
+int pm_conn_wait(struct pm_conn *c, short events, double deadline, struct pm_err *err,
+		 const char *what)
 {
 	for (;;) {
 		struct pollfd p[2] = { { .fd = c->fd, .events = events },
@@ -310,7 +337,9 @@ static int conn_wait(struct pm_conn *c, short events, double deadline, struct pm
 
 int pm_conn_wait_readable(struct pm_conn *c, struct pm_err *err, const char *what)
 {
-	return conn_wait(c, POLLIN, op_deadline(c), err, what);
+	if (c->tls && pm_tls_pending(c))
+		return 0;
+	return pm_conn_wait(c, POLLIN, op_deadline(c), err, what);
 }
 
 static int io_error(int e, struct pm_err *err, const char *what)
@@ -318,9 +347,68 @@ static int io_error(int e, struct pm_err *err, const char *what)
 	return pm_err_set(err, e, "%s: %s", what, strerror(e));
 }
 
+/* Drops n bytes from the front of iov. */
+static void advance(struct iovec **iovp, int *iovcnt, size_t n)
+{
+	struct iovec *iov = *iovp;
+
+	while (n > 0 && *iovcnt > 0) {
+		if (n >= iov->iov_len) {
+			n -= iov->iov_len;
+			iov++;
+			(*iovcnt)--;
+		} else {
+			iov->iov_base = (char *)iov->iov_base + n;
+			iov->iov_len -= n;
+			n = 0;
+		}
+	}
+	while (*iovcnt > 0 && iov->iov_len == 0) {
+		iov++;
+		(*iovcnt)--;
+	}
+	*iovp = iov;
+}
+
+/* io_all over TLS: the records, then (sending) a flush of what the
+ * userspace record layer still holds. */
+static int tls_io_all(struct pm_conn *c, struct iovec *iov, int iovcnt, int send, struct pm_err *err,
+		      const char *what)
+{
+	double deadline = op_deadline(c);
+
+	advance(&iov, &iovcnt, 0);
+	for (;;) {
+		int cnt = iovcnt > IOV_MAX ? IOV_MAX : iovcnt;
+		short ev = 0;
+		ssize_t n;
+
+		if (iovcnt)
+			n = send ? pm_tls_send(c, iov, cnt, &ev, err, what) : pm_tls_recv(c, iov, cnt, &ev, err, what);
+		else if (send)
+			n = pm_tls_flush(c, &ev, err, what);
+		else
+			return 0;
+		if (!iovcnt && !n)
+			return 0;
+		if (n == -EAGAIN)
+			n = pm_conn_wait(c, ev, deadline, err, what);
+		if (n < 0) {
+			/* OpenSSL may hold half a record: nothing can follow. */
+			if (send)
+				c->torn = true;
+			return n;
+		}
+		advance(&iov, &iovcnt, n);
+	}
+}
+
 static int io_all(struct pm_conn *c, struct iovec *iov, int iovcnt, int send, struct pm_err *err,
 		  const char *what)
 {
+	if (c->tls)
+		return tls_io_all(c, iov, iovcnt, send, err, what);
+
 	double deadline = op_deadline(c);
 	bool moved = false;
 
@@ -339,7 +427,7 @@ static int io_all(struct pm_conn *c, struct iovec *iov, int iovcnt, int send, st
 			if (e == EINTR)
 				continue;
 			if (e == EAGAIN || e == EWOULDBLOCK) {
-				r = conn_wait(c, send ? POLLOUT : POLLIN, deadline, err, what);
+				r = pm_conn_wait(c, send ? POLLOUT : POLLIN, deadline, err, what);
 				if (!r)
 					continue;
 			} else {
@@ -353,21 +441,7 @@ static int io_all(struct pm_conn *c, struct iovec *iov, int iovcnt, int send, st
 		if (n == 0 && !send)
 			return pm_err_set(err, ECONNRESET, "%s: connection closed by peer", what);
 		moved = true;
-		while (n > 0 && iovcnt > 0) {
-			if ((size_t)n >= iov->iov_len) {
-				n -= iov->iov_len;
-				iov++;
-				iovcnt--;
-			} else {
-				iov->iov_base = (char *)iov->iov_base + n;
-				iov->iov_len -= n;
-				n = 0;
-			}
-		}
-		while (iovcnt > 0 && iov->iov_len == 0) {
-			iov++;
-			iovcnt--;
-		}
+		advance(&iov, &iovcnt, n);
 	}
 	return 0;
 }
@@ -398,6 +472,16 @@ ssize_t pm_recv_some(struct pm_conn *c, void *buf, size_t len, struct pm_err *er
 {
 	double deadline = op_deadline(c);
 
+	while (c->tls) {
+		struct iovec iov = { buf, len };
+		short ev = 0;
+		ssize_t n = pm_tls_recv(c, &iov, 1, &ev, err, what);
+		if (n != -EAGAIN)
+			return n;
+		n = pm_conn_wait(c, ev, deadline, err, what);
+		if (n)
+			return n;
+	}
 	for (;;) {
 		ssize_t r = recv(c->fd, buf, len, MSG_DONTWAIT);
 		if (r > 0)
@@ -408,7 +492,7 @@ ssize_t pm_recv_some(struct pm_conn *c, void *buf, size_t len, struct pm_err *er
 			continue;
 		if (errno != EAGAIN && errno != EWOULDBLOCK)
 			return io_error(errno, err, what);
-		int w = conn_wait(c, POLLIN, deadline, err, what);
+		int w = pm_conn_wait(c, POLLIN, deadline, err, what);
 		if (w)
 			return w;
 	}
@@ -419,6 +503,11 @@ ssize_t pm_recv_nowait(struct pm_conn *c, struct iovec *iov, int iovcnt, struct 
 {
 	struct msghdr m = { .msg_iov = iov, .msg_iovlen = iovcnt > IOV_MAX ? IOV_MAX : iovcnt };
 
+	if (c->tls) {
+		short ev;
+		ssize_t n = pm_tls_recv(c, iov, m.msg_iovlen, &ev, err, what);
+		return n == -EAGAIN ? 0 : n;
+	}
 	for (;;) {
 		ssize_t r = recvmsg(c->fd, &m, MSG_DONTWAIT);
 		if (r > 0)
@@ -460,6 +549,13 @@ void pm_send_error_frame(struct pm_conn *c, int code, const char *msg)
 	pm_encode_hdr(hdr, PM_FR_ERROR, PM_ERROR_FIXED_LEN + ml);
 	/* One attempt, never blocking on a peer that stopped reading. */
 	struct iovec iov[2] = { { hdr, sizeof(hdr) }, { body, PM_ERROR_FIXED_LEN + ml } };
+	if (c->tls) {
+		short ev;
+		ssize_t n = pm_tls_send(c, iov, 2, &ev, NULL, "");
+		if (n != (ssize_t)(sizeof(hdr) + PM_ERROR_FIXED_LEN + ml) || pm_tls_flush(c, &ev, NULL, ""))
+			c->torn = true;
+		return;
+	}
 	struct msghdr m = { .msg_iov = iov, .msg_iovlen = 2 };
 	ssize_t n = sendmsg(c->fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
 	if (n > 0 && (size_t)n < sizeof(hdr) + PM_ERROR_FIXED_LEN + ml)

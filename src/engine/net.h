@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* TCP plumbing for the channels: address parsing, connect/listen, and
- * all-or-error vectored I/O with timeouts. */
+ * all-or-error vectored I/O with timeouts, over plain TCP or TLS. */
 #ifndef PM_ENGINE_NET_H
 #define PM_ENGINE_NET_H
 
@@ -16,6 +16,10 @@
 int pm_parse_addr(const char *s, struct sockaddr_storage *ss, socklen_t *len,
 		  int allow_no_port, struct pm_err *err);
 void pm_format_addr(const struct sockaddr *sa, char *buf, size_t len);
+/* The host part of "host:port" / "[v6]:port". */
+void pm_addr_host(const char *addr, char *host, size_t len);
+/* 127.0.0.0/8, ::1 or an IPv4-mapped 127/8 address. */
+bool pm_addr_is_loopback(const struct sockaddr *sa);
 
 /* Connects to `to` (from `bind` if non-NULL) within timeout_ms. */
 int pm_tcp_connect(const char *to, const char *bind, unsigned timeout_ms, struct pm_err *err);
@@ -41,6 +45,7 @@ struct pm_conn {
 	double deadline;        /* ... unless this absolute time (pm_now_ms) is set */
 	int wake_fd;            /* readable: every wait ends with -ECANCELED; -1: none */
 	bool torn;              /* a send stopped inside a frame: no frame can follow */
+	struct pm_tls_conn *tls; /* TLS session (engine/tls.h); NULL: plain TCP */
 };
 
 /* Takes ownership of fd (which may be -1) and makes it non-blocking: every
@@ -61,6 +66,10 @@ void pm_conn_close(struct pm_conn *c);
 void pm_conn_set_recv_timeout(struct pm_conn *c, unsigned timeout_ms);
 /* Waits until something can be read, within the operation's deadline. */
 int pm_conn_wait_readable(struct pm_conn *c, struct pm_err *err, const char *what);
+/* Waits for poll events on the socket until deadline (absolute, pm_now_ms;
+ * 0: none) or the wake fd fires. */
+int pm_conn_wait(struct pm_conn *c, short events, double deadline, struct pm_err *err,
+		 const char *what);
 
 /* Send/receive everything or fail; they may modify iov. */
 int pm_send_all(struct pm_conn *c, struct iovec *iov, int iovcnt, struct pm_err *err, const char *what);

@@ -188,8 +188,12 @@ char *pm_report_to_json(const struct pm_report *r)
 	json_object_object_add(o, "throttle_pct", json_object_new_int(r->throttle_pct));
 	if (r->dirty_method[0])
 		json_object_object_add(o, "dirty_method", json_object_new_string(r->dirty_method));
-	if (r->role && !strcmp(r->role, "destination"))
+	if (r->role && !strcmp(r->role, "destination")) {
 		json_object_object_add(o, "stale_pages", json_object_new_int64(r->stale_pages));
+		json_object_object_add(o, "rejected_connections", json_object_new_int(r->rejected_connections));
+	}
+	json_object_object_add(o, "tls", json_object_new_string(r->tls[0] ? r->tls : "none"));
+	json_object_object_add(o, "tls_records", json_object_new_string(r->tls_records[0] ? r->tls_records : "none"));
 	if (r->pause_at_ms > 0)
 		json_object_object_add(o, "pause_at_ms", json_object_new_double(r->pause_at_ms));
 	if (r->write_rate_asked_mbps > 0 || r->write_rate_mbps > 0) {
@@ -229,6 +233,11 @@ void pm_report_print(const struct pm_report *r, FILE *f)
 	fprintf(f, "throughput   %.1f MB/s over %u channel%s%s%s\n", r->throughput_mbps, r->channels,
 		r->channels == 1 ? "" : "s", r->barrier ? ", barrier at round ends" : ", no round barrier",
 		r->serial ? ", serial (no pipelining)" : "");
+	if (r->tls[0] && strcmp(r->tls, "none"))
+		fprintf(f, "security     TLS 1.3 (%s), records made by %s\n", r->tls,
+			!strcmp(r->tls_records, "ktls") ? "the kernel (kTLS)" : "OpenSSL (userspace)");
+	else if (r->tls[0])
+		fprintf(f, "security     none (plain TCP)\n");
 	if (r->switchover_reason[0])
 		fprintf(f, "switchover   %s%s\n", r->switchover_reason,
 			r->throttle_pct ? " (vCPUs throttled)" : "");
@@ -292,6 +301,9 @@ int pm_report_from_json(const char *text, struct pm_report *r)
 	pm_compress_parse(buf, &r->compress);
 	js(o, "switchover_reason", r->switchover_reason, sizeof(r->switchover_reason));
 	js(o, "dirty_method", r->dirty_method, sizeof(r->dirty_method));
+	js(o, "tls", r->tls, sizeof(r->tls));
+	js(o, "tls_records", r->tls_records, sizeof(r->tls_records));
+	r->rejected_connections = ju(o, "rejected_connections");
 	r->nrounds = ju(o, "nrounds");
 	json_object *chb;
 	if (json_object_object_get_ex(o, "channel_bytes", &chb) && json_object_is_type(chb, json_type_array))

@@ -19,6 +19,7 @@
 #include <unistd.h>
 #include "engine/net.h"
 #include "engine/source.h"
+#include "engine/tls.h"
 
 static const char *const phase_names[] = {
 	[SRC_SETUP] = "connecting", [SRC_CONNECT] = "connecting", [SRC_PRECOPY] = "precopy",
@@ -303,14 +304,21 @@ static int setup(struct src_ctx *c, struct pm_err *err)
 	if (!be->nregions || be->nregions > PM_MAX_REGIONS)
 		return pm_err_set(err, EINVAL, "VM has %u memory regions (1..%u supported)",
 				  be->nregions, PM_MAX_REGIONS);
-	/* Every address is checked before the first connection. */
+	int r = pm_tls_new(&c->tls, &p->tls, false, err);
+	if (r)
+		return r;
+	/* Every address is checked before the first connection; guest
+	 * memory goes in clear only over loopback, or when told. */
 	for (unsigned i = 0; i < p->nto + p->nbind; i++) {
 		struct sockaddr_storage ss;
 		socklen_t sl;
 		const char *a = i < p->nto ? p->to[i] : p->bind[i - p->nto];
-		int r = pm_parse_addr(a, &ss, &sl, i >= p->nto, err);
+		r = pm_parse_addr(a, &ss, &sl, i >= p->nto, err);
 		if (r)
 			return r;
+		if (i < p->nto && !c->tls && !p->insecure && !pm_addr_is_loopback((struct sockaddr *)&ss))
+			return pm_err_set(err, EACCES, "refusing to send guest memory to %s without TLS: give "
+					  "--tls-creds DIR or --tls-psk FILE (or --insecure on a network you trust)", a);
 	}
 	for (unsigned i = 0; i < be->nregions; i++) {
 		c->region_base[i] = c->vm_pages;
@@ -334,7 +342,7 @@ static int setup(struct src_ctx *c, struct pm_err *err)
 			pthread_mutex_init(&c->chunk_lock[k++], NULL);
 		}
 	for (unsigned i = 0; i < c->nch; i++) {
-		int r = src_worker_init(&c->w[i], c, i, err);
+		r = src_worker_init(&c->w[i], c, i, err);
 		if (r)
 			return r;
 	}
@@ -384,8 +392,29 @@ static int connect_channel(struct src_ctx *c, unsigned i, struct pm_err *err)
 	pm_conn_init(&w->conn, r);
 	pm_conn_set_timeout(&w->conn, c->timeout_ms);
 	pm_conn_set_wake(&w->conn, c->wake[0]);
+	if (c->tls) {
+		char host[256];
+		struct pm_err e = { 0 };
+		pm_addr_host(to, host, sizeof(host));
+		/* One deadline for the whole handshake. */
+		pm_conn_set_deadline(&w->conn, pm_now_ms() + c->timeout_ms);
+		r = pm_tls_start(c->tls, &w->conn, host, &e);
+		if (!r)
+			r = pm_tls_handshake(&w->conn, &e);
+		pm_conn_set_deadline(&w->conn, 0);
+		if (r)
+			return pm_err_set(err, -r, "%s: %s", w->peer, e.msg);
+	}
 	pm_encode_hello(hb, &h);
 	r = pm_send_frame(&w->conn, PM_FR_HELLO, hb, sizeof(hb), err);
+	if (r && w->conn.tls) {
+		/* A destination that checked our certificate after the
+		 * handshake and refused it has said why: read that instead. */
+		struct pm_err e2 = { 0 };
+		pm_conn_set_timeout(&w->conn, 500);
+		if (recv_reply(&w->conn, PM_FR_HELLO_ACK, hb, sizeof(hb), &len, w->peer, &e2) && e2.code == EACCES)
+			pm_err_reset(err, e2.code, "%s", e2.msg);
+	}
 	if (!r)
 		r = recv_reply(&w->conn, PM_FR_HELLO_ACK, hb, sizeof(hb), &len, w->peer, err);
 	if (!r)
@@ -800,6 +829,12 @@ static void fill_report(struct src_ctx *c)
 	}
 	rep->throttle_pct = atomic_load(&c->throttle);
 	pm_timeline_report(&c->tl, rep);
+	bool kernel = c->nch > 0;
+	for (unsigned i = 0; i < c->nch; i++)
+		kernel = kernel && pm_tls_kernel(&c->w[i].conn, true);
+	snprintf(rep->tls, sizeof(rep->tls), "%s", pm_tls_mode_name(pm_tls_mode_of(c->tls)));
+	snprintf(rep->tls_records, sizeof(rep->tls_records), "%s",
+		 !c->tls ? "none" : kernel ? "ktls" : "userspace");
 	if (c->paused) {
 		rep->pause_at_ms = c->t_pause - c->t0;
 		rep->write_rate_asked_mbps = c->write_asked / 1e6;
@@ -943,6 +978,7 @@ static void ctx_free(struct src_ctx *c)
 	free(c->w);
 	close(c->wake[0]);
 	close(c->wake[1]);
+	pm_tls_free(c->tls);
 	pthread_mutex_destroy(&c->err_lock);
 	pm_timeline_destroy(&c->tl);
 	free(c);

@@ -18,6 +18,7 @@
 #include "engine/timeline.h"
 
 struct pm_codec;
+struct pm_tls;
 
 /* A chunk of guest memory: the unit a worker harvests and sends. */
 struct chunk_ref {
@@ -90,6 +91,7 @@ struct src_ctx {
 	uint8_t session[16];
 	struct pm_queue q;
 	struct worker *w;
+	struct pm_tls *tls;             /* NULL: plain TCP */
 
 	/* Lifecycle, owned by the migration thread. */
 	enum src_phase phase;

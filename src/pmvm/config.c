@@ -15,6 +15,7 @@ const char *pmvm_usage(void)
 	       "                [--dump-at-pause FILE] [--dump-on-resume FILE]\n"
 	       "                [--param KEY=VALUE]... [--kvm PATH]\n"
 	       "                [--disk FILE[,size=SIZE][,block=SIZE]]\n"
+	       "                [--tls-creds DIR | --tls-psk FILE] [--tls-authz FILE] [--insecure] [--no-ktls]\n"
 	       "  --mem SIZE        guest RAM, e.g. 64M, 1G (default 64M; 4M..63G)\n"
 	       "  --vcpus N         vCPUs, 1..16 (default 1)\n"
 	       "  --guest FILE      flat binary (loaded at 1 MiB) or static ELF64\n"
@@ -23,6 +24,11 @@ const char *pmvm_usage(void)
 	       "  --append CMDLINE  added to the kernel command line \"" PMVM_LINUX_CMDLINE "\"\n"
 	       "  --control SOCKET  JSON control socket (pmigrate migrate/status)\n"
 	       "  --incoming ADDRS  wait for a migration on host:port[,host:port...]\n"
+	       "  --tls-creds DIR   incoming: TLS 1.3, X.509 (QEMU's layout; docs/security.md)\n"
+	       "  --tls-psk FILE    incoming: TLS 1.3, pre-shared keys (identity:hexkey lines)\n"
+	       "  --tls-authz FILE  incoming, X.509: accept only the client DNs listed\n"
+	       "  --insecure        incoming: allow plain TCP on a non-loopback address\n"
+	       "  --no-ktls         keep TLS records in userspace\n"
 	       "  --serial FILE     COM1 output (default: stdout)\n"
 	       "  --param K=V       guest parameter (bootinfo block), V a number\n"
 	       "  --kvm PATH        KVM device (default /dev/kvm)\n"
@@ -216,6 +222,15 @@ int pmvm_parse_args(int argc, char *const argv[], struct pmvm_config *c, struct 
 		}
 		if (!strcmp(name, "--help"))
 			return pm_err_set(err, EINVAL, "help requested");
+		if (!strcmp(name, "--insecure") || !strcmp(name, "--no-ktls")) {
+			if (val)
+				return pm_err_set(err, EINVAL, "%s takes no value", name);
+			if (name[2] == 'i')
+				c->insecure = true;
+			else
+				c->tls.no_ktls = true;
+			continue;
+		}
 #define NEED_VAL()                                                                        \
 	do {                                                                              \
 		if (!val) {                                                               \
@@ -261,6 +276,12 @@ int pmvm_parse_args(int argc, char *const argv[], struct pmvm_config *c, struct 
 			r = parse_disk(c, val, err);
 			if (r)
 				return r;
+		} else if (!strcmp(name, "--tls-creds")) {
+			c->tls.creds_dir = val;
+		} else if (!strcmp(name, "--tls-psk")) {
+			c->tls.psk_file = val;
+		} else if (!strcmp(name, "--tls-authz")) {
+			c->tls.authz_file = val;
 		} else if (!strcmp(name, "--param")) {
 			r = add_param(c, val, err);
 			if (r)
@@ -292,6 +313,9 @@ int pmvm_parse_args(int argc, char *const argv[], struct pmvm_config *c, struct 
 				  (unsigned long long)(PMVM_MIN_LINUX_MEM >> 20));
 	if (c->dump_on_resume && !c->nlisten)
 		return pm_err_set(err, EINVAL, "--dump-on-resume needs --incoming");
+	if ((c->tls.creds_dir || c->tls.psk_file || c->tls.authz_file || c->insecure) && !c->nlisten)
+		return pm_err_set(err, EINVAL, "--tls-creds, --tls-psk, --tls-authz and --insecure need --incoming "
+				  "(a source takes them with 'pmigrate migrate')");
 	return 0;
 }
 

@@ -5,6 +5,7 @@
 
 #include <stdint.h>
 #include <pmigrate/error.h>
+#include <pmigrate/migrate.h>
 
 #include "bootinfo.h"
 
@@ -37,6 +38,8 @@ struct pmvm_config {
 	char *incoming_buf;            /* owned copy of --incoming, split in place */
 	const char *listen[PMVM_MAX_LISTEN];
 	unsigned nlisten;              /* > 0: wait for an incoming migration */
+	struct pm_tls_params tls;      /* --tls-creds, --tls-psk, --tls-authz, --no-ktls */
+	bool insecure;                 /* --insecure: plain TCP on a non-loopback address */
 	struct pmvm_param params[PMVM_MAX_PARAMS];
 	unsigned nparams;
 };

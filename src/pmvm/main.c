@@ -211,6 +211,8 @@ static int run(struct pmvm_config *c)
 			.listen = c->listen,
 			.nlisten = c->nlisten,
 			.dump_on_resume = c->dump_on_resume,
+			.tls = c->tls,
+			.insecure = c->insecure,
 		};
 
 		if (pm_incoming_listen(&in, &ip, &err))

@@ -30,15 +30,17 @@ static inline void *dest_main(void *arg)
 }
 
 /* Listens on nlisten loopback ports and runs the destination in a thread;
- * timeout_ms is its --timeout. */
-static inline void dest_start_timeout(struct dest_run *d, struct fakevm *vm, unsigned nlisten,
-				      const char *dump, unsigned timeout_ms)
+ * timeout_ms is its --timeout, tls its TLS credentials (NULL: none). */
+static inline void dest_start_with(struct dest_run *d, struct fakevm *vm, unsigned nlisten,
+				   const char *dump, unsigned timeout_ms, const struct pm_tls_params *tls)
 {
 	const char *listen[4] = { "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0" };
 	struct pm_incoming_params ip = { .listen = listen, .nlisten = nlisten, .timeout_ms = timeout_ms,
 					 .dump_on_resume = dump };
 	struct pm_err e = { 0 };
 
+	if (tls)
+		ip.tls = *tls;
 	memset(d, 0, sizeof(*d));
 	d->vm = vm;
 	d->nlisten = nlisten;
@@ -55,6 +57,12 @@ static inline void dest_start_timeout(struct dest_run *d, struct fakevm *vm, uns
 	}
 	assert_null(pm_incoming_address(d->in, nlisten));
 	assert_int_equal(pthread_create(&d->th, NULL, dest_main, d), 0);
+}
+
+static inline void dest_start_timeout(struct dest_run *d, struct fakevm *vm, unsigned nlisten,
+				      const char *dump, unsigned timeout_ms)
+{
+	dest_start_with(d, vm, nlisten, dump, timeout_ms, NULL);
 }
 
 static inline void dest_start(struct dest_run *d, struct fakevm *vm, unsigned nlisten, const char *dump)

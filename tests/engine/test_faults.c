@@ -78,8 +78,12 @@ static struct pm_migrate_params pair_params(struct pair *f, unsigned timeout_ms)
 
 static void pair_free(struct pair *f)
 {
-	if (!f->joined)
+	/* A destination whose source went away before its session was
+	 * complete keeps waiting for a real one (issue 9): end it. */
+	if (!f->joined) {
+		pm_incoming_cancel(f->d.in);
 		dest_join(&f->d);
+	}
 	for (unsigned i = 0; i < 4; i++)
 		fp_stop(f->px[i]);
 	free(f->rep);

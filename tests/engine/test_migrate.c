@@ -30,10 +30,54 @@ static const uint64_t gpas[2] = { 0, 0x100000000ull };
 /* 612 + 300 pages (3.6 MiB): region ends fall inside chunks. */
 static const uint64_t src_pages[2] = { 612, 300 };
 
+/* TLS credentials made for this run (tests/tls/mkcreds.sh, PM_MKCREDS). */
+static char creds_dir[64], psk_file[80];
+
+static const char *tls_creds(void)
+{
+	char cmd[512];
+
+	if (creds_dir[0])
+		return creds_dir;
+	snprintf(creds_dir, sizeof(creds_dir), "/tmp/pm-test-tls.XXXXXX");
+	if (!getenv("PM_MKCREDS") || !mkdtemp(creds_dir))
+		fail_msg("PM_MKCREDS (tests/tls/mkcreds.sh) is not set");
+	snprintf(psk_file, sizeof(psk_file), "%s/keys.psk", creds_dir);
+	snprintf(cmd, sizeof(cmd), "'%s' x509 '%s/x509' && '%s' psk '%s'", getenv("PM_MKCREDS"), creds_dir,
+		 getenv("PM_MKCREDS"), psk_file);
+	if (system(cmd))
+		fail_msg("cannot make TLS credentials: %s", cmd);
+	return creds_dir;
+}
+
+static struct pm_tls_params tls_params(enum pm_tls_mode m)
+{
+	static char x509[96];
+	struct pm_tls_params t = { 0 };
+
+	if (m == PM_TLS_NONE)
+		return t;
+	snprintf(x509, sizeof(x509), "%s/x509", tls_creds());
+	if (m == PM_TLS_X509)
+		t.creds_dir = x509;
+	else
+		t.psk_file = psk_file;
+	return t;
+}
+
+static void dest_start_tls(struct dest_run *d, struct fakevm *vm, unsigned nlisten, const char *dump,
+			   enum pm_tls_mode tls)
+{
+	struct pm_tls_params t = tls_params(tls);
+
+	dest_start_with(d, vm, nlisten, dump, 15000, &t);
+}
+
 struct cfg {
 	unsigned channels, nlisten, chunk_pages, downtime_ms, max_rounds;
 	bool barrier, serial, writer, dumps, progress;
 	enum pm_compress compress;
+	enum pm_tls_mode tls;
 };
 
 static atomic_int progress_calls, progress_bad;
@@ -128,14 +172,14 @@ static void run_migration(const struct cfg *cfg)
 	}
 	fakevm_fill_source(src, 12345);
 	fakevm_fill_dest(dst);
-	dest_start(&d, dst, cfg->nlisten ? cfg->nlisten : 1, cfg->dumps ? dump_dst : NULL);
+	dest_start_tls(&d, dst, cfg->nlisten ? cfg->nlisten : 1, cfg->dumps ? dump_dst : NULL, cfg->tls);
 
 	struct pm_migrate_params p = {
 		.to = d.to, .nto = d.nlisten, .channels = cfg->channels, .barrier = cfg->barrier,
 		.serial = cfg->serial, .compress = cfg->compress, .chunk_pages = cfg->chunk_pages,
 		.downtime_ms = cfg->downtime_ms, .max_rounds = cfg->max_rounds,
 		.policy = PM_NC_FORCE, .timeout_ms = 15000,
-		.dump_at_pause = cfg->dumps ? dump_src : NULL,
+		.dump_at_pause = cfg->dumps ? dump_src : NULL, .tls = tls_params(cfg->tls),
 	};
 	if (cfg->progress) {
 		p.progress = on_progress;
@@ -209,6 +253,14 @@ static void run_migration(const struct cfg *cfg)
 	assert_true(rep->downtime_ms > 0);
 	assert_true(rep->downtime_ms <= rep->total_time_ms);
 	assert_true(rep->switchover_reason[0] != '\0');
+	assert_string_equal(rep->tls, pm_tls_mode_name(cfg->tls));
+	assert_string_equal(d.rep->tls, pm_tls_mode_name(cfg->tls));
+	if (cfg->tls) {
+		assert_true(!strcmp(rep->tls_records, "userspace") || !strcmp(rep->tls_records, "ktls"));
+		assert_true(!strcmp(d.rep->tls_records, "userspace") || !strcmp(d.rep->tls_records, "ktls"));
+	} else {
+		assert_string_equal(rep->tls_records, "none");
+	}
 	uint64_t pages = 0, zero = 0, bytes = 0, chb = 0;
 	for (unsigned i = 0; i < rep->nrounds; i++) {
 		assert_int_equal(rep->rounds[i].round, i + 1);
@@ -344,6 +396,26 @@ __attribute__((unused)) static void test_report_channel_bytes(void **s)
 	free(j);
 	free(a);
 	free(b);
+}
+/* The same over TLS 1.3: X.509 with a writer over 4 channels, PSK with
+ * small chunks over 2 listeners, barrier mode, compression, one channel. */
+static void test_tls_x509_busy_4ch(void **s)
+{
+	run_migration(&(struct cfg){ .channels = 4, .tls = PM_TLS_X509, BUSY });
+}
+static void test_tls_psk_busy_small_chunks(void **s)
+{
+	run_migration(&(struct cfg){ .channels = 4, .chunk_pages = 64, .nlisten = 2, .writer = true,
+				     .downtime_ms = 1, .max_rounds = 6, .tls = PM_TLS_PSK });
+}
+static void test_tls_x509_barrier(void **s)
+{
+	run_migration(&(struct cfg){ .channels = 3, .chunk_pages = 128, .barrier = true, .tls = PM_TLS_X509, BUSY });
+}
+static void test_tls_psk_lz4_serial(void **s)
+{
+	run_migration(&(struct cfg){ .channels = 1, .serial = true, .compress = PM_COMPRESS_LZ4,
+				     .tls = PM_TLS_PSK, BUSY });
 }
 static void test_dumps_progress(void **s)
 {
@@ -584,11 +656,22 @@ int main(void)
 		cmocka_unit_test(test_idle_lz4),
 		cmocka_unit_test(test_idle_zstd_barrier),
 		cmocka_unit_test(test_dumps_progress),
+		cmocka_unit_test(test_tls_x509_busy_4ch),
+		cmocka_unit_test(test_tls_psk_busy_small_chunks),
+		cmocka_unit_test(test_tls_x509_barrier),
+		cmocka_unit_test(test_tls_psk_lz4_serial),
 		cmocka_unit_test(test_smaller_destination),
 		cmocka_unit_test(test_nothing_listening),
 		cmocka_unit_test(test_policy_abort),
 		cmocka_unit_test(test_dest_load_fails),
 		cmocka_unit_test(test_listener_reuse),
 	};
-	return cmocka_run_group_tests(tests, NULL, NULL);
+	int r = cmocka_run_group_tests(tests, NULL, NULL);
+	if (creds_dir[0]) {
+		char cmd[128];
+		snprintf(cmd, sizeof(cmd), "rm -rf '%s'", creds_dir);
+		if (system(cmd))
+			r = 1;
+	}
+	return r;
 }

@@ -9,6 +9,9 @@
   pmtool.py speak HOST:PORT CASE MEM send a hand-made (bad) stream to a
                                      destination of MEM bytes; print what the
                                      destination answered (ERROR text)
+  pmtool.py drip HOST:PORT N SECONDS [FIRSTBYTE]
+                                     N slow clients: a first byte (16: TLS),
+                                     then a byte a second
   pmtool.py proxy PORTFILE TARGET N [cut|stall]
                                      TCP proxy on 127.0.0.1:0 (port written to
                                      PORTFILE) for one connection to TARGET;
@@ -22,6 +25,7 @@ import socket
 import struct
 import sys
 import threading
+import time
 
 MAGIC = 0x47494D50
 HELLO, HELLO_ACK, LAYOUT, LAYOUT_ACK, PAGES, ROUND_END, ROUND_ACK, STATE, END, DONE, ERROR = range(1, 12)
@@ -304,12 +308,40 @@ def proxy(portfile, target, limit, mode="cut"):
     return 0
 
 
+def drip(addr, n, seconds, first="16"):
+    """N connections that each send byte FIRST (hex; 16 starts a TLS
+    handshake) and then one byte a second, for SECONDS or until the peer
+    closes them: clients slow enough to hold a port if one could."""
+    host, port = addr.rsplit(":", 1)
+    socks = []
+    for _ in range(int(n)):
+        s = socket.create_connection((host, int(port)), timeout=5)
+        s.sendall(bytes.fromhex(first))
+        socks.append(s)
+    print("drip: %d connections" % len(socks), flush=True)
+    end = time.time() + float(seconds)
+    closed = 0
+    while socks and time.time() < end:
+        time.sleep(1)
+        for s in list(socks):
+            try:
+                s.sendall(b"\x03")
+            except OSError:
+                socks.remove(s)
+                closed += 1
+    print("drip: %d closed by the peer, %d still open" % (closed, len(socks)), flush=True)
+    for s in socks:
+        s.close()
+    return 0
+
+
 def main(argv):
     if len(argv) < 2:
         print(__doc__, file=sys.stderr)
         return 2
     cmd, args = argv[1], argv[2:]
-    fn = {"get": get, "ctl": ctl, "free-port": free_port, "speak": speak, "proxy": proxy}.get(cmd)
+    fn = {"get": get, "ctl": ctl, "free-port": free_port, "speak": speak, "proxy": proxy,
+          "drip": drip}.get(cmd)
     if not fn:
         print(__doc__, file=sys.stderr)
         return 2

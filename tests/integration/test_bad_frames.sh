@@ -1,28 +1,66 @@
 #!/bin/bash
 # A destination fed garbage, truncated, oversized, out-of-range or
-# otherwise wrong frames (by pmtool.py, which speaks the wire protocol):
-# it exits non-zero with a message naming the problem, tells the peer why
-# (ERROR frame) where the stream allows it, and never resumes its VM.
+# otherwise wrong frames (by pmtool.py, which speaks the wire protocol).
+# Before a session exists, a bad connection is rejected and the
+# destination keeps waiting (a real migration then completes); inside the
+# session, the migration fails with a message naming the problem, the peer
+# is told why (ERROR frame) where the stream allows it, and the VM never
+# resumes.
 set -u
 . "$(dirname "$0")/lib.sh"
 
 MEM=$((16 << 20))
-# case | phrase in the destination's message | phrase in its ERROR frame (or -)
-cases=(
-	"garbage|not HELLO|-"
-	"http|not a pmigrate source|-"
+
+# --- Before a session exists: each bad connection is rejected and logged,
+# answered with an ERROR where the stream allows, and the destination
+# keeps waiting -- one destination takes them all, then a real migration.
+# case | phrase in the destination's log | phrase in its ERROR frame (or -)
+pre=(
+	"garbage|not HELLO|not HELLO"
+	"http|not a pmigrate source|not a pmigrate source"
 	"truncated-hello|receiving HELLO: connection closed|-"
-	"oversized-hello|HELLO frame has length 1073741824, expected 40|-"
+	"oversized-hello|HELLO frame has length 1073741824, expected 40|expected 40"
 	"bad-magic|bad magic 0x12345678|bad magic"
 	"bad-version|protocol version 7 is not supported|version 7"
 	"bad-page-size|page size 65536 is not supported|page size"
+	"silent|no HELLO within 2000 ms|no HELLO"
+	"channel-index|channel index 4 is not below the channel count 4|channel index"
+)
+if start_vm pre --mem $MEM --incoming 127.0.0.1:0 --timeout 2000 --dump-on-resume "$T/pre.resume"; then
+	for c in "${pre[@]}"; do
+		IFS='|' read -r name phrase answer <<<"$c"
+		"${TOOL[@]}" speak "$(incoming_of pre)" "$name" $MEM >"$T/$name.speak" 2>&1
+		check "$name: rejected and logged (/$phrase/)" \
+			grep_file "$T/pre.err" "rejected a connection from 127\.0\.0\.1:[0-9]+: .*$phrase"
+		if [ "$answer" != - ]; then
+			check "$name: answered with an ERROR frame (/$answer/)" \
+				grep_file "$T/$name.speak" "^ERROR: .*$answer"
+		fi
+		check "$name: the destination keeps waiting" state_is pre incoming
+	done
+	check "the destination never resumed" never_resumed pre
+	if start_vm src --mem $MEM --workload random,rate=20MB/s --dump-at-pause "$T/src.pause"; then
+		one_hop "after ${#pre[@]} rejected connections, a real migration" src pre random
+		check "the destination's report counts ${#pre[@]} rejected connections" \
+			test "$(status_get pre last_migration.rejected_connections)" = "${#pre[@]}"
+		check "vm pre quits cleanly" quit_vm pre
+		check "vm src quits cleanly" quit_vm src
+	else
+		not_ok "start the source"
+	fi
+else
+	not_ok "start the destination for rejected connections"
+fi
+
+# --- Inside the session (the HELLO was valid): the migration fails, the
+# destination exits non-zero with a message naming the problem, tells the
+# peer why where the stream allows it, and never resumes its VM.
+cases=(
 	"bad-layout|destination has 16 MiB.*smaller|destination memory is smaller"
 	"pages-out-of-range|PAGES frame \[4095, \+2\) is outside region 0 of 4096 pages|outside region"
 	"pages-bad-region|PAGES frame names region 3|region 3"
 	"pages-oversized|PAGES frame length 2147483632 is out of range|-"
 	"pages-truncated|channel 0: receiving pages: connection closed|-"
-	"silent|waiting for HELLO: timed out|-"
-	"channel-index|channel index 4 is not below the channel count 4|channel index"
 	"compressed-unnegotiated|compression was not negotiated|not negotiated"
 	"corrupt-lz4|corrupt compressed run at region 0 page 0|corrupt compressed"
 	"round-too-big|PAGES frame has round 100000|round 100000"
