@@ -216,19 +216,22 @@ static int setup_memory(struct pmvm *vm, struct pm_err *err)
 	r = pm_check_guest_memory(vm->mem_bytes, err);
 	if (r)
 		return r;
-	vm->mem_fd = memfd_create("pmvm-ram", MFD_CLOEXEC);
-	if (vm->mem_fd < 0)
-		return pm_err_set(err, errno, "memfd_create: %s", strerror(errno));
-	if (ftruncate(vm->mem_fd, (off_t)vm->mem_bytes) < 0)
-		return pm_err_set(err, errno, "cannot size guest memory to %llu bytes: %s",
-				  (unsigned long long)vm->mem_bytes, strerror(errno));
-	vm->mem = mmap(NULL, vm->mem_bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE,
-		       vm->mem_fd, 0);
+	/* Anonymous memory with transparent huge pages, as QEMU's default:
+	 * untouched guest memory reads as the shared zero page (a migration
+	 * source scanning it allocates nothing, a destination checking a zero
+	 * page neither), and what is touched comes 2 MiB at a time, one fault
+	 * and one TLB entry where 4 KiB pages of a memfd (whose huge pages
+	 * hosts often disable) took 512.  Measured nested (Linux guest, 256 MiB,
+	 * 4 channels): a migration took 5.1 s instead of 8.3 s, and the guest
+	 * ran at its set pace where it had been 20 times slower. */
+	vm->mem = mmap(NULL, vm->mem_bytes, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	if (vm->mem == MAP_FAILED) {
 		vm->mem = NULL;
 		return pm_err_set(err, errno, "cannot map %llu bytes of guest memory: %s",
 				  (unsigned long long)vm->mem_bytes, strerror(errno));
 	}
+	(void)madvise(vm->mem, vm->mem_bytes, MADV_HUGEPAGE);   /* best effort */
 	vm->slots[0] = (struct pmvm_slot){ .gpa = 0, .npages = low / PM_PAGE_SIZE, .host = vm->mem };
 	vm->nslots = 1;
 	if (vm->mem_bytes > low) {
@@ -308,7 +311,7 @@ int pmvm_create(struct pmvm *vm, const struct pmvm_config *c, struct pm_err *err
 	int r;
 
 	memset(vm, 0, sizeof(*vm));
-	vm->kvm_fd = vm->vm_fd = vm->mem_fd = vm->serial_fd = -1;
+	vm->kvm_fd = vm->vm_fd = vm->serial_fd = -1;
 	vm->nvcpus = c->vcpus;
 	vm->mem_bytes = c->mem_bytes;
 	pthread_mutex_init(&vm->lock, NULL);
@@ -487,8 +490,6 @@ void pmvm_destroy(struct pmvm *vm)
 	}
 	if (vm->mem)
 		munmap(vm->mem, vm->mem_bytes);
-	if (vm->mem_fd >= 0)
-		close(vm->mem_fd);
 	if (vm->vm_fd >= 0)
 		close(vm->vm_fd);
 	if (vm->kvm_fd >= 0)
@@ -503,7 +504,7 @@ void pmvm_destroy(struct pmvm *vm)
 	pthread_cond_destroy(&vm->cond);
 	pthread_mutex_destroy(&vm->lock);
 	memset(vm, 0, sizeof(*vm));
-	vm->kvm_fd = vm->vm_fd = vm->mem_fd = vm->serial_fd = -1;
+	vm->kvm_fd = vm->vm_fd = vm->serial_fd = -1;
 }
 
 static int get_chip(struct pmvm *vm, unsigned id, struct kvm_irqchip *chip, struct pm_err *err)

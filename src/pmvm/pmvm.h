@@ -64,7 +64,6 @@ struct pmvm {
 	int kvm_fd, vm_fd;
 	unsigned nvcpus;
 	uint64_t mem_bytes;
-	int mem_fd;
 	uint8_t *mem;                  /* all RAM, mapped once */
 	unsigned nslots;
 	struct pmvm_slot slots[PMVM_MAX_SLOTS];
