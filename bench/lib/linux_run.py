@@ -140,6 +140,20 @@ def migrate_pmvm(a, d, channels, res):
     except (OSError, ValueError):
         raise Failed("pmigrate migrate: %s" % (r.stderr.strip()[-300:] or "no report"))
     res["status"] = "completed" if r.returncode == 0 else "failed"
+    if a.trace:
+        # The engine's own timeline: when each round and the pause began
+        # (ms since the migration started), and when migrate was launched.
+        tl = (j.get("timeline") or {}).get("samples", [])
+        marks, last = [], None
+        for smp in tl:
+            k = (smp.get("round"), smp.get("phase"), smp.get("throttle_pct"))
+            if k != last:
+                marks.append([smp.get("t_ms"), smp.get("round"), smp.get("phase"), smp.get("throttle_pct")])
+                last = k
+        res["trace_engine"] = marks
+        res["trace_t0_before_end_ms"] = round((time.monotonic() - t0) * 1000)
+        res["trace_rounds"] = [(x.get("round"), round(x.get("duration_ms") or 0), x.get("pages"))
+                               for x in j.get("rounds", [])]
     res["total_time_ms"] = j.get("total_time_ms")
     res["downtime_ms"] = j.get("downtime_ms")
     res["rounds"] = len(j.get("rounds", []))
@@ -222,7 +236,19 @@ def one(a, tool, channels, rate, rep):
             # returned): before it at the source, after it at the destination.
             res["src_last_beat_before_end_ms"] = round((t_done - last_src[0]) * 1000, 1)
             res["dst_first_beat_after_end_ms"] = round((first_dst[0] - t_done) * 1000, 1)
+            if a.trace:
+                res["trace_src"] = [round((h[0] - t_done) * 1000) for h in src_c.hb[-25:]]
+                res["trace_dst"] = [round((h[0] - t_done) * 1000) for h in dst_c.hb[:5]]
             res["guest_clock_step_ms"] = first_dst[2] - last_src[2]
+        if tool == "pmvm":
+            # pmvm's own measure: host timestamps of the guest's writes to the
+            # heartbeat port, across the pause (beside the console's).
+            st = subprocess.run([a.pmigrate, "status", "--control", "%s/dst.sock" % d, "--json"],
+                                capture_output=True, text=True, timeout=30)
+            try:
+                res["port_gap_ms"] = json.loads(st.stdout)["heartbeat"]["resume_gap_ms"]
+            except (ValueError, KeyError):
+                pass
         res["ok"] = alive
         res["guest_alive"] = alive
         res["dead_guests"] = 0 if alive else 1
@@ -269,6 +295,7 @@ def main():
     p.add_argument("--timeout", type=float, default=180.0)
     p.add_argument("--port", type=int, default=4477)
     p.add_argument("--qemu", default="qemu-system-x86_64")
+    p.add_argument("--trace", action="store_true", help="add the beats around the switchover")
     a = p.parse_args()
     a.pmvm = os.path.join(a.build, "src/pmvm/pmvm")
     a.pmigrate = os.path.join(a.build, "src/cli/pmigrate")
