@@ -30,9 +30,17 @@ static int dirty_start(void *opaque, struct pm_err *err)
 				  strerror(errno));
 	pthread_rwlock_wrlock(&vm->dirty_lock);
 	for (unsigned i = 0; i < vm->nslots; i++) {
-		free(vm->slots[i].bitmap);
-		vm->slots[i].bitmap = calloc((vm->slots[i].npages + 63) / 64, sizeof(uint64_t));
-		if (!vm->slots[i].bitmap) {
+		struct pmvm_slot *sl = &vm->slots[i];
+		uint64_t nw = (sl->npages + 63) / 64, b0, nb;
+
+		pmvm_dirty_blocks(0, sl->npages, &b0, &nb);
+		free(sl->bitmap);
+		free(sl->synced);
+		free(sl->cleared);
+		sl->bitmap = calloc(nw, sizeof(uint64_t));
+		sl->synced = calloc(nw, sizeof(uint64_t));
+		sl->cleared = calloc(nb, 1);
+		if (!sl->bitmap || !sl->synced || !sl->cleared) {
 			pthread_rwlock_unlock(&vm->dirty_lock);
 			return pm_err_set(err, ENOMEM, "out of memory for the dirty bitmaps");
 		}
@@ -66,12 +74,19 @@ static int dirty_sync(void *opaque, struct pm_err *err)
 		return pm_err_set(err, EINVAL, "dirty tracking is not started");
 	pthread_rwlock_wrlock(&vm->dirty_lock);
 	for (unsigned i = 0; i < vm->nslots && !r; i++) {
-		struct kvm_dirty_log log = { .slot = i, .dirty_bitmap = vm->slots[i].bitmap };
+		struct pmvm_slot *sl = &vm->slots[i];
+		struct kvm_dirty_log log = { .slot = i, .dirty_bitmap = sl->synced };
+		uint64_t b0, nb;
 
 		/* With manual protection this only reads the bits; they are
-		 * cleared chunk by chunk in dirty_harvest. */
-		if (ioctl(vm->vm_fd, KVM_GET_DIRTY_LOG, &log) < 0)
+		 * cleared a block at a time by the harvests (dirtylog.h). */
+		if (ioctl(vm->vm_fd, KVM_GET_DIRTY_LOG, &log) < 0) {
 			r = pm_err_set(err, errno, "KVM_GET_DIRTY_LOG slot %u: %s", i, strerror(errno));
+			break;
+		}
+		pmvm_dirty_or(sl->bitmap, sl->synced, (sl->npages + 63) / 64);
+		pmvm_dirty_blocks(0, sl->npages, &b0, &nb);
+		memset(sl->cleared, 0, nb);
 	}
 	pthread_rwlock_unlock(&vm->dirty_lock);
 	return r;
@@ -96,12 +111,59 @@ static int dirty_count(void *opaque, uint64_t *pages, struct pm_err *err)
 	return 0;
 }
 
+/* Clears KVM's dirty bits of block b of a slot, once per sync (dirtylog.h).
+ * Called with the dirty lock read-held. */
+static int clear_block(struct pmvm *vm, uint32_t region, uint64_t b, struct pm_err *err)
+{
+	struct pmvm_slot *s = &vm->slots[region];
+	uint64_t p0 = b * PMVM_CLEAR_BLOCK_PAGES, p1 = p0 + PMVM_CLEAR_BLOCK_PAGES, nw;
+	uint64_t *bits = NULL, any = 0;
+	int r = 0;
+
+	if (__atomic_load_n(&s->cleared[b], __ATOMIC_ACQUIRE))
+		return 0;
+	pthread_mutex_lock(&s->clear_lock);
+	if (s->cleared[b])
+		goto out;
+	if (p1 > s->npages)
+		p1 = s->npages;
+	nw = (p1 - p0 + 63) / 64;
+	bits = malloc(nw * sizeof(uint64_t));
+	if (!bits) {
+		r = pm_err_set(err, ENOMEM, "out of memory");
+		goto out;
+	}
+	/* What the sync reported and no harvest took yet (harvests of other
+	 * blocks only take bits of their own block). */
+	for (uint64_t w = 0; w < nw; w++) {
+		bits[w] = __atomic_load_n(&s->bitmap[p0 / 64 + w], __ATOMIC_RELAXED);
+		any |= bits[w];
+	}
+	if (any) {
+		struct kvm_clear_dirty_log clr = {
+			.slot = region, .num_pages = (uint32_t)(p1 - p0), .first_page = p0,
+			.dirty_bitmap = bits,
+		};
+
+		if (ioctl(vm->vm_fd, KVM_CLEAR_DIRTY_LOG, &clr) < 0) {
+			r = pm_err_set(err, errno, "KVM_CLEAR_DIRTY_LOG slot %u pages [%llu, %llu): %s",
+				       region, (unsigned long long)p0, (unsigned long long)p1, strerror(errno));
+			goto out;
+		}
+	}
+	__atomic_store_n(&s->cleared[b], 1, __ATOMIC_RELEASE);
+out:
+	pthread_mutex_unlock(&s->clear_lock);
+	free(bits);
+	return r;
+}
+
 static int dirty_harvest(void *opaque, uint32_t region, uint64_t first, uint64_t n,
 			 uint64_t *out, struct pm_err *err)
 {
 	struct pmvm *vm = opaque;
 	struct pmvm_slot *s;
-	uint64_t a0, a1, nwords, any = 0;
+	uint64_t a0, a1, nwords, any = 0, b0, b1;
 	uint64_t *taken;
 	int r = 0;
 
@@ -115,9 +177,6 @@ static int dirty_harvest(void *opaque, uint32_t region, uint64_t first, uint64_t
 				  (unsigned long long)first, (unsigned long long)n, region,
 				  (unsigned long long)s->npages);
 	memset(out, 0, (n + 63) / 64 * sizeof(uint64_t));
-
-	/* KVM_CLEAR_DIRTY_LOG wants first_page 64-aligned and a multiple of 64
-	 * pages unless the range reaches the end of the slot. */
 	pmvm_dirty_clear_range(s->npages, first, n, &a0, &a1);
 	nwords = (a1 - a0 + 63) / 64;
 	taken = calloc(nwords, sizeof(uint64_t));
@@ -125,22 +184,15 @@ static int dirty_harvest(void *opaque, uint32_t region, uint64_t first, uint64_t
 		return pm_err_set(err, ENOMEM, "out of memory");
 
 	pthread_rwlock_rdlock(&vm->dirty_lock);
-	any = pmvm_dirty_take(s->bitmap, first, n, a0, a1, taken);
-	if (any) {
-		struct kvm_clear_dirty_log clr = {
-			.slot = region,
-			.num_pages = (uint32_t)(a1 - a0),
-			.first_page = a0,
-			.dirty_bitmap = taken,
-		};
-
-		/* Re-protect exactly the pages we report, just before the engine
-		 * reads them: a write after this is caught by the next sync. */
-		if (ioctl(vm->vm_fd, KVM_CLEAR_DIRTY_LOG, &clr) < 0)
-			r = pm_err_set(err, errno, "KVM_CLEAR_DIRTY_LOG slot %u pages [%llu, %llu): %s",
-				       region, (unsigned long long)a0, (unsigned long long)a1,
-				       strerror(errno));
-	}
+	/* Before any page of a block is read this round, KVM's bits of the
+	 * whole block are cleared (write-protected); a write after that is
+	 * reported by the next sync.  The other harvests of the block wait
+	 * for the clear, so none reads a page before it is protected. */
+	pmvm_dirty_blocks(first, n, &b0, &b1);
+	for (uint64_t b = b0; b < b1 && !r; b++)
+		r = clear_block(vm, region, b, err);
+	if (!r)
+		any = pmvm_dirty_take(s->bitmap, first, n, a0, a1, taken);
 	pthread_rwlock_unlock(&vm->dirty_lock);
 
 	if (!r && any)
@@ -173,7 +225,10 @@ static void dirty_stop(void *opaque)
 	pthread_rwlock_wrlock(&vm->dirty_lock);
 	for (unsigned i = 0; i < vm->nslots; i++) {
 		free(vm->slots[i].bitmap);
-		vm->slots[i].bitmap = NULL;
+		free(vm->slots[i].synced);
+		free(vm->slots[i].cleared);
+		vm->slots[i].bitmap = vm->slots[i].synced = NULL;
+		vm->slots[i].cleared = NULL;
 	}
 	vm->dirty_logging = false;
 	pthread_rwlock_unlock(&vm->dirty_lock);

@@ -44,3 +44,15 @@ void pmvm_dirty_shift(const uint64_t *taken, uint64_t a0, uint64_t a1, uint64_t 
 	if (n % 64)
 		out[(n - 1) / 64] &= (1ull << (n % 64)) - 1;
 }
+
+void pmvm_dirty_blocks(uint64_t first, uint64_t n, uint64_t *b0, uint64_t *b1)
+{
+	*b0 = first / PMVM_CLEAR_BLOCK_PAGES;
+	*b1 = n ? (first + n - 1) / PMVM_CLEAR_BLOCK_PAGES + 1 : *b0;
+}
+
+void pmvm_dirty_or(uint64_t *bitmap, const uint64_t *in, uint64_t nwords)
+{
+	for (uint64_t w = 0; w < nwords; w++)
+		bitmap[w] |= in[w];
+}

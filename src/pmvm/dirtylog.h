@@ -23,4 +23,20 @@ uint64_t pmvm_dirty_take(uint64_t *bitmap, uint64_t first, uint64_t n,
 void pmvm_dirty_shift(const uint64_t *taken, uint64_t a0, uint64_t a1, uint64_t first,
 		      uint64_t n, uint64_t *out);
 
+/* KVM's dirty bits are cleared (the pages write-protected again) a block at
+ * a time, on the first harvest of the block after a sync, as QEMU clears
+ * 1 GiB at a time: every clear makes KVM flush the TLBs of all vCPUs, and
+ * where vCPU exits are dear (nested KVM) a clear per 2 MiB chunk stalled the
+ * guest for seconds.  A page written between its block's clear and its own
+ * harvest is read with the newer content and reported again by the next
+ * sync: sent twice, never lost. */
+#define PMVM_CLEAR_BLOCK_PAGES (1ull << 18)   /* 1 GiB */
+
+/* Blocks [*b0, *b1) that pages [first, first + n) fall in. */
+void pmvm_dirty_blocks(uint64_t first, uint64_t n, uint64_t *b0, uint64_t *b1);
+
+/* bitmap |= in, nwords words (a sync adds what KVM reports to what is still
+ * waiting to be harvested, which KVM may have cleared already). */
+void pmvm_dirty_or(uint64_t *bitmap, const uint64_t *in, uint64_t nwords);
+
 #endif

@@ -239,6 +239,8 @@ static int setup_memory(struct pmvm *vm, struct pm_err *err)
 			.npages = (vm->mem_bytes - low) / PM_PAGE_SIZE, .host = vm->mem + low };
 		vm->nslots = 2;
 	}
+	for (unsigned i = 0; i < vm->nslots; i++)
+		pthread_mutex_init(&vm->slots[i].clear_lock, NULL);
 	for (unsigned i = 0; i < vm->nslots; i++) {
 		r = set_slot(vm, i, 0, err);
 		if (r)
@@ -482,7 +484,10 @@ void pmvm_destroy(struct pmvm *vm)
 	}
 	for (unsigned i = 0; i < vm->nslots; i++) {
 		free(vm->slots[i].bitmap);
+		free(vm->slots[i].synced);
+		free(vm->slots[i].cleared);
 		free(vm->slots[i].dev_dirty);
+		pthread_mutex_destroy(&vm->slots[i].clear_lock);
 	}
 	if (vm->disk) {
 		pmvm_virtio_blk_destroy(&vm->vblk);

@@ -42,7 +42,10 @@ struct pmvm_slot {
 	uint64_t gpa;
 	uint64_t npages;
 	uint8_t *host;
-	uint64_t *bitmap;              /* last KVM_GET_DIRTY_LOG, bits taken by harvests */
+	uint64_t *bitmap;              /* dirty pages not harvested yet: syncs add, harvests take */
+	uint64_t *synced;              /* KVM_GET_DIRTY_LOG's buffer */
+	uint8_t *cleared;              /* per clear block: KVM's bits cleared since the last sync */
+	pthread_mutex_t clear_lock;    /* first harvest of a block clears it, the others wait */
 	/* Pages pmvm's devices wrote (KVM's log does not see them): set
 	 * after the write, always, and folded into every harvest. */
 	_Atomic uint64_t *dev_dirty;

@@ -1062,8 +1062,27 @@ static void test_args(void **unused)
 
 static void test_dirty_bits(void **unused)
 {
-	uint64_t bm[16], orig[16], taken[16], out[16], a0, a1;
+	uint64_t bm[16], orig[16], taken[16], out[16], a0, a1, b0, b1;
 	const uint64_t npages = 1000;
+
+	/* Clear blocks: a chunk inside one block, one across two, the last. */
+	pmvm_dirty_blocks(512, 512, &b0, &b1);
+	assert_int_equal(b0, 0);
+	assert_int_equal(b1, 1);
+	pmvm_dirty_blocks(PMVM_CLEAR_BLOCK_PAGES - 64, 128, &b0, &b1);
+	assert_int_equal(b0, 0);
+	assert_int_equal(b1, 2);
+	pmvm_dirty_blocks(3 * PMVM_CLEAR_BLOCK_PAGES, 1, &b0, &b1);
+	assert_int_equal(b0, 3);
+	assert_int_equal(b1, 4);
+	/* A sync adds to what waits; it never drops a bit. */
+	{
+		uint64_t w[2] = { 0x0f, 0x100 }, in[2] = { 0xf0, 0 };
+
+		pmvm_dirty_or(w, in, 2);
+		assert_int_equal(w[0], 0xff);
+		assert_int_equal(w[1], 0x100);
+	}
 
 	fill_rand(bm, sizeof(bm));
 	bm[15] &= (1ull << (npages % 64)) - 1;
