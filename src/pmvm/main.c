@@ -200,6 +200,7 @@ static int run(struct pmvm_config *c)
 	cc.vm = vm;
 	if (pmvm_create(vm, c, &err))
 		goto fail;
+	vm->linux_guest = c->kernel != NULL;     /* a destination too, before any state */
 	if (!c->nlisten && c->kernel && pmvm_boot_linux(vm, &lb, &err))
 		goto fail;
 	if (!c->nlisten && !c->kernel && pmvm_boot(vm, c, image, image_len, &err))
