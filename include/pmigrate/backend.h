@@ -10,6 +10,7 @@
 #include <pmigrate/error.h>
 
 struct pm_rangelock;
+struct pm_guestmem;
 
 #define PM_PAGE_SIZE 4096u
 #define PM_PAGE_SHIFT 12
@@ -19,6 +20,12 @@ struct pm_region {
 	uint64_t gpa;       /* guest-physical start (informational for synthetic VMs) */
 	uint64_t npages;
 	uint8_t *host;      /* mapped once for the whole migration */
+	/* Optional: the guest memory behind host (host == mem->base +
+	 * mem_offset).  With it the source never reads a page that was never
+	 * populated (it sends it as an "unpopulated" record) and the
+	 * destination allocates only the pages that arrive with data. */
+	const struct pm_guestmem *mem;
+	uint64_t mem_offset;
 };
 
 /* A disk the VM writes through its own I/O path: a raw image behind an fd.
@@ -61,6 +68,13 @@ struct pm_backend_ops {
 	int (*dirty_sync)(void *vm, struct pm_err *err);
 	/* Pages dirty now, summed over regions (estimate allowed). */
 	int (*dirty_count)(void *vm, uint64_t *pages, struct pm_err *err);
+	/* Optional, after dirty_sync: the dirty pages of one region and the
+	 * chunks that hold them -- bit k of chunk_mask (overwritten) for pages
+	 * [k * chunk_pages, (k + 1) * chunk_pages), chunk_pages a multiple of
+	 * 64.  Clears nothing.  With it a round visits only those chunks, so
+	 * an idle VM's final round costs almost nothing. */
+	int (*dirty_summary)(void *vm, uint32_t region, uint32_t chunk_pages, uint64_t *pages,
+			     uint64_t *chunk_mask, struct pm_err *err);
 	/* Get-and-clear dirty bits of [first, first+n) in a region, just before
 	 * the engine reads those pages.  Called concurrently on disjoint ranges. */
 	int (*dirty_harvest)(void *vm, uint32_t region, uint64_t first, uint64_t n,

@@ -84,6 +84,14 @@ int pm_dirty_sync(struct pm_dirty_tracker *t, struct pm_err *err);
  * soft-dirty). */
 int pm_dirty_count(struct pm_dirty_tracker *t, uint64_t *count, struct pm_err *err);
 
+/* pm_dirty_count, and which chunks hold dirty pages: bit k of chunk_mask
+ * ((npages + chunk_pages - 1) / chunk_pages bits, overwritten) is set when
+ * a page of [k * chunk_pages, (k + 1) * chunk_pages) is dirty now (after a
+ * sync for soft-dirty).  chunk_pages is a multiple of 64.  Clears nothing:
+ * a pass over memory can visit only those chunks. */
+int pm_dirty_summary(struct pm_dirty_tracker *t, uint64_t chunk_pages, uint64_t *count,
+		     uint64_t *chunk_mask, struct pm_err *err);
+
 /* Get-and-clear for pages [first, first + n): sets bit i of bitmap (64-bit
  * words, LSB first) when page first+i was written since its last harvest.
  * A write racing with the call is either reported now or by a later call,

@@ -107,6 +107,7 @@ struct pm_round_stat {
 	uint64_t dirty_at_start;    /* pages (estimate) when the round began */
 	uint64_t pages;             /* data pages sent */
 	uint64_t zero_pages;
+	uint64_t unpopulated_pages; /* never written at the source: sent as a record, never read */
 	uint64_t bytes;             /* wire bytes */
 	double duration_ms;
 	bool final;                 /* the round sent while paused */
@@ -128,6 +129,25 @@ struct pm_sample {
 	uint64_t channel_bytes[PM_SAMPLE_CHANNELS]; /* wire bytes so far */
 };
 
+/* Where the pause went (ms), source and destination; their sum is the
+ * downtime.  network_ms is what is left: the wire and the wake-ups. */
+struct pm_downtime_breakdown {
+	double pause_ms;            /* stopping the vCPUs */
+	double final_sync_ms;       /* last dirty sync and count */
+	double final_send_ms;       /* last dirty pages harvested and sent */
+	double state_ms;            /* device state saved and sent, END on every channel */
+	double dst_drain_ms;        /* destination: first END to every channel ended */
+	double dst_load_ms;         /* destination: load_state */
+	double dst_resume_ms;       /* destination: resume */
+	double network_ms;          /* the rest, until DONE arrived */
+};
+
+/* Guest memory on one side: what it costs the host. */
+struct pm_mem_usage {
+	uint64_t resident_bytes;
+	uint64_t huge_bytes;        /* of which on huge pages */
+};
+
 struct pm_report {
 	const char *role;           /* "source", "destination" */
 	int status;                 /* 0, PM_UNKNOWN, or another -errno (failed) */
@@ -140,6 +160,7 @@ struct pm_report {
 	double setup_ms, total_time_ms, downtime_ms;
 	double verify_dump_ms;      /* time spent writing dumps, excluded from the above */
 	uint64_t bytes_sent, pages_sent, zero_pages, frames;
+	uint64_t unpopulated_pages;
 	double throughput_mbps;     /* wire MB/s (10^6 bytes) over the whole migration */
 	unsigned nrounds;
 	struct pm_round_stat rounds[PM_MAX_ROUNDS];
@@ -161,6 +182,12 @@ struct pm_report {
 	double sample_interval_ms;
 	unsigned nsamples;
 	struct pm_sample samples[PM_MAX_SAMPLES];
+	struct pm_downtime_breakdown downtime_breakdown;
+	/* Source: guest memory before the pause.  Destination: after the
+	 * resume (measured once DONE is out: reading /proc costs ms). */
+	struct pm_mem_usage mem;
+	uint64_t dst_data_pages;    /* source: pages holding data at the destination (DONE) */
+	uint64_t engine_bytes;      /* the engine's own per-page state on this side */
 };
 
 /* Runs a migration in the calling thread.  0: the destination runs the VM

@@ -70,6 +70,18 @@ static void vm_status(void *opaque, json_object *o)
 		json_object_object_add(o, "disk_write_rate_mbps",
 				       json_object_new_double(synvm_disk_write_rate(p->vm) / 1e6));
 	}
+	/* What the guest memory costs the host, right now. */
+	const struct pm_guestmem *gm = synvm_memory(p->vm);
+	struct pm_guestmem_usage u;
+	struct pm_err e = { 0 };
+	json_object *m = json_object_new_object();
+	json_object_object_add(m, "backend", json_object_new_string(pm_mem_kind_name(gm->kind)));
+	json_object_object_add(m, "span_bytes", json_object_new_int64((int64_t)synvm_span_pages(p->vm) * PM_PAGE_SIZE));
+	if (!pm_guestmem_usage(gm, &u, &e)) {
+		json_object_object_add(m, "resident_bytes", json_object_new_int64((int64_t)u.resident_bytes));
+		json_object_object_add(m, "huge_bytes", json_object_new_int64((int64_t)u.huge_bytes));
+	}
+	json_object_object_add(o, "memory", m);
 	if (p->in) {
 		json_object *a = json_object_new_array();
 		for (unsigned i = 0; pm_incoming_address(p->in, i); i++)
@@ -134,8 +146,13 @@ static void usage(FILE *f)
 	fprintf(f,
 		"usage: pmigrate vm --mem SIZE --control SOCKET [options]\n"
 		"  --mem SIZE            guest memory, e.g. 256M, 1G\n"
+		"  --mem-backend KIND    anon (default: private, transparent huge pages), memfd\n"
+		"                        (shared), hugetlb (reserved huge pages, vm.nr_hugepages)\n"
+		"  --populated SIZE      how much of the memory the guest has written (default all);\n"
+		"                        the rest is untouched, as in a freshly booted guest\n"
 		"  --workload SPEC       idle | seq,rate=R | random,rate=R | zipf,rate=R,hot=P%%\n"
-		"                        [,threads=N][,seed=S]; R like 200MB/s (default idle)\n"
+		"                        [,threads=N][,seed=S][,span=all]; R like 200MB/s (default\n"
+		"                        idle); writes stay in the populated part unless span=all\n"
 		"  --control SOCKET      JSON control socket (see docs/control.md)\n"
 		"  --mem-file FILE       initial memory content (as QEMU's memory-backend-file)\n"
 		"  --fill F              without --mem-file: mixed (default: 3/4 random, 1/4 zero),\n"
@@ -175,7 +192,8 @@ int cmd_vm(int argc, char **argv)
 		{ "disk-workload", required_argument, 0, 'K' }, { "help", no_argument, 0, 'h' },
 		{ "tls-creds", required_argument, 0, 'X' }, { "tls-psk", required_argument, 0, 1001 },
 		{ "tls-authz", required_argument, 0, 'Z' }, { "insecure", no_argument, 0, 'I' },
-		{ "no-ktls", no_argument, 0, 1002 }, { 0 } };
+		{ "no-ktls", no_argument, 0, 1002 }, { "mem-backend", required_argument, 0, 'B' },
+		{ "populated", required_argument, 0, 'p' }, { 0 } };
 	struct synvm_opts so = { 0 };
 	struct pm_err err = { 0 };
 	const char *control = NULL, *incoming = NULL, *dump_pause = NULL, *dump_resume = NULL;
@@ -200,6 +218,20 @@ int cmd_vm(int argc, char **argv)
 			break;
 		case 'c': control = optarg; break;
 		case 'f': so.mem_file = optarg; break;
+		case 'B':
+			if (pm_mem_kind_parse(optarg, &so.mem_kind)) {
+				pm_err_set(&err, EINVAL, "--mem-backend must be anon, memfd or hugetlb");
+				goto bad_opt;
+			}
+			break;
+		case 'p':
+			if (synvm_parse_size(optarg, &so.populated_bytes, &err))
+				goto bad_opt;
+			if (!so.populated_bytes) {
+				pm_err_set(&err, EINVAL, "--populated must be at least 4K");
+				goto bad_opt;
+			}
+			break;
 		case 'F':
 			if (!strcmp(optarg, "mixed")) so.fill = SYNVM_FILL_MIXED;
 			else if (!strcmp(optarg, "random")) so.fill = SYNVM_FILL_RANDOM;
@@ -280,6 +312,16 @@ int cmd_vm(int argc, char **argv)
 	}
 	if (incoming && so.mem_file) {
 		fprintf(stderr, "pmigrate vm: --mem-file and --incoming exclude each other "
+			"(a destination's memory comes from the source)\n");
+		return 2;
+	}
+	so.populated_bytes = (so.populated_bytes + PM_PAGE_SIZE - 1) & ~(uint64_t)(PM_PAGE_SIZE - 1);
+	if (so.populated_bytes > so.mem_bytes) {
+		fprintf(stderr, "pmigrate vm: --populated is larger than --mem\n");
+		return 2;
+	}
+	if (incoming && so.populated_bytes) {
+		fprintf(stderr, "pmigrate vm: --populated and --incoming exclude each other "
 			"(a destination's memory comes from the source)\n");
 		return 2;
 	}

@@ -219,6 +219,23 @@ int pm_dirty_count(struct pm_dirty_tracker *t, uint64_t *count, struct pm_err *e
 	return pm_dirty_sd_count(t, count, err);
 }
 
+int pm_dirty_summary(struct pm_dirty_tracker *t, uint64_t chunk_pages, uint64_t *count,
+		     uint64_t *chunk_mask, struct pm_err *err)
+{
+	if (!t || !count || !chunk_mask)
+		return pm_err_set(err, EINVAL, "dirty tracker: summary needs a tracker, a count and a mask");
+	if (chunk_pages == 0 || chunk_pages % 64)
+		return pm_err_set(err, EINVAL, "dirty tracker: summary chunks of %llu pages (a multiple of 64 needed)",
+				  (unsigned long long)chunk_pages);
+	memset(chunk_mask, 0, pm_bm_words((t->npages + chunk_pages - 1) / chunk_pages) * sizeof(uint64_t));
+	*count = 0;
+	if (t->method == PM_DIRTY_UFFD_WP)
+		return pm_dirty_uffd_summary(t, chunk_pages, count, chunk_mask, err);
+	if (t->method == PM_DIRTY_SELF)
+		return pm_dirty_self_summary(t, chunk_pages, count, chunk_mask, err);
+	return pm_dirty_sd_summary(t, chunk_pages, count, chunk_mask, err);
+}
+
 int pm_dirty_harvest(struct pm_dirty_tracker *t, uint64_t first, uint64_t n,
 		     uint64_t *bitmap, struct pm_err *err)
 {

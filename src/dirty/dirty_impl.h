@@ -40,6 +40,8 @@ void pm_dirty_uffd_close(struct pm_dirty_tracker *t);
 int pm_dirty_uffd_count(struct pm_dirty_tracker *t, uint64_t *count, struct pm_err *err);
 int pm_dirty_uffd_harvest(struct pm_dirty_tracker *t, uint64_t first, uint64_t n,
 			  uint64_t *bitmap, struct pm_err *err);
+int pm_dirty_uffd_summary(struct pm_dirty_tracker *t, uint64_t chunk_pages, uint64_t *count,
+			  uint64_t *chunk_mask, struct pm_err *err);
 
 int pm_dirty_sd_open(struct pm_dirty_tracker *t, struct pm_err *err);
 void pm_dirty_sd_close(struct pm_dirty_tracker *t);
@@ -47,13 +49,37 @@ int pm_dirty_sd_sync(struct pm_dirty_tracker *t, struct pm_err *err);
 int pm_dirty_sd_count(struct pm_dirty_tracker *t, uint64_t *count, struct pm_err *err);
 int pm_dirty_sd_harvest(struct pm_dirty_tracker *t, uint64_t first, uint64_t n,
 			uint64_t *bitmap, struct pm_err *err);
+int pm_dirty_sd_summary(struct pm_dirty_tracker *t, uint64_t chunk_pages, uint64_t *count,
+			uint64_t *chunk_mask, struct pm_err *err);
 
 void pm_dirty_self_close(struct pm_dirty_tracker *t);
 int pm_dirty_self_count(struct pm_dirty_tracker *t, uint64_t *count, struct pm_err *err);
 int pm_dirty_self_harvest(struct pm_dirty_tracker *t, uint64_t first, uint64_t n,
 			  uint64_t *bitmap, struct pm_err *err);
+int pm_dirty_self_summary(struct pm_dirty_tracker *t, uint64_t chunk_pages, uint64_t *count,
+			  uint64_t *chunk_mask, struct pm_err *err);
 
 /* ---- bitmap helpers (64-bit words, LSB first) ---- */
+
+/* Marks the chunks (of chunk_pages pages) that pages [p0, p1) fall in. */
+static inline void pm_bm_mark_chunks(uint64_t *mask, uint64_t p0, uint64_t p1, uint64_t chunk_pages)
+{
+	for (uint64_t k = p0 / chunk_pages; k * chunk_pages < p1; k++)
+		mask[k / 64] |= (uint64_t)1 << (k % 64);
+}
+
+/* A word of 64 pages' dirty bits into count and mask (chunk_pages is a
+ * multiple of 64, so a word lies in one chunk). */
+static inline void pm_bm_summarize_word(uint64_t w, uint64_t bits, uint64_t chunk_pages,
+					uint64_t *count, uint64_t *mask)
+{
+	if (bits) {
+		uint64_t k = w * 64 / chunk_pages;
+
+		*count += (uint64_t)__builtin_popcountll(bits);
+		mask[k / 64] |= (uint64_t)1 << (k % 64);
+	}
+}
 
 static inline uint64_t pm_bm_words(uint64_t nbits)
 {

@@ -123,6 +123,17 @@ int pm_dirty_self_count(struct pm_dirty_tracker *t, uint64_t *count, struct pm_e
 	return 0;
 }
 
+int pm_dirty_self_summary(struct pm_dirty_tracker *t, uint64_t chunk_pages, uint64_t *count,
+			  uint64_t *chunk_mask, struct pm_err *err)
+{
+	(void)err;
+	for (uint64_t w = 0; w < t->nwords; w++)
+		pm_bm_summarize_word(w, atomic_load_explicit(&t->pending[w], memory_order_relaxed) |
+					atomic_load_explicit(&t->log->bits[w], memory_order_relaxed),
+				     chunk_pages, count, chunk_mask);
+	return 0;
+}
+
 int pm_dirty_self_harvest(struct pm_dirty_tracker *t, uint64_t first, uint64_t n,
 			  uint64_t *bitmap, struct pm_err *err)
 {

@@ -217,6 +217,31 @@ int pm_dirty_sd_count(struct pm_dirty_tracker *t, uint64_t *count, struct pm_err
 	return 0;
 }
 
+struct sd_summary_ctx {
+	struct pm_dirty_tracker *t;
+	uint64_t chunk_pages, count, *mask;
+};
+
+static void summary_word(void *ctx, uint64_t w, uint64_t bits)
+{
+	struct sd_summary_ctx *c = ctx;
+
+	pm_bm_summarize_word(w, bits | atomic_load_explicit(&c->t->pending[w], memory_order_relaxed),
+			     c->chunk_pages, &c->count, c->mask);
+}
+
+int pm_dirty_sd_summary(struct pm_dirty_tracker *t, uint64_t chunk_pages, uint64_t *count,
+			uint64_t *chunk_mask, struct pm_err *err)
+{
+	struct sd_summary_ctx c = { t, chunk_pages, 0, chunk_mask };
+	int r = read_soft_dirty(t, summary_word, &c, err);
+
+	if (r < 0)
+		return r;
+	*count = c.count;
+	return 0;
+}
+
 int pm_dirty_sd_harvest(struct pm_dirty_tracker *t, uint64_t first, uint64_t n,
 			uint64_t *bitmap, struct pm_err *err)
 {

@@ -308,6 +308,8 @@ int pm_dirty_uffd_harvest(struct pm_dirty_tracker *t, uint64_t first, uint64_t n
 struct count_ctx {
 	struct pm_dirty_tracker *t;
 	uint64_t count;
+	uint64_t chunk_pages;   /* summary: mark chunks in mask */
+	uint64_t *mask;
 };
 
 static void count_run(void *ctx, uint64_t p0, uint64_t p1)
@@ -316,6 +318,24 @@ static void count_run(void *ctx, uint64_t p0, uint64_t p1)
 
 	/* Written pages that are not also pending (those are counted below). */
 	c->count += (p1 - p0) - pm_bm_count_range(c->t->pending, p0, p1 - p0);
+	if (c->mask)
+		pm_bm_mark_chunks(c->mask, p0, p1, c->chunk_pages);
+}
+
+int pm_dirty_uffd_summary(struct pm_dirty_tracker *t, uint64_t chunk_pages, uint64_t *count,
+			  uint64_t *chunk_mask, struct pm_err *err)
+{
+	struct count_ctx c = { t, 0, chunk_pages, chunk_mask };
+	uint64_t pending = 0;
+	int r = scan_written(t, 0, t->npages, false, count_run, &c, err);
+
+	if (r < 0)
+		return r;
+	for (uint64_t w = 0; w < t->nwords; w++)
+		pm_bm_summarize_word(w, atomic_load_explicit(&t->pending[w], memory_order_relaxed),
+				     chunk_pages, &pending, chunk_mask);
+	*count = c.count + pending;
+	return 0;
 }
 
 int pm_dirty_uffd_count(struct pm_dirty_tracker *t, uint64_t *count, struct pm_err *err)

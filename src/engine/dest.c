@@ -17,7 +17,9 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+#include <pmigrate/guestmem.h>
 #include "engine/dest.h"
+#include "engine/report.h"
 #include "engine/tls.h"
 
 void dst_notify(struct dst_ctx *c)
@@ -259,18 +261,66 @@ static int check_complete(struct dst_ctx *c, struct pm_err *err)
 	return 0;
 }
 
-/* Loads the state and resumes: past this point the VM runs here. */
-static int resume_vm(struct dst_ctx *c, uint8_t done[PM_DONE_LEN], struct pm_err *err)
+/* What the destination's memory holds before anything arrives (nothing,
+ * for a fresh VM), without touching it. */
+static int scan_populated(struct dst_ctx *c, struct pm_err *err)
+{
+	uint64_t bm[PM_MAX_CHUNK_PAGES / 64];
+
+	for (unsigned i = 0; i < c->be->nregions; i++) {
+		const struct pm_region *rg = &c->be->regions[i];
+
+		for (uint64_t p = 0; rg->mem && p < rg->npages; p += PM_MAX_CHUNK_PAGES) {
+			uint64_t n = rg->npages - p < PM_MAX_CHUNK_PAGES ? rg->npages - p : PM_MAX_CHUNK_PAGES;
+			int r = pm_guestmem_populated(rg->mem, rg->mem_offset / PM_PAGE_SIZE + p, n, bm, err);
+
+			if (r)
+				return r;
+			for (uint64_t k = 0; k < n; k++)
+				if (bm[k / 64] >> (k % 64) & 1)
+					rx_set_data(c, c->region_base[i] + p + k, true);
+		}
+	}
+	return 0;
+}
+
+/* Pages that hold data here (UINT64_MAX when a region is not tracked). */
+static uint64_t data_pages(const struct dst_ctx *c)
+{
+	uint64_t n = 0;
+
+	for (unsigned i = 0; i < c->be->nregions; i++)
+		if (!c->be->regions[i].mem)
+			return UINT64_MAX;
+	for (uint64_t w = 0; w < (c->total_pages + 63) / 64; w++)
+		n += (uint64_t)__builtin_popcountll(c->has_data[w]);
+	return n;
+}
+
+/* Loads the state and resumes: past this point the VM runs here.  DONE
+ * says what that took (the source's downtime breakdown). */
+static int resume_vm(struct dst_ctx *c, struct pm_done *d, struct pm_report *rep, struct pm_err *err)
 {
 	struct pm_backend *be = c->be;
-	int r = be->ops->load_state(be->vm, c->state, c->state_len, err);
-	double t_dump = pm_now_ms();
+	double t = pm_now_ms();
+	int r;
 
+	d->data_pages = data_pages(c);
+	d->drain_us = atomic_load(&c->t_first_end) > 0 ? (uint64_t)((t - atomic_load(&c->t_first_end)) * 1e3) : 0;
+	r = be->ops->load_state(be->vm, c->state, c->state_len, err);
+	d->load_us = (uint64_t)((pm_now_ms() - t) * 1e3);
+	t = pm_now_ms();
 	if (!r && c->in->dump_on_resume)
 		r = pm_dump_memory(be, c->in->dump_on_resume, err);
-	pm_put64(done, c->in->dump_on_resume ? (uint64_t)((pm_now_ms() - t_dump) * 1e3) : 0);
+	d->dump_us = c->in->dump_on_resume ? (uint64_t)((pm_now_ms() - t) * 1e3) : 0;
+	t = pm_now_ms();
 	if (!r)
 		r = be->ops->resume(be->vm, err);
+	d->resume_us = (uint64_t)((pm_now_ms() - t) * 1e3);
+	rep->downtime_breakdown.dst_drain_ms = d->drain_us / 1e3;
+	rep->downtime_breakdown.dst_load_ms = d->load_us / 1e3;
+	rep->downtime_breakdown.dst_resume_ms = d->resume_us / 1e3;
+	rep->verify_dump_ms = d->dump_us / 1e3;
 	return r;
 }
 
@@ -285,6 +335,7 @@ static void fill_report(struct dst_ctx *c, struct pm_report *rep)
 		kernel = kernel && pm_tls_kernel(&c->rx[i].conn, false);
 	snprintf(rep->tls_records, sizeof(rep->tls_records), "%s",
 		 !c->in->tls ? "none" : kernel ? "ktls" : "userspace");
+	rep->engine_bytes = c->total_pages * sizeof(*c->page_round) + (c->total_pages + 63) / 64 * 8;
 	for (unsigned i = 0; c->rx && i < c->nch; i++) {
 		struct receiver *x = &c->rx[i];
 		rep->pages_sent += x->data;
@@ -305,6 +356,7 @@ static void ctx_free(struct dst_ctx *c)
 	free(c->rx);
 	free(c->state);
 	free(c->page_round);
+	free(c->has_data);
 	pm_rangelock_destroy(&c->lock);
 	pthread_mutex_destroy(&c->mu);
 	pthread_cond_destroy(&c->cond);
@@ -320,6 +372,7 @@ int pm_incoming_run(struct pm_incoming *in, struct pm_backend *be, struct pm_rep
 {
 	struct dst_ctx *c = calloc(1, sizeof(*c));
 	uint8_t done[PM_DONE_LEN];
+	struct pm_done d = { 0 };
 	pthread_condattr_t ca;
 	double t0 = 0;
 	int r = 0;
@@ -344,13 +397,16 @@ int pm_incoming_run(struct pm_incoming *in, struct pm_backend *be, struct pm_rep
 		c->total_pages += be->regions[i].npages;
 	}
 	c->page_round = calloc(c->total_pages, sizeof(*c->page_round));
+	c->has_data = calloc((c->total_pages + 63) / 64, sizeof(*c->has_data));
 	if (be->ndisks)     /* until disks travel with memory */
 		r = pm_err_set(err, ENOTSUP, "the VM has %u disk%s; this engine does not migrate disks yet",
 			       be->ndisks, be->ndisks > 1 ? "s" : "");
-	else if (!c->page_round)
+	else if (!c->page_round || !c->has_data)
 		r = pm_err_set(err, ENOMEM, "out of memory");
 	else if (pipe2(c->notify, O_CLOEXEC | O_NONBLOCK))
 		r = pm_err_set(err, errno, "pipe: %s", strerror(errno));
+	if (!r)
+		r = scan_populated(c, err);
 	if (!r)
 		r = dst_accept(in, c, err);
 	if (!r) {
@@ -364,7 +420,8 @@ int pm_incoming_run(struct pm_incoming *in, struct pm_backend *be, struct pm_rep
 	if (!r)
 		r = check_complete(c, err);
 	if (!r)
-		r = resume_vm(c, done, err);
+		r = resume_vm(c, &d, rep, err);
+	pm_encode_done(done, &d);
 	if (r) {
 		/* Never resumed: the source learns it for sure. */
 		dst_fail(c, err);
@@ -375,6 +432,8 @@ int pm_incoming_run(struct pm_incoming *in, struct pm_backend *be, struct pm_rep
 			struct pm_err e = { 0 };
 			rx_send(&c->rx[i], PM_FR_DONE, done, sizeof(done), &e);
 		}
+		/* The VM runs: now reading /proc costs no downtime. */
+		pm_guest_mem_usage(be, &rep->mem);
 	}
 	rep->status = r;
 	if (r)

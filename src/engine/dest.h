@@ -7,6 +7,7 @@
 #define PM_ENGINE_DEST_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/uio.h>
@@ -52,7 +53,7 @@ struct receiver {
 	uint8_t *cbuf, *run, *scratch;  /* compressed payload, decompressed run, a stale page */
 	size_t cbuf_cap;
 	struct iovec *iov;
-	uint64_t stale, zero, data;
+	uint64_t stale, zero, unpop, data;
 	uint32_t max_round;
 	uint8_t *rbuf;                  /* receive buffer for headers and small runs */
 	size_t roff, rlen;
@@ -66,6 +67,11 @@ struct dst_ctx {
 	uint64_t region_base[PM_MAX_REGIONS];
 	uint64_t total_pages;
 	uint32_t *page_round;           /* round of the copy each page holds; 0 = none */
+	/* Pages whose destination memory holds data (1 bit each, atomic): a
+	 * zero or unpopulated run gives back only these, so untouched memory
+	 * stays untouched.  Regions without a pm_guestmem are not tracked. */
+	uint64_t *has_data;
+	_Atomic double t_first_end;     /* when the first END arrived (ms), 0 before */
 	struct pm_rangelock lock;       /* over page numbers: check-and-write of a run */
 	unsigned nch, chunk_pages, timeout_ms;
 	uint32_t features;
@@ -88,6 +94,8 @@ struct dst_ctx {
 };
 
 /* recv.c */
+/* Marks a page as holding data (or not) at the destination. */
+void rx_set_data(struct dst_ctx *c, uint64_t g, bool on);
 int rx_init(struct receiver *x, struct dst_ctx *c, unsigned idx, struct pm_err *err);
 void rx_free(struct receiver *x);
 void *rx_main(void *arg);

@@ -11,6 +11,7 @@ const char *pm_frame_name(uint32_t type)
 		[PM_FR_PAGES] = "PAGES", [PM_FR_ROUND_END] = "ROUND_END",
 		[PM_FR_ROUND_ACK] = "ROUND_ACK", [PM_FR_STATE] = "STATE",
 		[PM_FR_END] = "END", [PM_FR_DONE] = "DONE", [PM_FR_ERROR] = "ERROR",
+		[PM_FR_SYNC] = "SYNC", [PM_FR_SYNC_ACK] = "SYNC_ACK",
 	};
 	if (type < sizeof(names) / sizeof(names[0]) && names[type])
 		return names[type];
@@ -63,6 +64,12 @@ int pm_check_hdr(const struct pm_frame_hdr *h, unsigned chunk_pages, struct pm_e
 	case PM_FR_ROUND_END:
 	case PM_FR_ROUND_ACK:
 		max = PM_ROUND_LEN;
+		if (h->len != max)
+			goto bad_exact;
+		return 0;
+	case PM_FR_SYNC:
+	case PM_FR_SYNC_ACK:
+		max = PM_SYNC_LEN;
 		if (h->len != max)
 			goto bad_exact;
 		return 0;
@@ -269,9 +276,10 @@ int pm_decode_pages(const uint8_t *in, uint32_t body_len, const struct pm_layout
 					  p->npages, p->payload_len);
 		break;
 	case PM_ENC_ZERO:
+	case PM_ENC_UNPOPULATED:
 		if (p->payload_len != 0)
-			return pm_err_set(err, EPROTO, "zero PAGES frame carries %u bytes of payload",
-					  p->payload_len);
+			return pm_err_set(err, EPROTO, "%s PAGES frame carries %u bytes of payload",
+					  p->encoding == PM_ENC_ZERO ? "zero" : "unpopulated", p->payload_len);
 		break;
 	case PM_ENC_LZ4:
 	case PM_ENC_ZSTD:
@@ -346,4 +354,30 @@ uint32_t pm_decode_error(const uint8_t *in, uint32_t len, char *msg, size_t cap)
 		ml = len - PM_ERROR_FIXED_LEN;
 	pm_escape_text(in + PM_ERROR_FIXED_LEN, ml, msg, cap);
 	return pm_get32(in);
+}
+
+void pm_encode_done(uint8_t out[PM_DONE_LEN], const struct pm_done *d)
+{
+	memset(out, 0, PM_DONE_LEN);
+	pm_put64(out, d->dump_us);
+	pm_put64(out + 8, d->drain_us);
+	pm_put64(out + 16, d->load_us);
+	pm_put64(out + 24, d->resume_us);
+	pm_put64(out + 32, d->data_pages);
+	pm_put64(out + 40, d->verify_us);
+}
+
+int pm_decode_done(const uint8_t *in, size_t len, struct pm_done *d, struct pm_err *err)
+{
+	if (len != PM_DONE_LEN)
+		return pm_err_set(err, EPROTO, "DONE of %zu bytes (expected %u)", len, PM_DONE_LEN);
+	if (pm_get64(in + 48) || pm_get64(in + 56))
+		return pm_err_set(err, EPROTO, "DONE has non-zero reserved bytes");
+	d->dump_us = pm_get64(in);
+	d->drain_us = pm_get64(in + 8);
+	d->load_us = pm_get64(in + 16);
+	d->resume_us = pm_get64(in + 24);
+	d->data_pages = pm_get64(in + 32);
+	d->verify_us = pm_get64(in + 40);
+	return 0;
 }

@@ -33,6 +33,8 @@ enum pm_frame_type {
 	PM_FR_END = 9,
 	PM_FR_DONE = 10,
 	PM_FR_ERROR = 11,
+	PM_FR_SYNC = 12,        /* S->D: answer when everything before it on this channel is applied */
+	PM_FR_SYNC_ACK = 13,
 };
 
 enum pm_encoding {
@@ -40,6 +42,7 @@ enum pm_encoding {
 	PM_ENC_ZERO = 1,
 	PM_ENC_LZ4 = 2,
 	PM_ENC_ZSTD = 3,
+	PM_ENC_UNPOPULATED = 4, /* never written at the source: no payload, no memory */
 };
 
 /* Feature flags carried in HELLO. */
@@ -89,6 +92,7 @@ struct pm_pages {
 };
 
 #define PM_ROUND_LEN 8u      /* ROUND_END / ROUND_ACK: round, reserved */
+#define PM_SYNC_LEN 8u       /* SYNC / SYNC_ACK: u64 token, echoed */
 #define PM_END_LEN 32u
 struct pm_end {
 	uint32_t final_round;
@@ -98,7 +102,16 @@ struct pm_end {
 };
 
 #define PM_ERROR_FIXED_LEN 8u
-#define PM_DONE_LEN 8u        /* u64: µs the destination spent writing a verification dump */
+/* DONE: what the destination did in the pause, and what its VM costs. */
+#define PM_DONE_LEN 64u
+struct pm_done {
+	uint64_t dump_us;       /* writing a verification dump (excluded from downtime) */
+	uint64_t drain_us;      /* first END arrived -> every channel ended */
+	uint64_t load_us;       /* load_state */
+	uint64_t resume_us;     /* resume */
+	uint64_t data_pages;    /* pages holding data at the destination (UINT64_MAX: unknown) */
+	uint64_t verify_us;     /* comparing memory digests (excluded from downtime) */
+};
 
 /* Little-endian helpers. */
 static inline void pm_put16(uint8_t *p, uint16_t v) { p[0] = v; p[1] = v >> 8; }
@@ -153,6 +166,8 @@ void pm_escape_text(const void *in, size_t len, char *out, size_t cap);
  * message escaped into msg (PM_ERROR_MSG_CAP bytes is always enough). */
 #define PM_ERROR_MSG_CAP (4 * PM_MAX_ERROR_LEN + 1)
 uint32_t pm_decode_error(const uint8_t *in, uint32_t len, char *msg, size_t cap);
+void pm_encode_done(uint8_t out[PM_DONE_LEN], const struct pm_done *d);
+int pm_decode_done(const uint8_t *in, size_t len, struct pm_done *d, struct pm_err *err);
 
 void pm_encode_end(uint8_t out[PM_END_LEN], const struct pm_end *e);
 int pm_decode_end(const uint8_t *in, size_t len, struct pm_end *e, struct pm_err *err);

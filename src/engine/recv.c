@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <pmigrate/guestmem.h>
 #include <pmigrate/rangelock.h>
 #include "engine/codec.h"
 #include "engine/dest.h"
@@ -86,6 +87,67 @@ static int rx_read(struct receiver *x, void *buf, size_t len, const char *what)
 	return rx_readv(x, &iov, 1, what);
 }
 
+static bool has_data(const struct dst_ctx *c, uint64_t g)
+{
+	return __atomic_load_n(&c->has_data[g / 64], __ATOMIC_RELAXED) >> (g % 64) & 1;
+}
+
+/* Concurrent runs may share a word at their edges. */
+void rx_set_data(struct dst_ctx *c, uint64_t g, bool on)
+{
+	uint64_t m = 1ull << (g % 64);
+
+	if (on)
+		__atomic_fetch_or(&c->has_data[g / 64], m, __ATOMIC_RELAXED);
+	else
+		__atomic_fetch_and(&c->has_data[g / 64], ~m, __ATOMIC_RELAXED);
+}
+
+/* A zero or unpopulated run, under the run's range lock: pages where the
+ * run is newer must read as zero.  Those that hold data give their memory
+ * back; untouched ones stay untouched (a region without a pm_guestmem
+ * falls back to zeroing pages that are not zero already). */
+static int clear_run(struct receiver *x, const struct pm_pages *pg, uint64_t g)
+{
+	struct dst_ctx *c = x->c;
+	const struct pm_region *rg = &c->be->regions[pg->region];
+	uint32_t d0 = 0, nd = 0;
+
+	for (uint32_t k = 0; k <= pg->npages; k++) {
+		bool newer = k < pg->npages && c->page_round[g + k] < pg->round;
+		bool clear = false;
+
+		if (k < pg->npages && !newer)
+			x->stale++;
+		if (newer && rg->mem) {
+			clear = has_data(c, g + k);
+			if (clear)
+				rx_set_data(c, g + k, false);
+		} else if (newer) {
+			clear = c->page_round[g + k] ||
+				!pm_page_is_zero(rg->host + (pg->first + k) * PM_PAGE_SIZE);
+		}
+		if (newer)
+			c->page_round[g + k] = pg->round;
+		if (clear) {
+			if (!nd)
+				d0 = k;
+			nd++;
+			continue;
+		}
+		if (nd && rg->mem) {
+			int r = pm_guestmem_discard(rg->mem, rg->mem_offset / PM_PAGE_SIZE + pg->first + d0,
+						    nd, &x->err);
+			if (r)
+				return r;
+		} else if (nd) {
+			memset(rg->host + (pg->first + d0) * PM_PAGE_SIZE, 0, (size_t)nd * PM_PAGE_SIZE);
+		}
+		nd = 0;
+	}
+	return 0;
+}
+
 /* Raw pages, straight from the socket into guest memory.  Each piece is
  * one non-blocking receive under the range lock: per page, if this run's
  * round is newer than the page's, the bytes land in the page and the page
@@ -128,12 +190,15 @@ static int recv_raw(struct receiver *x, const struct pm_pages *pg, uint8_t *host
 			n = pm_recv_nowait(&x->conn, x->iov, niov, &x->err, "receiving pages");
 		if (n > 0) {
 			size_t end = off + n;
+			bool track = c->be->regions[pg->region].mem;
 			for (uint32_t k = k0; (size_t)k * PM_PAGE_SIZE < end; k++) {
 				uint32_t *pr = &c->page_round[g + k];
 				if (*pr < pg->round)
 					*pr = pg->round;
 				else if (*pr > pg->round && (size_t)k * PM_PAGE_SIZE >= off)
 					x->stale++;
+				if (track && *pr == pg->round)
+					rx_set_data(c, g + k, true);
 			}
 			off = end;
 		}
@@ -170,19 +235,12 @@ static int apply_pages(struct receiver *x, const struct pm_pages *pg)
 			return r;
 		break;
 	case PM_ENC_ZERO:
+	case PM_ENC_UNPOPULATED:
 		pm_range_wrlock(&c->lock, &lr, g, g + pg->npages);
-		for (uint32_t k = 0; k < pg->npages; k++) {
-			uint8_t *dst = host + (size_t)k * PM_PAGE_SIZE;
-			if (c->page_round[g + k] >= pg->round) {
-				x->stale++;
-				continue;
-			}
-			/* Fresh destination pages may be zero already: leave them. */
-			if (c->page_round[g + k] || !pm_page_is_zero(dst))
-				memset(dst, 0, PM_PAGE_SIZE);
-			c->page_round[g + k] = pg->round;
-		}
+		r = clear_run(x, pg, g);
 		pm_range_unlock(&c->lock, &lr);
+		if (r)
+			return r;
 		break;
 	default:
 		if (!x->codec)
@@ -202,11 +260,15 @@ static int apply_pages(struct receiver *x, const struct pm_pages *pg)
 			}
 			memcpy(host + (size_t)k * PM_PAGE_SIZE, x->run + (size_t)k * PM_PAGE_SIZE, PM_PAGE_SIZE);
 			c->page_round[g + k] = pg->round;
+			if (c->be->regions[pg->region].mem)
+				rx_set_data(c, g + k, true);
 		}
 		pm_range_unlock(&c->lock, &lr);
 	}
 	if (pg->encoding == PM_ENC_ZERO)
 		x->zero += pg->npages;
+	else if (pg->encoding == PM_ENC_UNPOPULATED)
+		x->unpop += pg->npages;
 	else
 		x->data += pg->npages;
 	return 0;
@@ -299,6 +361,12 @@ static int handle_frame(struct receiver *x, const struct pm_frame_hdr *h)
 		if (r)
 			return r;
 		return rx_send(x, PM_FR_ROUND_ACK, fb, PM_ROUND_LEN, &x->err);
+	case PM_FR_SYNC:
+		/* Frames are applied in order: all before this one are in place. */
+		r = rx_read(x, fb, PM_SYNC_LEN, "receiving SYNC");
+		if (r)
+			return r;
+		return rx_send(x, PM_FR_SYNC_ACK, fb, PM_SYNC_LEN, &x->err);
 	case PM_FR_STATE: {
 		bool dup;
 		pthread_mutex_lock(&c->mu);
@@ -340,6 +408,8 @@ static int handle_frame(struct receiver *x, const struct pm_frame_hdr *h)
 		if (x->max_round > x->end.final_round)
 			return pm_err_set(&x->err, EPROTO, "channel %u: page of round %u after final round %u",
 					  x->idx, x->max_round, x->end.final_round);
+		double none = 0;
+		atomic_compare_exchange_strong(&c->t_first_end, &none, pm_now_ms());
 		pthread_mutex_lock(&c->mu);
 		x->state = RX_ENDED;
 		c->running--;

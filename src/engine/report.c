@@ -8,8 +8,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <stdbool.h>
 #include <unistd.h>
+#include <pmigrate/guestmem.h>
 #include <pmigrate/migrate.h>
+#include "engine/report.h"
 
 static const char *const compress_names[] = { "none", "lz4", "zstd" };
 static const char *const nonconverge_names[] = { "throttle", "force", "abort" };
@@ -103,6 +106,7 @@ static json_object *round_json(const struct pm_round_stat *s)
 	json_object_object_add(o, "dirty_at_start", json_object_new_int64(s->dirty_at_start));
 	json_object_object_add(o, "pages", json_object_new_int64(s->pages));
 	json_object_object_add(o, "zero_pages", json_object_new_int64(s->zero_pages));
+	json_object_object_add(o, "unpopulated_pages", json_object_new_int64(s->unpopulated_pages));
 	json_object_object_add(o, "bytes", json_object_new_int64(s->bytes));
 	json_object_object_add(o, "duration_ms", json_object_new_double(s->duration_ms));
 	json_object_object_add(o, "final", json_object_new_boolean(s->final));
@@ -173,6 +177,7 @@ char *pm_report_to_json(const struct pm_report *r)
 	json_object_object_add(o, "bytes_sent", json_object_new_int64(r->bytes_sent));
 	json_object_object_add(o, "pages_sent", json_object_new_int64(r->pages_sent));
 	json_object_object_add(o, "zero_pages", json_object_new_int64(r->zero_pages));
+	json_object_object_add(o, "unpopulated_pages", json_object_new_int64(r->unpopulated_pages));
 	json_object_object_add(o, "frames", json_object_new_int64(r->frames));
 	json_object_object_add(o, "vm_pages", json_object_new_int64(r->vm_pages));
 	json_object_object_add(o, "channels", json_object_new_int(r->channels));
@@ -202,6 +207,26 @@ char *pm_report_to_json(const struct pm_report *r)
 	}
 	if (r->nsamples)
 		json_object_object_add(o, "timeline", timeline_json(r));
+	const struct pm_downtime_breakdown *b = &r->downtime_breakdown;
+	json_object *bd = json_object_new_object();
+	json_object_object_add(bd, "pause_ms", json_object_new_double(b->pause_ms));
+	json_object_object_add(bd, "final_sync_ms", json_object_new_double(b->final_sync_ms));
+	json_object_object_add(bd, "final_send_ms", json_object_new_double(b->final_send_ms));
+	json_object_object_add(bd, "state_ms", json_object_new_double(b->state_ms));
+	json_object_object_add(bd, "dst_drain_ms", json_object_new_double(b->dst_drain_ms));
+	json_object_object_add(bd, "dst_load_ms", json_object_new_double(b->dst_load_ms));
+	json_object_object_add(bd, "dst_resume_ms", json_object_new_double(b->dst_resume_ms));
+	json_object_object_add(bd, "network_ms", json_object_new_double(b->network_ms));
+	json_object_object_add(o, "downtime_breakdown", bd);
+	json_object *m = json_object_new_object();
+	json_object_object_add(m, "resident_bytes", json_object_new_int64((int64_t)r->mem.resident_bytes));
+	json_object_object_add(m, "huge_bytes", json_object_new_int64((int64_t)r->mem.huge_bytes));
+	json_object_object_add(o, "guest_memory", m);
+	if (r->dst_data_pages && r->dst_data_pages != UINT64_MAX)
+		json_object_object_add(o, "dst_data_pages", json_object_new_int64((int64_t)r->dst_data_pages));
+	json_object_object_add(o, "engine_bytes", json_object_new_int64((int64_t)r->engine_bytes));
+	json_object_object_add(o, "engine_bytes_per_page",
+			       json_object_new_double(r->vm_pages ? (double)r->engine_bytes / r->vm_pages : 0));
 	s = strdup(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_SPACED));
 	json_object_put(o);
 	return s;
@@ -209,15 +234,16 @@ char *pm_report_to_json(const struct pm_report *r)
 
 void pm_report_print(const struct pm_report *r, FILE *f)
 {
-	fprintf(f, "%-6s %12s %12s %10s %12s %10s\n", "round", "dirty@start", "pages sent",
-		"zero", "MB sent", "ms");
+	fprintf(f, "%-6s %12s %12s %10s %12s %12s %10s\n", "round", "dirty@start", "pages sent",
+		"zero", "unpopulated", "MB sent", "ms");
 	for (unsigned i = 0; i < r->nrounds && i < PM_MAX_ROUNDS; i++) {
 		const struct pm_round_stat *s = &r->rounds[i];
 		if (!s->round)
 			continue;
-		fprintf(f, "%-6u %12llu %12llu %10llu %12.1f %10.1f%s\n", s->round,
+		fprintf(f, "%-6u %12llu %12llu %10llu %12llu %12.1f %10.1f%s\n", s->round,
 			(unsigned long long)s->dirty_at_start, (unsigned long long)s->pages,
-			(unsigned long long)s->zero_pages, s->bytes / 1e6, s->duration_ms,
+			(unsigned long long)s->zero_pages, (unsigned long long)s->unpopulated_pages,
+			s->bytes / 1e6, s->duration_ms,
 			s->final ? "  (paused)" : "");
 	}
 	fprintf(f, "status       %s%s%s\n",
@@ -227,9 +253,10 @@ void pm_report_print(const struct pm_report *r, FILE *f)
 	fprintf(f, "downtime     %.1f ms (engine: pause to destination running)\n", r->downtime_ms);
 	if (r->verify_dump_ms > 0)
 		fprintf(f, "             (%.1f ms spent writing verification dumps excluded)\n", r->verify_dump_ms);
-	fprintf(f, "sent         %.1f MB in %llu frames: %llu data pages, %llu zero pages\n",
+	fprintf(f, "sent         %.1f MB in %llu frames: %llu data pages, %llu zero pages, %llu never populated\n",
 		r->bytes_sent / 1e6, (unsigned long long)r->frames,
-		(unsigned long long)r->pages_sent, (unsigned long long)r->zero_pages);
+		(unsigned long long)r->pages_sent, (unsigned long long)r->zero_pages,
+		(unsigned long long)r->unpopulated_pages);
 	fprintf(f, "throughput   %.1f MB/s over %u channel%s%s%s\n", r->throughput_mbps, r->channels,
 		r->channels == 1 ? "" : "s", r->barrier ? ", barrier at round ends" : ", no round barrier",
 		r->serial ? ", serial (no pipelining)" : "");
@@ -244,6 +271,20 @@ void pm_report_print(const struct pm_report *r, FILE *f)
 	if (r->write_rate_asked_mbps > 0 || r->write_rate_mbps > 0)
 		fprintf(f, "guest writes %.1f MB/s while migrating (asked %.1f MB/s)%s%s\n", r->write_rate_mbps,
 			r->write_rate_asked_mbps, r->dirty_method[0] ? ", tracked by " : "", r->dirty_method);
+	const struct pm_downtime_breakdown *b = &r->downtime_breakdown;
+	if (!r->status && r->downtime_ms > 0)
+		fprintf(f, "pause        %.1f stop + %.1f sync + %.1f last pages + %.1f state/END | destination "
+			"%.1f drain + %.1f load + %.1f resume | %.1f wire = %.1f ms\n",
+			b->pause_ms, b->final_sync_ms, b->final_send_ms, b->state_ms, b->dst_drain_ms,
+			b->dst_load_ms, b->dst_resume_ms, b->network_ms,
+			b->pause_ms + b->final_sync_ms + b->final_send_ms + b->state_ms + b->dst_drain_ms +
+			b->dst_load_ms + b->dst_resume_ms + b->network_ms);
+	if (r->mem.resident_bytes)
+		fprintf(f, "memory       %.0f MiB resident here, %.0f MiB on huge pages%s\n",
+			r->mem.resident_bytes / 1048576.0, r->mem.huge_bytes / 1048576.0,
+			r->role && !strcmp(r->role, "destination") ? " (after the resume)" : " (before the pause)");
+	if (r->dst_data_pages && r->dst_data_pages != UINT64_MAX)
+		fprintf(f, "destination  %.0f MiB of guest memory holds data\n", r->dst_data_pages * 4096.0 / 1048576.0);
 }
 
 static double jd(json_object *o, const char *k)
@@ -286,6 +327,7 @@ int pm_report_from_json(const char *text, struct pm_report *r)
 	r->bytes_sent = ju(o, "bytes_sent");
 	r->pages_sent = ju(o, "pages_sent");
 	r->zero_pages = ju(o, "zero_pages");
+	r->unpopulated_pages = ju(o, "unpopulated_pages");
 	r->frames = ju(o, "frames");
 	r->vm_pages = ju(o, "vm_pages");
 	r->channels = ju(o, "channels");
@@ -295,6 +337,24 @@ int pm_report_from_json(const char *text, struct pm_report *r)
 	r->pause_at_ms = jd(o, "pause_at_ms");
 	r->write_rate_asked_mbps = jd(o, "write_rate_asked_mbps");
 	r->write_rate_mbps = jd(o, "write_rate_mbps");
+	json_object *bd, *m;
+	if (json_object_object_get_ex(o, "downtime_breakdown", &bd)) {
+		struct pm_downtime_breakdown *b = &r->downtime_breakdown;
+		b->pause_ms = jd(bd, "pause_ms");
+		b->final_sync_ms = jd(bd, "final_sync_ms");
+		b->final_send_ms = jd(bd, "final_send_ms");
+		b->state_ms = jd(bd, "state_ms");
+		b->dst_drain_ms = jd(bd, "dst_drain_ms");
+		b->dst_load_ms = jd(bd, "dst_load_ms");
+		b->dst_resume_ms = jd(bd, "dst_resume_ms");
+		b->network_ms = jd(bd, "network_ms");
+	}
+	if (json_object_object_get_ex(o, "guest_memory", &m)) {
+		r->mem.resident_bytes = ju(m, "resident_bytes");
+		r->mem.huge_bytes = ju(m, "huge_bytes");
+	}
+	r->dst_data_pages = ju(o, "dst_data_pages");
+	r->engine_bytes = ju(o, "engine_bytes");
 	r->barrier = json_object_object_get_ex(o, "barrier", &v) && json_object_get_boolean(v);
 	r->serial = json_object_object_get_ex(o, "serial", &v) && json_object_get_boolean(v);
 	js(o, "compress", buf, sizeof(buf));
@@ -319,6 +379,7 @@ int pm_report_from_json(const char *text, struct pm_report *r)
 			s->dirty_at_start = ju(e, "dirty_at_start");
 			s->pages = ju(e, "pages");
 			s->zero_pages = ju(e, "zero_pages");
+			s->unpopulated_pages = ju(e, "unpopulated_pages");
 			s->bytes = ju(e, "bytes");
 			s->duration_ms = jd(e, "duration_ms");
 			s->final = json_object_object_get_ex(e, "final", &v) && json_object_get_boolean(v);
@@ -326,4 +387,22 @@ int pm_report_from_json(const char *text, struct pm_report *r)
 	}
 	json_object_put(o);
 	return 0;
+}
+
+void pm_guest_mem_usage(const struct pm_backend *be, struct pm_mem_usage *u)
+{
+	memset(u, 0, sizeof(*u));
+	for (unsigned i = 0; i < be->nregions; i++) {
+		const struct pm_guestmem *m = be->regions[i].mem;
+		struct pm_guestmem_usage gu;
+		struct pm_err e = { 0 };
+		bool seen = false;
+
+		for (unsigned j = 0; j < i; j++)
+			seen |= be->regions[j].mem == m;
+		if (m && !seen && !pm_guestmem_usage(m, &gu, &e)) {
+			u->resident_bytes += gu.resident_bytes;
+			u->huge_bytes += gu.huge_bytes;
+		}
+	}
 }

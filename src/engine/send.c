@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pmigrate/guestmem.h>
 #include <pmigrate/rangelock.h>
 #include "engine/codec.h"
 #include "engine/net.h"
@@ -31,9 +32,12 @@ static int flush(struct worker *w, int *niov)
 	return r;
 }
 
+/* What a dirty page is sent as. */
+enum page_kind { PAGE_UNPOPULATED, PAGE_ZERO, PAGE_DATA };
+
 /* Emits one PAGES frame for pages [first, first+n) of the chunk's region. */
 static int emit_run(struct worker *w, const struct chunk_ref *ch, uint64_t first, uint32_t n,
-		    bool zero, uint32_t round, int *niov, unsigned *nhdr, size_t *cused)
+		    enum page_kind kind, uint32_t round, int *niov, unsigned *nhdr, size_t *cused)
 {
 	struct src_ctx *c = w->c;
 	const struct pm_region *rg = &c->be->regions[ch->region];
@@ -44,7 +48,9 @@ static int emit_run(struct worker *w, const struct chunk_ref *ch, uint64_t first
 	void *payload = src;
 	int r;
 
-	if (zero) {
+	if (kind == PAGE_UNPOPULATED) {
+		pg.encoding = PM_ENC_UNPOPULATED;
+	} else if (kind == PAGE_ZERO) {
 		pg.encoding = PM_ENC_ZERO;
 	} else if (c->p->compress != PM_COMPRESS_NONE) {
 		size_t bound = pm_codec_bound(c->p->compress, raw);
@@ -83,7 +89,7 @@ static int emit_run(struct worker *w, const struct chunk_ref *ch, uint64_t first
 
 	uint64_t bytes = PM_FRAME_HDR_LEN + PM_PAGES_FIXED_LEN + pg.payload_len;
 	struct round_acc *a = &c->acc[round < PM_MAX_ROUNDS ? round : PM_MAX_ROUNDS];
-	atomic_fetch_add(zero ? &a->zero : &a->pages, n);
+	atomic_fetch_add(kind == PAGE_DATA ? &a->pages : kind == PAGE_ZERO ? &a->zero : &a->unpop, n);
 	atomic_fetch_add(&a->bytes, bytes);
 	atomic_fetch_add(&w->wire_bytes, bytes);
 	w->sent.frames++;
@@ -92,13 +98,22 @@ static int emit_run(struct worker *w, const struct chunk_ref *ch, uint64_t first
 	return 0;
 }
 
+/* A page never populated is not read: reading a memfd hole allocates it. */
+static enum page_kind page_kind(const uint8_t *base, uint64_t first, const uint64_t *pop, uint32_t i)
+{
+	if (!(pop[i / 64] >> (i % 64) & 1))
+		return PAGE_UNPOPULATED;
+	return pm_page_is_zero(base + (first + i) * PM_PAGE_SIZE) ? PAGE_ZERO : PAGE_DATA;
+}
+
 /* Harvests one chunk and sends its dirty pages. */
 static int send_chunk(struct worker *w, struct pm_task t)
 {
 	struct src_ctx *c = w->c;
 	const struct chunk_ref *ch = &c->chunks[t.chunk];
-	uint64_t bm[PM_MAX_CHUNK_PAGES / 64] = { 0 };
-	const uint8_t *base = c->be->regions[ch->region].host;
+	uint64_t bm[PM_MAX_CHUNK_PAGES / 64] = { 0 }, pop[PM_MAX_CHUNK_PAGES / 64];
+	const struct pm_region *rg = &c->be->regions[ch->region];
+	const uint8_t *base = rg->host;
 	int niov = 0, r = 0;
 	unsigned nhdr = 0;
 	size_t cused = 0;
@@ -118,6 +133,15 @@ static int send_chunk(struct worker *w, struct pm_task t)
 		return r;
 	if (t.round == 1)
 		memset(bm, 0xff, sizeof(bm));
+	/* After the harvest: a page populated from here on is dirty again. */
+	if (rg->mem) {
+		r = pm_guestmem_populated(rg->mem, rg->mem_offset / PM_PAGE_SIZE + ch->first,
+					  ch->npages, pop, &w->err);
+		if (r)
+			return r;
+	} else {
+		memset(pop, 0xff, sizeof(pop));
+	}
 
 	uint32_t i = 0;
 	while (i < ch->npages) {
@@ -125,12 +149,12 @@ static int send_chunk(struct worker *w, struct pm_task t)
 			i++;
 			continue;
 		}
-		bool zero = pm_page_is_zero(base + (ch->first + i) * PM_PAGE_SIZE);
+		enum page_kind kind = page_kind(base, ch->first, pop, i);
 		uint32_t j = i + 1;
 		while (j < ch->npages && (bm[j / 64] >> (j % 64) & 1) &&
-		       pm_page_is_zero(base + (ch->first + j) * PM_PAGE_SIZE) == zero)
+		       page_kind(base, ch->first, pop, j) == kind)
 			j++;
-		r = emit_run(w, ch, ch->first + i, j - i, zero, t.round, &niov, &nhdr, &cused);
+		r = emit_run(w, ch, ch->first + i, j - i, kind, t.round, &niov, &nhdr, &cused);
 		if (r)
 			return r;
 		i = j;

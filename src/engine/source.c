@@ -18,6 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 #include "engine/net.h"
+#include "engine/report.h"
 #include "engine/source.h"
 #include "engine/tls.h"
 
@@ -328,14 +329,19 @@ static int setup(struct src_ctx *c, struct pm_err *err)
 	c->chunks = calloc(c->nchunks, sizeof(*c->chunks));
 	c->chunk_lock = calloc(c->nchunks, sizeof(*c->chunk_lock));
 	c->chunk_round = calloc(c->nchunks, sizeof(*c->chunk_round));
+	c->chunk_dirty = malloc((c->nchunks + 63) / 64 * sizeof(uint64_t));
+	c->summary = malloc((c->nchunks + 63) / 64 * sizeof(uint64_t));
 	c->w = calloc(c->nch, sizeof(*c->w));
-	if (!c->chunks || !c->chunk_lock || !c->chunk_round || !c->w)
+	if (!c->chunks || !c->chunk_lock || !c->chunk_round || !c->chunk_dirty || !c->summary || !c->w)
 		return pm_err_set(err, ENOMEM, "out of memory");
+	memset(c->chunk_dirty, 0xff, (c->nchunks + 63) / 64 * sizeof(uint64_t));
 	for (unsigned i = 0; i < c->nch; i++)
 		pm_conn_init(&c->w[i].conn, -1);
 	uint32_t k = 0;
 	for (unsigned i = 0; i < be->nregions; i++)
 		for (uint64_t f = 0; f < be->regions[i].npages; f += c->chunk_pages) {
+			if (f == 0)
+				c->region_chunk0[i] = k;
 			uint64_t n = be->regions[i].npages - f;
 			c->chunks[k] = (struct chunk_ref){ .region = i, .first = f,
 				.npages = n < c->chunk_pages ? n : c->chunk_pages };
@@ -466,13 +472,45 @@ static int phase_connect(struct src_ctx *c, struct pm_err *err)
 
 /* ------------------------------------------------------ phase: pre-copy */
 
-/* Pushes one pass over all chunks (or runs it inline in serial mode). */
+/* After a dirty_sync: how many pages are dirty and, where the backend can
+ * say, which chunks hold them (the others are skipped this round). */
+static int count_dirty(struct src_ctx *c, uint64_t *dirty, struct pm_err *err)
+{
+	const struct pm_backend_ops *ops = c->be->ops;
+	size_t words = (c->nchunks + 63) / 64 * sizeof(uint64_t);
+
+	if (!ops->dirty_summary) {
+		memset(c->chunk_dirty, 0xff, words);
+		return ops->dirty_count(c->be->vm, dirty, err);
+	}
+	memset(c->chunk_dirty, 0, words);
+	*dirty = 0;
+	for (unsigned i = 0; i < c->be->nregions; i++) {
+		uint64_t n = 0, nk = (c->be->regions[i].npages + c->chunk_pages - 1) / c->chunk_pages;
+		int r = ops->dirty_summary(c->be->vm, i, c->chunk_pages, &n, c->summary, err);
+
+		if (r)
+			return r;
+		*dirty += n;
+		for (uint64_t k = 0; k < nk; k++)
+			if (c->summary[k / 64] >> (k % 64) & 1) {
+				uint64_t g = c->region_chunk0[i] + k;
+				c->chunk_dirty[g / 64] |= 1ull << (g % 64);
+			}
+	}
+	return 0;
+}
+
+/* Pushes one pass over the chunks of this round (or runs it inline in
+ * serial mode). */
 static int run_pass(struct src_ctx *c, uint32_t round)
 {
 	for (uint32_t i = 0; i < c->nchunks; i++) {
 		struct pm_task t = { .chunk = i, .round = round };
 		if (atomic_load(&c->failed))
 			return -1;
+		if (!(c->chunk_dirty[i / 64] >> (i % 64) & 1))
+			continue;
 		if (c->p->serial) {
 			if (src_process_chunk(&c->w[0], t))
 				src_fail(c, &c->w[0].err);
@@ -585,7 +623,7 @@ static int round_start(struct src_ctx *c, struct pm_err *err)
 	c->bytes_at_round = b;
 	r = c->be->ops->dirty_sync(c->be->vm, err);
 	if (!r)
-		r = c->be->ops->dirty_count(c->be->vm, &dirty, err);
+		r = count_dirty(c, &dirty, err);
 	if (r)
 		return r;
 	c->dirty_at[c->round] = dirty;
@@ -629,6 +667,8 @@ static int phase_precopy(struct src_ctx *c, struct pm_err *err)
 
 /* ---------------------------------------------------- phase: switchover */
 
+
+
 /* Lets what is in flight finish while the VM still runs (the pause should
  * only cover what is dirty now, not a full pipeline), pauses, harvests
  * every chunk once more and sends the rest. */
@@ -651,11 +691,15 @@ static int phase_switchover(struct src_ctx *c, struct pm_err *err)
 	atomic_store(&c->cur_round, c->round);
 	if (be->ops->write_stats)
 		be->ops->write_stats(be->vm, &c->written1, &c->write_asked);
+	/* Before the pause, so that reading /proc costs no downtime. */
+	pm_guest_mem_usage(be, &c->rep->mem);
+	struct pm_downtime_breakdown *bd = &c->rep->downtime_breakdown;
 	c->t_pause = pm_now_ms();
 	r = be->ops->pause(be->vm, err);
 	if (r)
 		return r;
 	c->paused = true;
+	bd->pause_ms = pm_now_ms() - c->t_pause;
 	c->round_start[c->round] = c->t_pause - c->t0;
 	atomic_store(&c->sample_phase, PM_PH_PAUSED);
 	atomic_store(&c->dirty_at_start, 0);
@@ -668,14 +712,18 @@ static int phase_switchover(struct src_ctx *c, struct pm_err *err)
 		if (r)
 			return r;
 	}
+	double t = pm_now_ms();
 	r = be->ops->dirty_sync(be->vm, err);
 	if (!r)
-		r = be->ops->dirty_count(be->vm, &c->dirty_at[c->round], err);
+		r = count_dirty(c, &c->dirty_at[c->round], err);
 	if (r)
 		return r;
 	atomic_store(&c->dirty_at_start, c->dirty_at[c->round]);
+	bd->final_sync_ms = pm_now_ms() - t;
+	t = pm_now_ms();
 	if (run_pass(c, c->round) || wait_idle(c))
 		return worker_error(c, err);
+	bd->final_send_ms = pm_now_ms() - t;
 	c->round_ms[c->round] = pm_now_ms() - c->t_round - c->dump_ms;
 	atomic_store(&c->sample_phase, PM_PH_COMPLETING);
 	src_sample(c, true);
@@ -688,6 +736,25 @@ static int phase_switchover(struct src_ctx *c, struct pm_err *err)
  * runs the VM; an ERROR means it did not and never will (it tells before it
  * resumes, never after); anything else -- silence for twice the timeout,
  * every channel closed -- leaves the outcome unknown (PM_UNKNOWN). */
+/* DONE: the destination runs the VM.  What it says of its share of the
+ * pause completes the downtime breakdown. */
+static void done_received(struct src_ctx *c, const struct pm_done *d)
+{
+	struct pm_downtime_breakdown *bd = &c->rep->downtime_breakdown;
+	double excluded = (d->dump_us + d->verify_us) / 1e3;
+
+	c->dump_ms += excluded;
+	exclude_dumps(c);
+	bd->dst_drain_ms = d->drain_us / 1e3;
+	bd->dst_load_ms = d->load_us / 1e3;
+	bd->dst_resume_ms = d->resume_us / 1e3;
+	bd->network_ms = pm_now_ms() - c->t_end_sent - excluded - bd->dst_drain_ms - bd->dst_load_ms -
+			 bd->dst_resume_ms;
+	if (bd->network_ms < 0)
+		bd->network_ms = 0;
+	c->rep->dst_data_pages = d->data_pages;
+}
+
 static int wait_outcome(struct src_ctx *c, struct pm_err *err)
 {
 	/* The destination may itself wait up to its timeout for a missing
@@ -734,9 +801,9 @@ static int wait_outcome(struct src_ctx *c, struct pm_err *err)
 				continue;
 			while ((t = take_reply(w, &h)) > 0) {
 				const uint8_t *body = w->reply + PM_FRAME_HDR_LEN;
-				if (h.type == PM_FR_DONE && h.len == PM_DONE_LEN) {
-					c->dump_ms += pm_get64(body) / 1e3;
-					exclude_dumps(c);
+				struct pm_done d;
+				if (h.type == PM_FR_DONE && !pm_decode_done(body, h.len, &d, &w->dead_why)) {
+					done_received(c, &d);
 					enter(c, SRC_COMPLETED);
 					atomic_store(&c->sample_phase, PM_PH_DONE);
 					src_sample(c, true);
@@ -774,6 +841,8 @@ static int phase_complete(struct src_ctx *c, struct pm_err *err)
 	int r;
 
 	enter(c, SRC_COMPLETING);
+	struct pm_downtime_breakdown *bd = &c->rep->downtime_breakdown;
+	double t = pm_now_ms();
 	r = be->ops->save_state(be->vm, &state, &state_len, err);
 	if (r)
 		return r;
@@ -795,6 +864,8 @@ static int phase_complete(struct src_ctx *c, struct pm_err *err)
 	}
 	if (r)
 		return r;
+	bd->state_ms = pm_now_ms() - t;
+	c->t_end_sent = pm_now_ms();
 	c->committed = true;
 	return wait_outcome(c, err);
 }
@@ -814,6 +885,7 @@ static void fill_report(struct src_ctx *c)
 		s->round = r;
 		s->pages = atomic_load(&c->acc[r].pages);
 		s->zero_pages = atomic_load(&c->acc[r].zero);
+		s->unpopulated_pages = atomic_load(&c->acc[r].unpop);
 		s->bytes = atomic_load(&c->acc[r].bytes);
 		s->duration_ms = c->round_ms[r];
 		s->start_ms = c->round_start[r];
@@ -821,6 +893,7 @@ static void fill_report(struct src_ctx *c)
 		s->final = r == nrounds;
 		rep->pages_sent += s->pages;
 		rep->zero_pages += s->zero_pages;
+		rep->unpopulated_pages += s->unpopulated_pages;
 		rep->bytes_sent += s->bytes;
 	}
 	for (unsigned i = 0; i < c->nch; i++) {
@@ -842,6 +915,8 @@ static void fill_report(struct src_ctx *c)
 			rep->write_rate_mbps = (c->written1 - c->written0) * (double)PM_PAGE_SIZE / 1e3 /
 					       (c->t_pause - c->t_track);
 	}
+	rep->engine_bytes = (uint64_t)c->nchunks * (sizeof(*c->chunks) + sizeof(*c->chunk_lock) +
+						    sizeof(*c->chunk_round)) + 2 * ((c->nchunks + 63) / 64 * 8);
 }
 
 /* Closes the channels (telling the destination why, if it failed) and
@@ -975,6 +1050,8 @@ static void ctx_free(struct src_ctx *c)
 	free(c->chunks);
 	free(c->chunk_lock);
 	free(c->chunk_round);
+	free(c->chunk_dirty);
+	free(c->summary);
 	free(c->w);
 	close(c->wake[0]);
 	close(c->wake[1]);

@@ -54,7 +54,7 @@ struct worker {
 };
 
 struct round_acc {
-	_Atomic uint64_t pages, zero, bytes;
+	_Atomic uint64_t pages, zero, unpop, bytes;
 };
 
 /* The lifecycle's phases, in order.  docs/engine.md draws them. */
@@ -86,6 +86,11 @@ struct src_ctx {
 	struct chunk_ref *chunks;
 	pthread_mutex_t *chunk_lock;
 	uint32_t *chunk_round;          /* last round each chunk was harvested in */
+	/* Chunks the current round visits (1 bit each): all in round 1, then
+	 * those the backend's dirty summary names (all without one). */
+	uint64_t *chunk_dirty;
+	uint64_t *summary;              /* one region's summary, scratch */
+	uint32_t region_chunk0[PM_MAX_REGIONS]; /* first chunk of each region */
 	uint64_t region_base[PM_MAX_REGIONS]; /* global page number of each region */
 	uint64_t vm_pages;
 	uint8_t session[16];
@@ -103,6 +108,7 @@ struct src_ctx {
 	uint64_t prev_dirty;
 	unsigned no_progress;
 	double t0, t_round, t_pause, bw, dump_ms;
+	double t_end_sent;              /* the last END went out: DONE's wait starts */
 	uint64_t bytes_at_round;
 	double round_ms[PM_MAX_ROUNDS + 2];
 	uint64_t dirty_at[PM_MAX_ROUNDS + 2];

@@ -158,6 +158,37 @@ out:
 	return r;
 }
 
+static int dirty_summary(void *opaque, uint32_t region, uint32_t chunk_pages, uint64_t *pages,
+			 uint64_t *mask, struct pm_err *err)
+{
+	struct pmvm *vm = opaque;
+	const struct pmvm_slot *s;
+	uint64_t n = 0;
+
+	if (!vm->dirty_logging)
+		return pm_err_set(err, EINVAL, "dirty tracking is not started");
+	if (region >= vm->nslots)
+		return pm_err_set(err, EINVAL, "no memory region %u", region);
+	if (chunk_pages == 0 || chunk_pages % 64)
+		return pm_err_set(err, EINVAL, "chunks of %u pages: a multiple of 64 needed", chunk_pages);
+	s = &vm->slots[region];
+	memset(mask, 0, ((s->npages + chunk_pages - 1) / chunk_pages + 63) / 64 * sizeof(uint64_t));
+	pthread_rwlock_rdlock(&vm->dirty_lock);
+	for (uint64_t w = 0; w < (s->npages + 63) / 64; w++) {
+		uint64_t k = w * 64 / chunk_pages;
+		uint64_t bits = __atomic_load_n(&s->bitmap[w], __ATOMIC_RELAXED) |
+				(s->dev_dirty ? atomic_load_explicit(&s->dev_dirty[w], memory_order_relaxed) : 0);
+
+		if (bits) {
+			n += (uint64_t)__builtin_popcountll(bits);
+			mask[k / 64] |= 1ull << (k % 64);
+		}
+	}
+	pthread_rwlock_unlock(&vm->dirty_lock);
+	*pages = n;
+	return 0;
+}
+
 static int dirty_harvest(void *opaque, uint32_t region, uint64_t first, uint64_t n,
 			 uint64_t *out, struct pm_err *err)
 {
@@ -306,6 +337,7 @@ static const struct pm_backend_ops pmvm_ops = {
 	.dirty_start = dirty_start,
 	.dirty_sync = dirty_sync,
 	.dirty_count = dirty_count,
+	.dirty_summary = dirty_summary,
 	.dirty_harvest = dirty_harvest,
 	.dirty_stop = dirty_stop,
 	.pause = be_pause,

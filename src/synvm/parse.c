@@ -113,12 +113,16 @@ int synvm_parse_workload(const char *spec, struct synvm_workload *w, struct pm_e
 			if (*end || t < 1 || t > 64)
 				return pm_err_set(err, EINVAL, "bad threads '%s' (1..64)", eq);
 			w->threads = t;
+		} else if (!strcmp(tok, "span")) {
+			if (strcmp(eq, "all") && strcmp(eq, "populated"))
+				return pm_err_set(err, EINVAL, "bad span '%s' (populated or all)", eq);
+			w->all = !strcmp(eq, "all");
 		} else if (!strcmp(tok, "seed")) {
 			w->seed = strtoull(eq, &end, 0);
 			if (*end)
 				return pm_err_set(err, EINVAL, "bad seed '%s'", eq);
 		} else {
-			return pm_err_set(err, EINVAL, "unknown workload option '%s' (rate, hot, threads, seed)", tok);
+			return pm_err_set(err, EINVAL, "unknown workload option '%s' (rate, hot, threads, seed, span)", tok);
 		}
 	}
 	return r;
@@ -129,8 +133,9 @@ void synvm_format_workload(const struct synvm_workload *w, char *buf, size_t len
 	if (w->kind == SYNVM_IDLE)
 		snprintf(buf, len, "idle");
 	else if (w->kind == SYNVM_ZIPF)
-		snprintf(buf, len, "zipf,rate=%.0fMB/s,hot=%.0f%%,threads=%u", w->rate / 1e6, w->hot * 100,
-			 w->threads);
+		snprintf(buf, len, "zipf,rate=%.0fMB/s,hot=%.0f%%,threads=%u%s", w->rate / 1e6, w->hot * 100,
+			 w->threads, w->all ? ",span=all" : "");
 	else
-		snprintf(buf, len, "%s,rate=%.0fMB/s,threads=%u", kind_names[w->kind], w->rate / 1e6, w->threads);
+		snprintf(buf, len, "%s,rate=%.0fMB/s,threads=%u%s", kind_names[w->kind], w->rate / 1e6,
+			 w->threads, w->all ? ",span=all" : "");
 }

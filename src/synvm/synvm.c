@@ -17,7 +17,8 @@
 
 #define HB_MAGIC 0x5042454154484231ull   /* "PBEATHB1" */
 #define STATE_MAGIC 0x53594e564d535431ull /* "SYNVMST1" */
-#define STATE_VERSION 1u
+#define STATE_VERSION 2u
+#define STATE_SPAN_ALL 1u
 #define MAX_VCPUS 65                      /* workload threads + heartbeat */
 #define SLICE_NS 1000000L                 /* vCPUs check for pause every 1 ms */
 
@@ -32,9 +33,10 @@ struct vcpu {
 
 struct synvm {
 	struct synvm_opts o;
-	int memfd;
+	struct pm_guestmem gm;
 	uint8_t *mem;
 	uint64_t npages;
+	uint64_t span;                    /* pages the workload writes in (from 0) */
 	struct pm_region region;
 	struct pm_backend be;
 	struct pm_dirty_tracker *dt;
@@ -183,7 +185,7 @@ static void *heartbeat_main(void *arg)
 
 static uint64_t pick_page(struct vcpu *v, const struct synvm_workload *w, uint64_t npages)
 {
-	uint64_t usable = npages - 1;     /* page 0 is the heartbeat */
+	uint64_t usable = npages > 1 ? npages - 1 : 1;     /* page 0 is the heartbeat */
 	uint64_t r = xorshift(&v->rng);
 
 	switch (w->kind) {
@@ -228,7 +230,7 @@ static void *workload_main(void *arg)
 		if (due - done > pages_per_ns * SLICE_NS * 4 + 1)
 			done = due - pages_per_ns * SLICE_NS;
 		while (done < due) {
-			uint64_t p = pick_page(v, w, vm->npages);
+			uint64_t p = pick_page(v, w, vm->span);
 			uint64_t val = xorshift(&v->rng);
 			uint64_t *slot = (uint64_t *)(vm->mem + p * PM_PAGE_SIZE) + (val & 511);
 			__atomic_store_n(slot, val | 1, __ATOMIC_RELAXED);
@@ -259,8 +261,8 @@ static int start_threads(struct synvm *vm, struct pm_err *err)
 		v->idx = i;
 		if (!v->rng)
 			v->rng = (w->seed + 1) * 0x9E3779B97F4A7C15ull + i * 0xBF58476D1CE4E5B9ull;
-		if (!v->cursor && vm->npages > 1)
-			v->cursor = (vm->npages - 1) / w->threads * (i ? i - 1 : 0);
+		if (!v->cursor && vm->span > 1)
+			v->cursor = (vm->span - 1) / w->threads * (i ? i - 1 : 0);
 		if (pthread_create(&v->thread, NULL, i == 0 ? heartbeat_main : workload_main, v)) {
 			vm->nthreads = i;
 			return pm_err_set(err, EAGAIN, "cannot start vCPU thread %u", i);
@@ -348,6 +350,28 @@ static int be_dirty_count(void *opaque, uint64_t *pages, struct pm_err *err)
 	return pm_dirty_count(((struct synvm *)opaque)->dt, pages, err);
 }
 
+static int be_dirty_summary(void *opaque, uint32_t region, uint32_t chunk_pages, uint64_t *pages,
+			    uint64_t *mask, struct pm_err *err)
+{
+	struct synvm *vm = opaque;
+	int r;
+
+	if (region != 0)
+		return pm_err_set(err, EINVAL, "synthetic VM has one region, not %u", region);
+	r = pm_dirty_summary(vm->dt, chunk_pages, pages, mask, err);
+	/* Pages a discard forced dirty (a 64-page word lies in one chunk). */
+	for (uint64_t w = 0; !r && w < (vm->npages + 63) / 64; w++) {
+		uint64_t bits = __atomic_load_n(&vm->forced_dirty[w], __ATOMIC_RELAXED);
+		uint64_t k = w * 64 / chunk_pages;
+
+		if (bits) {
+			*pages += (uint64_t)__builtin_popcountll(bits);
+			mask[k / 64] |= 1ull << (k % 64);
+		}
+	}
+	return r;
+}
+
 static int be_dirty_harvest(void *opaque, uint32_t region, uint64_t first, uint64_t n,
 			    uint64_t *bitmap, struct pm_err *err)
 {
@@ -390,8 +414,8 @@ int synvm_discard(struct synvm *vm, uint64_t offset, uint64_t len, struct pm_err
 	pthread_mutex_unlock(&vm->lock);
 
 	pm_range_wrlock(&vm->layout_lock, &lr, first, first + n);
-	int r = fallocate(vm->memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, len);
-	int e = errno;
+	struct pm_err e2 = { 0 };
+	int r = pm_guestmem_discard(&vm->gm, first, n, &e2);
 	for (uint64_t p = first; p < first + n; p++)
 		__atomic_fetch_or(&vm->forced_dirty[p / 64], 1ull << (p % 64), __ATOMIC_RELEASE);
 	pm_range_unlock(&vm->layout_lock, &lr);
@@ -401,7 +425,7 @@ int synvm_discard(struct synvm *vm, uint64_t offset, uint64_t len, struct pm_err
 	pthread_cond_broadcast(&vm->cond);
 	pthread_mutex_unlock(&vm->lock);
 	if (r)
-		return pm_err_set(err, e, "discard failed: %s", strerror(e));
+		return pm_err_set(err, -r, "discard failed: %s", e2.msg);
 	return 0;
 }
 
@@ -419,9 +443,10 @@ struct state_blob {
 	uint64_t magic;
 	uint32_t version, nthreads;
 	uint64_t npages;
-	uint32_t kind, reserved;
+	uint32_t kind, flags;           /* flags: STATE_SPAN_ALL */
 	double rate, hot;
 	uint64_t seed;
+	uint64_t span;                  /* pages the workload writes in */
 	struct { uint64_t rng, cursor, written; } v[MAX_VCPUS];
 };
 
@@ -444,6 +469,8 @@ static int be_save_state(void *opaque, void **buf, size_t *len, struct pm_err *e
 	s->rate = vm->o.workload.rate;
 	s->hot = vm->o.workload.hot;
 	s->seed = vm->o.workload.seed;
+	s->span = vm->span;
+	s->flags = vm->o.workload.all ? STATE_SPAN_ALL : 0;
 	for (unsigned i = 0; i <= s->nthreads && i < MAX_VCPUS; i++) {
 		s->v[i].rng = vm->vcpu[i].rng;
 		s->v[i].cursor = vm->vcpu[i].cursor;
@@ -469,7 +496,7 @@ static int be_load_state(void *opaque, const void *buf, size_t len, struct pm_er
 		return pm_err_set(err, EPROTO, "state is for %llu pages, this VM has %llu",
 				  (unsigned long long)s.npages, (unsigned long long)vm->npages);
 	if (s.nthreads < 1 || s.nthreads >= MAX_VCPUS || s.kind > SYNVM_ZIPF || !(s.rate >= 0) ||
-	    !(s.hot > 0 && s.hot <= 1))
+	    !(s.hot > 0 && s.hot <= 1) || s.span < 1 || s.span > vm->npages || (s.flags & ~STATE_SPAN_ALL))
 		return pm_err_set(err, EPROTO, "synthetic VM state has out-of-range workload fields");
 	if (vm->threads_started)
 		return pm_err_set(err, EBUSY, "cannot load state into a VM that has run");
@@ -479,7 +506,9 @@ static int be_load_state(void *opaque, const void *buf, size_t len, struct pm_er
 			return r;
 	}
 	vm->o.workload = (struct synvm_workload){ .kind = s.kind, .rate = s.rate, .hot = s.hot,
-						  .threads = s.nthreads, .seed = s.seed };
+						  .threads = s.nthreads, .seed = s.seed,
+						  .all = s.flags & STATE_SPAN_ALL };
+	vm->span = s.span;
 	for (unsigned i = 0; i <= s.nthreads; i++) {
 		vm->vcpu[i].rng = s.v[i].rng;
 		vm->vcpu[i].cursor = s.v[i].cursor;
@@ -507,6 +536,7 @@ static const struct pm_backend_ops synvm_ops = {
 	.dirty_start = be_dirty_start,
 	.dirty_sync = be_dirty_sync,
 	.dirty_count = be_dirty_count,
+	.dirty_summary = be_dirty_summary,
 	.dirty_harvest = be_dirty_harvest,
 	.dirty_stop = be_dirty_stop,
 	.pause = be_pause,
@@ -527,10 +557,11 @@ static int fill_memory(struct synvm *vm, struct pm_err *err)
 		struct stat st;
 		if (fd < 0)
 			return pm_err_set(err, errno, "cannot open memory file %s: %s", vm->o.mem_file, strerror(errno));
-		if (fstat(fd, &st) || (uint64_t)st.st_size > vm->npages * PM_PAGE_SIZE) {
+		if (fstat(fd, &st) || (uint64_t)st.st_size > vm->o.populated_bytes) {
 			close(fd);
-			return pm_err_set(err, EINVAL, "memory file %s (%lld bytes) is larger than the VM's memory",
-					  vm->o.mem_file, (long long)st.st_size);
+			return pm_err_set(err, EINVAL, "memory file %s (%lld bytes) is larger than the VM's %s memory",
+					  vm->o.mem_file, (long long)st.st_size,
+					  vm->o.populated_bytes < vm->o.mem_bytes ? "populated" : "");
 		}
 		uint64_t off = 0;
 		while (off < (uint64_t)st.st_size) {
@@ -546,9 +577,13 @@ static int fill_memory(struct synvm *vm, struct pm_err *err)
 		close(fd);
 		return 0;
 	}
-	if (vm->o.fill == SYNVM_FILL_ZERO)
+	if (vm->o.fill == SYNVM_FILL_ZERO) {
+		/* Written, but with zeros: populated all the same. */
+		if (vm->o.populated_bytes)
+			memset(vm->mem, 0, vm->o.populated_bytes);
 		return 0;
-	for (uint64_t p = 0; p < vm->npages; p++) {
+	}
+	for (uint64_t p = 0; p < vm->o.populated_bytes / PM_PAGE_SIZE; p++) {
 		/* mixed: every fourth page stays zero, as free guest memory does. */
 		if (vm->o.fill == SYNVM_FILL_MIXED && p % 4 == 3)
 			continue;
@@ -578,7 +613,7 @@ int synvm_create(struct synvm **out, const struct synvm_opts *o, struct pm_err *
 		return pm_err_set(err, ENOMEM, "out of memory");
 	vm->o = *o;
 	vm->npages = o->mem_bytes / PM_PAGE_SIZE;
-	vm->memfd = -1;
+	vm->gm.fd = vm->gm.pagemap_fd = -1;
 	pthread_mutex_init(&vm->lock, NULL);
 	pm_rangelock_init(&vm->layout_lock);
 	vm->forced_dirty = calloc((vm->npages + 63) / 64, sizeof(uint64_t));
@@ -592,28 +627,22 @@ int synvm_create(struct synvm **out, const struct synvm_opts *o, struct pm_err *
 		if (r)
 			goto fail;
 	}
-	vm->memfd = memfd_create("pmigrate-guest", MFD_CLOEXEC);
-	if (vm->memfd < 0 || ftruncate(vm->memfd, o->mem_bytes)) {
-		r = pm_err_set(err, errno, "cannot create %llu MiB of guest memory: %s",
-			       (unsigned long long)(o->mem_bytes >> 20), strerror(errno));
+	if (!o->populated_bytes)
+		vm->o.populated_bytes = o->mem_bytes;
+	if (vm->o.populated_bytes > o->mem_bytes || vm->o.populated_bytes % PM_PAGE_SIZE) {
+		r = pm_err_set(err, EINVAL, "populated size must be a multiple of 4 KiB up to the memory size");
 		goto fail;
 	}
+	vm->span = o->workload.all ? vm->npages : vm->o.populated_bytes / PM_PAGE_SIZE;
+	if (vm->span < 2)
+		vm->span = vm->npages < 2 ? vm->npages : 2;  /* the heartbeat page and one more */
 	/* Mapped once for the VM's life: no address-space changes on the
-	 * migration's hot path. */
-	vm->mem = mmap(NULL, o->mem_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, vm->memfd, 0);
-	if (vm->mem == MAP_FAILED) {
-		vm->mem = NULL;
-		r = pm_err_set(err, errno, "cannot map guest memory: %s", strerror(errno));
+	 * migration's hot path.  Untouched: a destination allocates only what
+	 * arrives with data, a source only what its guest wrote. */
+	r = pm_guestmem_create(&vm->gm, o->mem_kind, o->mem_bytes, err);
+	if (r)
 		goto fail;
-	}
-	if (o->incoming) {
-		/* A destination needs no write tracking yet: huge pages (where the
-		 * host allows them for shmem) cut the TLB misses of receiving, and
-		 * populating up front keeps page faults off the receive path. */
-		madvise(vm->mem, o->mem_bytes, MADV_HUGEPAGE);
-		if (madvise(vm->mem, o->mem_bytes, MADV_POPULATE_WRITE))
-			memset(vm->mem, 0, o->mem_bytes);
-	}
+	vm->mem = vm->gm.base;
 	if (!o->incoming) {
 		r = fill_memory(vm, err);
 		if (r)
@@ -622,7 +651,8 @@ int synvm_create(struct synvm **out, const struct synvm_opts *o, struct pm_err *
 		memset(hb, 0, sizeof(*hb));
 		hb->magic = HB_MAGIC;
 	}
-	vm->region = (struct pm_region){ .id = 0, .gpa = 0, .npages = vm->npages, .host = vm->mem };
+	vm->region = (struct pm_region){ .id = 0, .gpa = 0, .npages = vm->npages, .host = vm->mem,
+					 .mem = &vm->gm };
 	r = vdisks_open(&vm->vd, vm, o, err);
 	if (r)
 		goto fail;
@@ -659,10 +689,7 @@ void synvm_destroy(struct synvm *vm)
 	vdisks_close(vm->vd);
 	if (vm->dt)
 		pm_dirty_close(vm->dt);
-	if (vm->mem)
-		munmap(vm->mem, vm->npages * PM_PAGE_SIZE);
-	if (vm->memfd >= 0)
-		close(vm->memfd);
+	pm_guestmem_destroy(&vm->gm);
 	pthread_mutex_destroy(&vm->lock);
 	pthread_cond_destroy(&vm->cond);
 	pm_rangelock_destroy(&vm->layout_lock);
@@ -686,6 +713,16 @@ void synvm_heartbeat(struct synvm *vm, struct synvm_heartbeat *hb)
 	hb->max_gap_ns = __atomic_load_n(&g->max_gap_ns, __ATOMIC_RELAXED);
 	hb->resume_gap_ns = __atomic_load_n(&g->resume_gap_ns, __ATOMIC_RELAXED);
 	hb->resumes = __atomic_load_n(&g->resumes, __ATOMIC_RELAXED);
+}
+
+const struct pm_guestmem *synvm_memory(struct synvm *vm)
+{
+	return &vm->gm;
+}
+
+uint64_t synvm_span_pages(struct synvm *vm)
+{
+	return vm->span;
 }
 
 const char *synvm_dirty_method(struct synvm *vm)

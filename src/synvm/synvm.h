@@ -13,6 +13,7 @@
 #include <pmigrate/backend.h>
 #include <pmigrate/dirty.h>
 #include <pmigrate/error.h>
+#include <pmigrate/guestmem.h>
 
 enum synvm_kind { SYNVM_IDLE, SYNVM_SEQ, SYNVM_RANDOM, SYNVM_ZIPF };
 enum synvm_fill { SYNVM_FILL_MIXED, SYNVM_FILL_RANDOM, SYNVM_FILL_ZERO };
@@ -23,6 +24,7 @@ struct synvm_workload {
 	double hot;             /* zipf: fraction of memory in the hot set */
 	unsigned threads;       /* workload vCPUs */
 	uint64_t seed;
+	bool all;               /* span=all: write all memory, not only the populated part */
 };
 
 /* "idle", "seq,rate=100MB/s", "random,rate=1GB/s,threads=2",
@@ -70,6 +72,10 @@ void synvm_format_diskload(const struct synvm_diskload *w, char *buf, size_t len
 
 struct synvm_opts {
 	uint64_t mem_bytes;
+	enum pm_mem_kind mem_kind;  /* anon (default), memfd, hugetlb */
+	/* How much memory the guest has ever written (0: all of it), from
+	 * the start; the rest stays untouched, as in a freshly booted guest. */
+	uint64_t populated_bytes;
 	struct synvm_workload workload;
 	const char *mem_file;       /* initial content */
 	enum synvm_fill fill;
@@ -90,6 +96,10 @@ struct pm_backend *synvm_backend(struct synvm *vm);
  * running; fields are 64-bit and individually atomic on x86-64). */
 void synvm_heartbeat(struct synvm *vm, struct synvm_heartbeat *hb);
 const char *synvm_dirty_method(struct synvm *vm);
+/* The guest memory (kind, usage). */
+const struct pm_guestmem *synvm_memory(struct synvm *vm);
+/* Pages the workload writes in: the populated part, or all (span=all). */
+uint64_t synvm_span_pages(struct synvm *vm);
 const struct synvm_workload *synvm_workload_of(struct synvm *vm);
 uint64_t synvm_pages_written(struct synvm *vm);
 /* Bytes (pages x 4096) the workload wrote per second over the last full

@@ -111,9 +111,30 @@ static void test_frame_names(void **state)
 	assert_string_equal(pm_frame_name(PM_FR_END), "END");
 	assert_string_equal(pm_frame_name(PM_FR_DONE), "DONE");
 	assert_string_equal(pm_frame_name(PM_FR_ERROR), "ERROR");
+	assert_string_equal(pm_frame_name(PM_FR_SYNC), "SYNC");
+	assert_string_equal(pm_frame_name(PM_FR_SYNC_ACK), "SYNC_ACK");
 	assert_string_equal(pm_frame_name(0), "unknown");
-	assert_string_equal(pm_frame_name(12), "unknown");
+	assert_string_equal(pm_frame_name(14), "unknown");
 	assert_string_equal(pm_frame_name(0xffffffffu), "unknown");
+}
+
+/* DONE carries the destination's share of the pause; reserved bytes must
+ * be zero and the length exact. */
+static void test_done_roundtrip(void **state)
+{
+	struct pm_done d = { .dump_us = 1, .drain_us = 2, .load_us = 3, .resume_us = 4,
+			     .data_pages = 5, .verify_us = 6 }, o;
+	struct pm_err e = { 0 };
+	uint8_t b[PM_DONE_LEN];
+
+	pm_encode_done(b, &d);
+	assert_int_equal(pm_decode_done(b, sizeof(b), &o, &e), 0);
+	assert_memory_equal(&d, &o, sizeof(d));
+	assert_int_equal(pm_decode_done(b, sizeof(b) - 1, &o, &e), -EPROTO);
+	b[60] = 1;
+	pm_err_clear(&e);
+	assert_int_equal(pm_decode_done(b, sizeof(b), &o, &e), -EPROTO);
+	assert_non_null(strstr(e.msg, "reserved"));
 }
 
 static int check(uint32_t type, uint32_t len, unsigned chunk, struct pm_err *e)
@@ -131,7 +152,7 @@ static void test_check_hdr_exact(void **state)
 		{ PM_FR_HELLO, PM_HELLO_LEN }, { PM_FR_HELLO_ACK, PM_HELLO_LEN },
 		{ PM_FR_LAYOUT_ACK, 0 }, { PM_FR_DONE, PM_DONE_LEN },
 		{ PM_FR_ROUND_END, PM_ROUND_LEN }, { PM_FR_ROUND_ACK, PM_ROUND_LEN },
-		{ PM_FR_END, PM_END_LEN },
+		{ PM_FR_END, PM_END_LEN }, { PM_FR_SYNC, PM_SYNC_LEN }, { PM_FR_SYNC_ACK, PM_SYNC_LEN },
 	};
 
 	for (size_t i = 0; i < sizeof(exact) / sizeof(exact[0]); i++) {
@@ -176,7 +197,7 @@ static void test_check_hdr_ranges(void **state)
 static void test_check_hdr_unknown(void **state)
 {
 	struct pm_err e = { 0 };
-	uint32_t bad[] = { 0, 12, 13, 255, 0x47494d50u, 0xffffffffu };
+	uint32_t bad[] = { 0, 14, 15, 255, 0x47494d50u, 0xffffffffu };
 
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		assert_rejected(check(bad[i], 0, 512, &e), e, "unknown frame type");
@@ -492,6 +513,10 @@ static void test_pages_roundtrip(void **state)
 	p = (struct pm_pages){ .region = 0, .npages = 512, .first = 0, .round = 1, .encoding = PM_ENC_ZERO };
 	assert_int_equal(decode_pages_of(&p, 32, &l, 512, &d, &e), 0);
 	assert_int_equal(d.encoding, PM_ENC_ZERO);
+	/* Unpopulated run, no payload. */
+	p.encoding = PM_ENC_UNPOPULATED;
+	assert_int_equal(decode_pages_of(&p, 32, &l, 512, &d, &e), 0);
+	assert_int_equal(d.encoding, PM_ENC_UNPOPULATED);
 	/* The very last page of a region. */
 	p = (struct pm_pages){ .region = 1, .npages = 1, .first = 299, .round = 0xffffffffu,
 			       .encoding = PM_ENC_RAW, .payload_len = PM_PAGE_SIZE };
@@ -554,13 +579,16 @@ static void test_pages_rejects(void **state)
 	/* Zero run with payload. */
 	REJECT((p.encoding = PM_ENC_ZERO, p.payload_len = 1), "zero PAGES frame carries 1 bytes");
 	REJECT((p.encoding = PM_ENC_ZERO), "zero PAGES frame carries 16384 bytes");
+	/* Unpopulated run with payload. */
+	REJECT((p.encoding = PM_ENC_UNPOPULATED, p.payload_len = 1), "unpopulated PAGES frame carries 1 bytes");
+	REJECT((p.encoding = PM_ENC_UNPOPULATED), "unpopulated PAGES frame carries 16384 bytes");
 	/* Compressed payload bounds. */
 	REJECT((p.encoding = PM_ENC_LZ4, p.payload_len = 0), "compressed PAGES frame of 4 pages has payload 0");
 	REJECT((p.encoding = PM_ENC_ZSTD, p.payload_len = 0), "out of range");
 	REJECT((p.encoding = PM_ENC_LZ4, p.payload_len = 4 * 4096 + 4 * 4096 / 64 + 1025), "has payload");
 	REJECT((p.encoding = PM_ENC_ZSTD, p.payload_len = 4 * 4096 + 4 * 4096 / 64 + 1025), "has payload");
 	/* Unknown encoding. */
-	REJECT(p.encoding = 4, "unknown encoding 4");
+	REJECT(p.encoding = 5, "unknown encoding 5");
 	REJECT(p.encoding = 0xffff, "unknown encoding 65535");
 #undef REJECT
 
@@ -682,6 +710,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_le_helpers),
 		cmocka_unit_test(test_hdr_roundtrip),
+		cmocka_unit_test(test_done_roundtrip),
 		cmocka_unit_test(test_frame_names),
 		cmocka_unit_test(test_check_hdr_exact),
 		cmocka_unit_test(test_check_hdr_ranges),
