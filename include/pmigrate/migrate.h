@@ -96,6 +96,11 @@ struct pm_migrate_params {
 	const char *dump_at_pause;  /* write guest memory here when paused */
 	struct pm_tls_params tls;
 	bool insecure;              /* allow plain TCP to a non-loopback address */
+	/* Compare a digest (XXH3-128) of every 2 MiB of memory at the pause
+	 * with the destination's just before it resumes; a difference fails
+	 * the migration (the destination never runs it).  Its time is a
+	 * verification aid: excluded from downtime, reported as verify_ms. */
+	bool verify;
 	pm_progress_fn progress;
 	void *progress_opaque;
 	unsigned progress_interval_ms; /* 0: 250 */
@@ -188,6 +193,10 @@ struct pm_report {
 	struct pm_mem_usage mem;
 	uint64_t dst_data_pages;    /* source: pages holding data at the destination (DONE) */
 	uint64_t engine_bytes;      /* the engine's own per-page state on this side */
+	bool verify;                /* digests compared (verified says how it went) */
+	bool verified;
+	double verify_ms;           /* both sides' digest time */
+	char verify_error[256];     /* where memory differed (failed verification) */
 };
 
 /* Runs a migration in the calling thread.  0: the destination runs the VM

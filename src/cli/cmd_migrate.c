@@ -110,6 +110,8 @@ static void usage(FILE *f)
 		"  --tls-psk FILE       TLS 1.3 with a pre-shared key (the first identity:hexkey line)\n"
 		"  --insecure           allow plain TCP to a non-loopback address\n"
 		"  --no-ktls            keep TLS records in userspace even if the kernel has kTLS\n"
+		"  --verify             compare a digest of all memory at the pause with the\n"
+		"                       destination's before it resumes; a difference fails it\n"
 		"  --json FILE          write the report as JSON ('-' for stdout)\n"
 		"  --timeline FILE.svg  draw the migration over time: MB/s per channel, round starts,\n"
 		"                       dirty pages left, the guest's write rate, the pause\n"
@@ -134,6 +136,7 @@ int cmd_migrate(int argc, char **argv)
 		{ "tls-creds", required_argument, 0, 'X' }, { "tls-psk", required_argument, 0, 'K' },
 		{ "tls-hostname", required_argument, 0, 'H' }, { "insecure", no_argument, 0, 'I' },
 		{ "no-ktls", no_argument, 0, 'k' },
+		{ "verify", no_argument, 0, 'V' },
 		{ "help", no_argument, 0, 'h' }, { 0 } };
 	const char *control = NULL, *json_path = NULL, *timeline_path = NULL;
 	json_object *args = json_object_new_object();
@@ -211,6 +214,7 @@ int cmd_migrate(int argc, char **argv)
 		case 'k': json_object_object_add(args, "no_ktls", json_object_new_boolean(1)); break;
 		case 'B': json_object_object_add(args, "barrier", json_object_new_boolean(1)); break;
 		case 'S': json_object_object_add(args, "serial", json_object_new_boolean(1)); break;
+		case 'V': json_object_object_add(args, "verify", json_object_new_boolean(1)); break;
 		case 'j': json_path = optarg; break;
 		case 'L': timeline_path = optarg; break;
 		case 'p': mr.progress = true; break;

@@ -324,7 +324,7 @@ static int get_string(json_object *args, const char *key, const char **out, char
 
 static const char *const migrate_args[] = {
 	"to", "bind", "channels", "downtime_ms", "max_rounds", "max_bytes_factor", "timeout_ms",
-	"chunk_pages", "barrier", "serial", "compress", "compress_level", "policy",
+	"chunk_pages", "barrier", "serial", "verify", "compress", "compress_level", "policy",
 	"tls_creds", "tls_psk", "tls_hostname", "insecure", "no_ktls", NULL,
 };
 
@@ -411,6 +411,8 @@ static void cmd_migrate(struct pm_control *c, int fd, json_object *args)
 		r = get_bool(args, "barrier", &p->barrier, why, sizeof(why));
 	if (!r)
 		r = get_bool(args, "serial", &p->serial, why, sizeof(why));
+	if (!r)
+		r = get_bool(args, "verify", &p->verify, why, sizeof(why));
 	const char *str;
 	if (!r && (get_string(args, "compress", &str, why, sizeof(why)) ||
 		   (str && pm_compress_parse(str, &p->compress)))) {

@@ -19,6 +19,7 @@
 #include <unistd.h>
 #include <pmigrate/guestmem.h>
 #include "engine/dest.h"
+#include "engine/digest.h"
 #include "engine/report.h"
 #include "engine/tls.h"
 
@@ -297,6 +298,58 @@ static uint64_t data_pages(const struct dst_ctx *c)
 	return n;
 }
 
+/* Pages that hold data here, for the digests: the others are zeros. */
+static int data_of(void *opaque, uint32_t region, uint64_t first, uint64_t n, uint64_t *bits,
+		   struct pm_err *err)
+{
+	const struct dst_ctx *c = opaque;
+	uint64_t g = c->region_base[region] + first;
+
+	(void)err;
+	memset(bits, 0, (n + 63) / 64 * 8);
+	for (uint64_t i = 0; i < n; i++)
+		if (!c->be->regions[region].mem ||
+		    (__atomic_load_n(&c->has_data[(g + i) / 64], __ATOMIC_RELAXED) >> ((g + i) % 64) & 1))
+			bits[i / 64] |= 1ull << (i % 64);
+	return 0;
+}
+
+/* --verify: memory here must equal the source's at its pause, chunk by
+ * chunk, before anything runs.  A difference fails with EBADMSG and the
+ * first range that differs. */
+static int verify_memory(struct dst_ctx *c, struct pm_done *d, struct pm_err *err)
+{
+	struct pm_digest_job j = { .be = c->be, .chunk_pages = c->chunk_pages, .data = data_of, .opaque = c };
+	double t = pm_now_ms();
+	uint8_t *mine;
+	uint64_t bad = 0, first_bad = 0;
+	int r;
+
+	if (!c->verify)
+		return 0;
+	mine = malloc(c->verify_chunks * PM_DIGEST_LEN);
+	if (!mine)
+		return pm_err_set(err, ENOMEM, "out of memory for digests");
+	r = pm_digest_compute(&j, c->nch, mine, err);
+	for (uint64_t k = c->verify_chunks; !r && k-- > 0;)
+		if (memcmp(mine + k * PM_DIGEST_LEN, c->verify + PM_VERIFY_FIXED_LEN + k * PM_DIGEST_LEN,
+			   PM_DIGEST_LEN)) {
+			bad++;
+			first_bad = k;
+		}
+	free(mine);
+	d->verify_us = (uint64_t)((pm_now_ms() - t) * 1e3);
+	if (r || !bad)
+		return r;
+	uint32_t region;
+	uint64_t first, n;
+	pm_digest_chunk_at(c->be, c->chunk_pages, first_bad, &region, &first, &n);
+	return pm_err_set(err, EBADMSG, "verification failed: memory differs from the source's at region %u "
+			  "pages [%llu, %llu) (%llu of %llu chunks differ); not resuming", region,
+			  (unsigned long long)first, (unsigned long long)(first + n), (unsigned long long)bad,
+			  (unsigned long long)c->verify_chunks);
+}
+
 /* Loads the state and resumes: past this point the VM runs here.  DONE
  * says what that took (the source's downtime breakdown). */
 static int resume_vm(struct dst_ctx *c, struct pm_done *d, struct pm_report *rep, struct pm_err *err)
@@ -306,7 +359,6 @@ static int resume_vm(struct dst_ctx *c, struct pm_done *d, struct pm_report *rep
 	int r;
 
 	d->data_pages = data_pages(c);
-	d->drain_us = atomic_load(&c->t_first_end) > 0 ? (uint64_t)((t - atomic_load(&c->t_first_end)) * 1e3) : 0;
 	r = be->ops->load_state(be->vm, c->state, c->state_len, err);
 	d->load_us = (uint64_t)((pm_now_ms() - t) * 1e3);
 	t = pm_now_ms();
@@ -355,6 +407,7 @@ static void ctx_free(struct dst_ctx *c)
 		rx_free(&c->rx[i]);
 	free(c->rx);
 	free(c->state);
+	free(c->verify);
 	free(c->page_round);
 	free(c->has_data);
 	pm_rangelock_destroy(&c->lock);
@@ -419,8 +472,15 @@ int pm_incoming_run(struct pm_incoming *in, struct pm_backend *be, struct pm_rep
 		r = receive(c, err);
 	if (!r)
 		r = check_complete(c, err);
+	/* All applied: the drain ends here, before any verification. */
+	d.drain_us = atomic_load(&c->t_first_end) > 0 ? (uint64_t)((pm_now_ms() - atomic_load(&c->t_first_end)) * 1e3) : 0;
+	if (!r)
+		r = verify_memory(c, &d, err);
 	if (!r)
 		r = resume_vm(c, &d, rep, err);
+	rep->verify = c->verify != NULL;
+	rep->verified = rep->verify && !r;
+	rep->verify_ms = d.verify_us / 1e3;
 	pm_encode_done(done, &d);
 	if (r) {
 		/* Never resumed: the source learns it for sure. */

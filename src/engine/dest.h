@@ -91,6 +91,8 @@ struct dst_ctx {
 	void *state;
 	size_t state_len;
 	bool have_state;
+	uint8_t *verify;                /* the source's digests (VERIFY), or NULL */
+	uint64_t verify_chunks;
 };
 
 /* recv.c */

@@ -11,7 +11,7 @@ const char *pm_frame_name(uint32_t type)
 		[PM_FR_PAGES] = "PAGES", [PM_FR_ROUND_END] = "ROUND_END",
 		[PM_FR_ROUND_ACK] = "ROUND_ACK", [PM_FR_STATE] = "STATE",
 		[PM_FR_END] = "END", [PM_FR_DONE] = "DONE", [PM_FR_ERROR] = "ERROR",
-		[PM_FR_SYNC] = "SYNC", [PM_FR_SYNC_ACK] = "SYNC_ACK",
+		[PM_FR_SYNC] = "SYNC", [PM_FR_SYNC_ACK] = "SYNC_ACK", [PM_FR_VERIFY] = "VERIFY",
 	};
 	if (type < sizeof(names) / sizeof(names[0]) && names[type])
 		return names[type];
@@ -72,6 +72,11 @@ int pm_check_hdr(const struct pm_frame_hdr *h, unsigned chunk_pages, struct pm_e
 		max = PM_SYNC_LEN;
 		if (h->len != max)
 			goto bad_exact;
+		return 0;
+	case PM_FR_VERIFY:
+		max = PM_VERIFY_FIXED_LEN + (uint64_t)PM_MAX_VERIFY_CHUNKS * 16;
+		if (h->len < PM_VERIFY_FIXED_LEN || h->len > max || (h->len - PM_VERIFY_FIXED_LEN) % 16)
+			goto bad_range;
 		return 0;
 	case PM_FR_STATE:
 		if (h->len > PM_MAX_STATE_LEN)

@@ -17,6 +17,7 @@
 #include <pmigrate/rangelock.h>
 #include "engine/codec.h"
 #include "engine/dest.h"
+#include "engine/digest.h"
 
 #define RX_BUF (64u << 10)
 
@@ -388,6 +389,37 @@ static int handle_frame(struct receiver *x, const struct pm_frame_hdr *h)
 		c->state = st;
 		c->state_len = h->len;
 		c->have_state = true;
+		pthread_mutex_unlock(&c->mu);
+		return 0;
+	}
+	case PM_FR_VERIFY: {
+		uint64_t n = (h->len - PM_VERIFY_FIXED_LEN) / PM_DIGEST_LEN;
+		uint8_t *v;
+		bool dup;
+
+		pthread_mutex_lock(&c->mu);
+		dup = c->verify != NULL;
+		pthread_mutex_unlock(&c->mu);
+		if (x->idx != 0 || dup)
+			return pm_err_set(&x->err, EPROTO, "unexpected VERIFY frame on channel %u", x->idx);
+		v = malloc(h->len);
+		if (!v)
+			return pm_err_set(&x->err, ENOMEM, "out of memory for %llu digests", (unsigned long long)n);
+		r = rx_read(x, v, h->len, "receiving digests");
+		if (!r && (pm_get32(v) != n || pm_get32(v + 4)))
+			r = pm_err_set(&x->err, EPROTO, "VERIFY names %u chunks in a frame of %llu "
+				       "(or has non-zero reserved bytes)", pm_get32(v), (unsigned long long)n);
+		if (!r && n != pm_digest_nchunks(c->be, c->chunk_pages))
+			r = pm_err_set(&x->err, EPROTO, "VERIFY has %llu digests, this VM has %llu chunks",
+				       (unsigned long long)n,
+				       (unsigned long long)pm_digest_nchunks(c->be, c->chunk_pages));
+		if (r) {
+			free(v);
+			return r;
+		}
+		pthread_mutex_lock(&c->mu);
+		c->verify = v;
+		c->verify_chunks = n;
 		pthread_mutex_unlock(&c->mu);
 		return 0;
 	}

@@ -225,6 +225,12 @@ char *pm_report_to_json(const struct pm_report *r)
 	if (r->dst_data_pages && r->dst_data_pages != UINT64_MAX)
 		json_object_object_add(o, "dst_data_pages", json_object_new_int64((int64_t)r->dst_data_pages));
 	json_object_object_add(o, "engine_bytes", json_object_new_int64((int64_t)r->engine_bytes));
+	if (r->verify) {
+		json_object_object_add(o, "verified", json_object_new_boolean(r->verified));
+		json_object_object_add(o, "verify_ms", json_object_new_double(r->verify_ms));
+		if (r->verify_error[0])
+			json_object_object_add(o, "verify_error", json_object_new_string(r->verify_error));
+	}
 	json_object_object_add(o, "engine_bytes_per_page",
 			       json_object_new_double(r->vm_pages ? (double)r->engine_bytes / r->vm_pages : 0));
 	s = strdup(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_SPACED));
@@ -285,6 +291,10 @@ void pm_report_print(const struct pm_report *r, FILE *f)
 			r->role && !strcmp(r->role, "destination") ? " (after the resume)" : " (before the pause)");
 	if (r->dst_data_pages && r->dst_data_pages != UINT64_MAX)
 		fprintf(f, "destination  %.0f MiB of guest memory holds data\n", r->dst_data_pages * 4096.0 / 1048576.0);
+	if (r->verify)
+		fprintf(f, "verify       %s (memory digests compared in %.1f ms, outside the downtime)%s%s\n",
+			r->verified ? "memory at resume == memory at pause" : "FAILED",
+			r->verify_ms, r->verify_error[0] ? ": " : "", r->verify_error);
 }
 
 static double jd(json_object *o, const char *k)
@@ -355,6 +365,12 @@ int pm_report_from_json(const char *text, struct pm_report *r)
 	}
 	r->dst_data_pages = ju(o, "dst_data_pages");
 	r->engine_bytes = ju(o, "engine_bytes");
+	if (json_object_object_get_ex(o, "verified", &v)) {
+		r->verify = true;
+		r->verified = json_object_get_boolean(v);
+		r->verify_ms = jd(o, "verify_ms");
+		js(o, "verify_error", r->verify_error, sizeof(r->verify_error));
+	}
 	r->barrier = json_object_object_get_ex(o, "barrier", &v) && json_object_get_boolean(v);
 	r->serial = json_object_object_get_ex(o, "serial", &v) && json_object_get_boolean(v);
 	js(o, "compress", buf, sizeof(buf));

@@ -17,7 +17,9 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+#include <pmigrate/guestmem.h>
 #include "engine/net.h"
+#include "engine/digest.h"
 #include "engine/report.h"
 #include "engine/source.h"
 #include "engine/tls.h"
@@ -736,6 +738,49 @@ static int phase_switchover(struct src_ctx *c, struct pm_err *err)
  * runs the VM; an ERROR means it did not and never will (it tells before it
  * resumes, never after); anything else -- silence for twice the timeout,
  * every channel closed -- leaves the outcome unknown (PM_UNKNOWN). */
+/* Which pages of a chunk hold data: never read the others. */
+static int populated_of(void *opaque, uint32_t region, uint64_t first, uint64_t n, uint64_t *bits,
+			struct pm_err *err)
+{
+	const struct pm_region *rg = &((const struct pm_backend *)opaque)->regions[region];
+
+	if (!rg->mem) {
+		memset(bits, 0xff, (n + 63) / 64 * 8);
+		return 0;
+	}
+	return pm_guestmem_populated(rg->mem, rg->mem_offset / PM_PAGE_SIZE + first, n, bits, err);
+}
+
+/* --verify: a digest of every chunk as it is now (paused, all sent), on
+ * channel 0 after the state; the destination compares before it resumes.
+ * A verification aid: its time is left out of the downtime. */
+static int send_digests(struct src_ctx *c, struct pm_err *err)
+{
+	struct pm_digest_job j = { .be = c->be, .chunk_pages = c->chunk_pages,
+				   .data = populated_of, .opaque = c->be };
+	uint64_t n = pm_digest_nchunks(c->be, c->chunk_pages);
+	double t = pm_now_ms();
+	uint8_t *b;
+	int r;
+
+	if (n > PM_MAX_VERIFY_CHUNKS)
+		return pm_err_set(err, EFBIG, "--verify: %llu chunks exceed the protocol's %u",
+				  (unsigned long long)n, PM_MAX_VERIFY_CHUNKS);
+	b = calloc(1, PM_VERIFY_FIXED_LEN + n * PM_DIGEST_LEN);
+	if (!b)
+		return pm_err_set(err, ENOMEM, "out of memory for %llu digests", (unsigned long long)n);
+	pm_put32(b, (uint32_t)n);
+	r = pm_digest_compute(&j, c->nch, b + PM_VERIFY_FIXED_LEN, err);
+	if (!r)
+		r = pm_send_frame(&c->w[0].conn, PM_FR_VERIFY, b, PM_VERIFY_FIXED_LEN + n * PM_DIGEST_LEN, err);
+	free(b);
+	c->verify_src_ms = pm_now_ms() - t;
+	c->rep->verify_ms += c->verify_src_ms;
+	c->dump_ms += c->verify_src_ms;
+	exclude_dumps(c);
+	return r;
+}
+
 /* DONE: the destination runs the VM.  What it says of its share of the
  * pause completes the downtime breakdown. */
 static void done_received(struct src_ctx *c, const struct pm_done *d)
@@ -745,6 +790,8 @@ static void done_received(struct src_ctx *c, const struct pm_done *d)
 
 	c->dump_ms += excluded;
 	exclude_dumps(c);
+	c->rep->verify_ms += d->verify_us / 1e3;
+	c->rep->verified = c->p->verify;
 	bd->dst_drain_ms = d->drain_us / 1e3;
 	bd->dst_load_ms = d->load_us / 1e3;
 	bd->dst_resume_ms = d->resume_us / 1e3;
@@ -852,6 +899,8 @@ static int phase_complete(struct src_ctx *c, struct pm_err *err)
 	}
 	r = pm_send_frame(&c->w[0].conn, PM_FR_STATE, state, state_len, err);
 	free(state);
+	if (!r && c->p->verify)
+		r = send_digests(c, err);
 	for (unsigned i = 0; i < c->nch && !r; i++) {
 		uint8_t eb[PM_END_LEN];
 		c->w[i].sent.final_round = c->round;
@@ -864,7 +913,7 @@ static int phase_complete(struct src_ctx *c, struct pm_err *err)
 	}
 	if (r)
 		return r;
-	bd->state_ms = pm_now_ms() - t;
+	bd->state_ms = pm_now_ms() - t - c->verify_src_ms;
 	c->t_end_sent = pm_now_ms();
 	c->committed = true;
 	return wait_outcome(c, err);
@@ -1003,6 +1052,8 @@ static int conclude(struct src_ctx *c, int r, struct pm_err *err)
 	enter(c, SRC_FAILED);
 	if (r == PM_UNKNOWN)
 		r = -EIO;
+	if (rep->verify && err->code == EBADMSG)
+		snprintf(rep->verify_error, sizeof(rep->verify_error), "%.250s", err->msg);
 	rep->status = r;
 	snprintf(rep->error, sizeof(rep->error), "%s", err->msg);
 	return r;
@@ -1018,6 +1069,7 @@ static struct src_ctx *ctx_new(struct pm_backend *be, const struct pm_migrate_pa
 	rep->barrier = p->barrier;
 	rep->serial = p->serial;
 	rep->compress = p->compress;
+	rep->verify = p->verify;
 	if (!c)
 		return NULL;
 	c->be = be;

@@ -109,6 +109,7 @@ struct src_ctx {
 	unsigned no_progress;
 	double t0, t_round, t_pause, bw, dump_ms;
 	double t_end_sent;              /* the last END went out: DONE's wait starts */
+	double verify_src_ms;           /* digests of --verify, inside the pause */
 	uint64_t bytes_at_round;
 	double round_ms[PM_MAX_ROUNDS + 2];
 	uint64_t dirty_at[PM_MAX_ROUNDS + 2];

@@ -45,6 +45,7 @@ struct fakevm {
 	size_t loaded_len;
 	/* knobs */
 	bool fail_load;                         /* load_state fails */
+	int64_t lost_write_page;                /* >= 0: at the pause, a write to this page the tracker misses */
 	unsigned harvest_delay_us;              /* slows the source down (a "slow link") */
 	void (*on_pause)(void *arg);            /* called in pause(), from the engine's thread */
 	void *on_pause_arg;
@@ -165,6 +166,8 @@ static int fv_pause(void *o, struct pm_err *err)
 	pthread_mutex_lock(&vm->lock);
 	vm->paused = true;
 	vm->pauses++;
+	if (vm->lost_write_page >= 0)
+		guest_store64(fakevm_page(vm, (uint64_t)vm->lost_write_page) + 8, 0x6c6f7374u);
 	pthread_mutex_unlock(&vm->lock);
 	if (vm->on_pause)
 		vm->on_pause(vm->on_pause_arg);
@@ -299,6 +302,7 @@ static inline struct fakevm *fakevm_new(const char *name, unsigned nregions, con
 	}
 	vm->dirty = calloc((vm->total + 63) / 64, 8);
 	vm->rng = 0x9e3779b97f4a7c15ull;
+	vm->lost_write_page = -1;
 	vm->be = (struct pm_backend){ .kind = "fake", .ops = &fakevm_ops, .vm = vm,
 				      .nregions = nregions, .regions = vm->regions };
 	return vm;

@@ -75,7 +75,7 @@ static void dest_start_tls(struct dest_run *d, struct fakevm *vm, unsigned nlist
 
 struct cfg {
 	unsigned channels, nlisten, chunk_pages, downtime_ms, max_rounds;
-	bool barrier, serial, writer, dumps, progress;
+	bool barrier, serial, writer, dumps, progress, verify;
 	enum pm_compress compress;
 	enum pm_tls_mode tls;
 };
@@ -180,6 +180,7 @@ static void run_migration(const struct cfg *cfg)
 		.downtime_ms = cfg->downtime_ms, .max_rounds = cfg->max_rounds,
 		.policy = PM_NC_FORCE, .timeout_ms = 15000,
 		.dump_at_pause = cfg->dumps ? dump_src : NULL, .tls = tls_params(cfg->tls),
+		.verify = cfg->verify,
 	};
 	if (cfg->progress) {
 		p.progress = on_progress;
@@ -319,6 +320,11 @@ static void run_migration(const struct cfg *cfg)
 		assert_true(rep->verify_dump_ms > 0);
 		unlink(dump_src);
 		unlink(dump_dst);
+	}
+	if (cfg->verify) {
+		assert_true(rep->verify && rep->verified && rep->verify_ms > 0);
+		assert_true(d.rep->verify && d.rep->verified);
+		assert_true(rep->verify_error[0] == '\0');
 	}
 	if (cfg->progress) {
 		assert_true(atomic_load(&progress_calls) > 0);
@@ -562,6 +568,52 @@ static void test_policy_abort(void **s)
 
 /* Failure after the pause: the destination cannot load the device state.
  * It tells the source, which resumes its VM. */
+static void test_busy_4ch_verify(void **s)
+{
+	run_migration(&(struct cfg){ .channels = 4, .verify = true, BUSY });
+}
+
+/* A write the dirty tracker missed: without --verify the migration
+ * "succeeds" with memory that differs; with it, the destination refuses to
+ * resume, names where memory differs, and the source runs on. */
+static void test_verify_catches_lost_write(void **s)
+{
+	for (int verify = 0; verify < 2; verify++) {
+		struct fakevm *src = fakevm_new("src", 2, src_pages, gpas);
+		struct fakevm *dst = fakevm_new("dst", 2, src_pages, gpas);
+		struct pm_report *rep = calloc(1, sizeof(*rep));
+		struct pm_err err = { 0 };
+		struct dest_run d;
+
+		fakevm_fill_source(src, 7);
+		src->lost_write_page = 300;
+		dest_start(&d, dst, 1, NULL);
+		struct pm_migrate_params p = params_to(d.to, 1, 2);
+		p.verify = verify;
+		int r = pm_migrate_outgoing(&src->be, &p, rep, &err);
+		dest_join(&d);
+		if (!verify) {
+			assert_int_equal(r, 0);
+			assert_true(fakevm_first_diff(src, dst) >= 0);
+		} else {
+			assert_int_equal(r, -EBADMSG);
+			if (!strstr(err.msg, "verification failed: memory differs") || !strstr(err.msg, "region 0 pages [0, 512)"))
+				fail_msg("unexpected error: %s", err.msg);
+			assert_true(rep->verify && !rep->verified);
+			assert_non_null(strstr(rep->verify_error, "pages ["));
+			assert_int_equal(src->resumes, 1);
+			assert_false(src->paused);
+			assert_int_equal(dst->loads, 0);
+			assert_int_equal(dst->resumes, 0);
+			assert_int_equal(d.rc, -EBADMSG);
+		}
+		free(rep);
+		free(d.rep);
+		fakevm_free(src);
+		fakevm_free(dst);
+	}
+}
+
 static void test_dest_load_fails(void **s)
 {
 	struct fakevm *src = fakevm_new("src", 2, src_pages, gpas);
@@ -663,6 +715,8 @@ int main(void)
 		cmocka_unit_test(test_smaller_destination),
 		cmocka_unit_test(test_nothing_listening),
 		cmocka_unit_test(test_policy_abort),
+		cmocka_unit_test(test_busy_4ch_verify),
+		cmocka_unit_test(test_verify_catches_lost_write),
 		cmocka_unit_test(test_dest_load_fails),
 		cmocka_unit_test(test_listener_reuse),
 	};
