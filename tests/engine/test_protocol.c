@@ -114,7 +114,8 @@ static void test_frame_names(void **state)
 	assert_string_equal(pm_frame_name(PM_FR_SYNC), "SYNC");
 	assert_string_equal(pm_frame_name(PM_FR_SYNC_ACK), "SYNC_ACK");
 	assert_string_equal(pm_frame_name(0), "unknown");
-	assert_string_equal(pm_frame_name(14), "unknown");
+	assert_string_equal(pm_frame_name(PM_FR_VERIFY), "VERIFY");
+	assert_string_equal(pm_frame_name(15), "unknown");
 	assert_string_equal(pm_frame_name(0xffffffffu), "unknown");
 }
 
@@ -197,7 +198,7 @@ static void test_check_hdr_ranges(void **state)
 static void test_check_hdr_unknown(void **state)
 {
 	struct pm_err e = { 0 };
-	uint32_t bad[] = { 0, 14, 15, 255, 0x47494d50u, 0xffffffffu };
+	uint32_t bad[] = { 0, 15, 16, 255, 0x47494d50u, 0xffffffffu };
 
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		assert_rejected(check(bad[i], 0, 512, &e), e, "unknown frame type");
