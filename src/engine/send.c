@@ -162,9 +162,22 @@ static int send_chunk(struct worker *w, struct pm_task t)
 	return flush(w, &niov);
 }
 
+static int process_chunk(struct worker *w, struct pm_task t);
+
 /* A chunk is harvested and sent under a read lock of the VM's layout lock
  * (if it has one), so a discard or hot-add never lands in the middle. */
 int src_process_chunk(struct worker *w, struct pm_task t)
+{
+	double t0 = pm_now_ms();
+	int r = process_chunk(w, t);
+
+	/* How long the channel was busy: the link's speed is bytes over busy
+	 * time, not over a round's wall time (an idle sender says nothing). */
+	atomic_fetch_add(&w->busy_us, (uint64_t)((pm_now_ms() - t0) * 1e3));
+	return r;
+}
+
+static int process_chunk(struct worker *w, struct pm_task t)
 {
 	struct src_ctx *c = w->c;
 	struct pm_rangelock *ll = c->be->layout_lock;

@@ -474,6 +474,8 @@ static int phase_connect(struct src_ctx *c, struct pm_err *err)
 
 /* ------------------------------------------------------ phase: pre-copy */
 
+#define BW_MIN_BYTES (256u << 10)      /* a round that says something about the link */
+
 /* After a dirty_sync: how many pages are dirty and, where the backend can
  * say, which chunks hold them (the others are skipped this round). */
 static int count_dirty(struct src_ctx *c, uint64_t *dirty, struct pm_err *err)
@@ -569,7 +571,10 @@ static int decide(struct src_ctx *c, uint64_t dirty, struct pm_err *err)
 	unsigned downtime = p->downtime_ms ? p->downtime_ms : 300;
 	unsigned max_rounds = p->max_rounds ? p->max_rounds : 30;
 	double factor = p->max_bytes_factor > 0 ? p->max_bytes_factor : 8.0;
-	double expect_ms = c->bw > 0 ? dirty * (double)PM_PAGE_SIZE / c->bw : 1e18;
+	/* Before any round measured the link (all sent so far was tiny),
+	 * assume a slow one: 100 MB/s. */
+	double bw = c->bw > 0 ? c->bw : 100e3;
+	double expect_ms = dirty * (double)PM_PAGE_SIZE / bw;
 	char *reason = c->rep->switchover_reason;
 	size_t rlen = sizeof(c->rep->switchover_reason);
 	const char *why = NULL;
@@ -619,8 +624,19 @@ static int round_start(struct src_ctx *c, struct pm_err *err)
 	int r;
 
 	c->round_ms[c->round - 1] = now - c->t_round;
-	if (now > c->t_round)
-		c->bw = (b - c->bytes_at_round) / (now - c->t_round);
+	/* Bandwidth: the round's bytes over the time the busiest channel was
+	 * busy with them (the channels send in parallel).  A round's wall time
+	 * would say the link is slow whenever the guest dirties little; a round
+	 * that sent almost nothing keeps the last estimate. */
+	uint64_t busy = 0;
+	for (unsigned i = 0; i < c->nch; i++) {
+		uint64_t u = atomic_load(&c->w[i].busy_us);
+		if (u - c->w[i].busy_at_round > busy)
+			busy = u - c->w[i].busy_at_round;
+		c->w[i].busy_at_round = u;
+	}
+	if (busy && b - c->bytes_at_round >= BW_MIN_BYTES)
+		c->bw = (b - c->bytes_at_round) / (busy / 1e3);
 	c->t_round = now;
 	c->bytes_at_round = b;
 	r = c->be->ops->dirty_sync(c->be->vm, err);

@@ -44,6 +44,8 @@ struct worker {
 	char peer[300];                 /* "10.0.0.2:7000 (channel 2)" */
 	char what[160];                 /* "channel 2 (10.0.0.2:7000): sending pages" */
 	_Atomic uint64_t wire_bytes;
+	_Atomic uint64_t busy_us;       /* time spent harvesting and sending */
+	uint64_t busy_at_round;         /* busy_us when the round started (migration thread) */
 	struct pm_err err;
 	/* Replies of the destination, read without blocking while waiting for
 	 * the outcome: a partial frame waits here for the rest. */
