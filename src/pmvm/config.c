@@ -10,13 +10,15 @@
 const char *pmvm_usage(void)
 {
 	return "usage: pmvm run (--guest FILE | --kernel BZIMAGE [--initrd FILE] [--append CMDLINE])\n"
-	       "                [--mem SIZE] [--vcpus N] [--control SOCKET]\n"
+	       "                [--mem SIZE] [--mem-backend KIND] [--vcpus N] [--control SOCKET]\n"
 	       "                [--incoming ADDR[,ADDR...]] [--serial FILE]\n"
 	       "                [--dump-at-pause FILE] [--dump-on-resume FILE]\n"
 	       "                [--param KEY=VALUE]... [--kvm PATH]\n"
 	       "                [--disk FILE[,size=SIZE][,block=SIZE]]\n"
 	       "                [--tls-creds DIR | --tls-psk FILE] [--tls-authz FILE] [--insecure] [--no-ktls]\n"
 	       "  --mem SIZE        guest RAM, e.g. 64M, 1G (default 64M; 4M..63G)\n"
+	       "  --mem-backend K   anon (default: private, transparent huge pages), memfd\n"
+	       "                    (shared), hugetlb (reserved huge pages, vm.nr_hugepages)\n"
 	       "  --vcpus N         vCPUs, 1..16 (default 1)\n"
 	       "  --guest FILE      flat binary (loaded at 1 MiB) or static ELF64\n"
 	       "  --kernel BZIMAGE  a Linux kernel (x86 boot protocol, 64-bit entry)\n"
@@ -244,6 +246,9 @@ int pmvm_parse_args(int argc, char *const argv[], struct pmvm_config *c, struct 
 			r = pmvm_parse_size(val, &c->mem_bytes, err);
 			if (r)
 				return r;
+		} else if (!strcmp(name, "--mem-backend")) {
+			if (pm_mem_kind_parse(val, &c->mem_kind))
+				return pm_err_set(err, EINVAL, "--mem-backend '%s': expected anon, memfd or hugetlb", val);
 		} else if (!strcmp(name, "--vcpus")) {
 			uint64_t n;
 

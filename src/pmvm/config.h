@@ -6,6 +6,7 @@
 #include <stdint.h>
 #include <pmigrate/error.h>
 #include <pmigrate/migrate.h>
+#include <pmigrate/guestmem.h>
 
 #include "bootinfo.h"
 
@@ -21,6 +22,7 @@
 
 struct pmvm_config {
 	uint64_t mem_bytes;            /* default 64 MiB */
+	enum pm_mem_kind mem_kind;     /* default anon */
 	unsigned vcpus;                /* default 1 */
 	const char *guest;             /* a freestanding guest, or: */
 	const char *kernel;            /* a Linux bzImage (exactly one of the two) */

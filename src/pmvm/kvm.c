@@ -207,7 +207,7 @@ static int set_slot(struct pmvm *vm, unsigned i, uint32_t flags, struct pm_err *
 	return 0;
 }
 
-static int setup_memory(struct pmvm *vm, struct pm_err *err)
+static int setup_memory(struct pmvm *vm, enum pm_mem_kind kind, struct pm_err *err)
 {
 	uint64_t low = vm->mem_bytes < PMVM_LOW_MEM_MAX ? vm->mem_bytes : PMVM_LOW_MEM_MAX;
 	int r;
@@ -216,22 +216,17 @@ static int setup_memory(struct pmvm *vm, struct pm_err *err)
 	r = pm_check_guest_memory(vm->mem_bytes, err);
 	if (r)
 		return r;
-	/* Anonymous memory with transparent huge pages, as QEMU's default:
-	 * untouched guest memory reads as the shared zero page (a migration
-	 * source scanning it allocates nothing, a destination checking a zero
-	 * page neither), and what is touched comes 2 MiB at a time, one fault
-	 * and one TLB entry where 4 KiB pages of a memfd (whose huge pages
-	 * hosts often disable) took 512.  Measured nested (Linux guest, 256 MiB,
-	 * 4 channels): a migration took 5.1 s instead of 8.3 s, and the guest
-	 * ran at its set pace where it had been 20 times slower. */
-	vm->mem = mmap(NULL, vm->mem_bytes, PROT_READ | PROT_WRITE,
-		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-	if (vm->mem == MAP_FAILED) {
-		vm->mem = NULL;
-		return pm_err_set(err, errno, "cannot map %llu bytes of guest memory: %s",
-				  (unsigned long long)vm->mem_bytes, strerror(errno));
-	}
-	(void)madvise(vm->mem, vm->mem_bytes, MADV_HUGEPAGE);   /* best effort */
+	/* Anonymous memory with transparent huge pages by default, as QEMU's
+	 * (--mem-backend): untouched guest memory is never read, sent or
+	 * allocated by a migration, and what is touched comes 2 MiB at a time,
+	 * one fault and one TLB entry where 4 KiB pages of a memfd (whose huge
+	 * pages hosts often disable) took 512.  Measured nested (Linux guest,
+	 * 256 MiB, 4 channels): a migration took 5.1 s instead of 8.3 s, and
+	 * the guest ran at its set pace where it had been 20 times slower. */
+	r = pm_guestmem_create(&vm->gm, kind, vm->mem_bytes, err);
+	if (r)
+		return r;
+	vm->mem = vm->gm.base;
 	vm->slots[0] = (struct pmvm_slot){ .gpa = 0, .npages = low / PM_PAGE_SIZE, .host = vm->mem };
 	vm->nslots = 1;
 	if (vm->mem_bytes > low) {
@@ -246,7 +241,8 @@ static int setup_memory(struct pmvm *vm, struct pm_err *err)
 		if (r)
 			return r;
 		vm->regions[i] = (struct pm_region){ .id = i, .gpa = vm->slots[i].gpa,
-			.npages = vm->slots[i].npages, .host = vm->slots[i].host };
+			.npages = vm->slots[i].npages, .host = vm->slots[i].host, .mem = &vm->gm,
+			.mem_offset = (uint64_t)(vm->slots[i].host - vm->mem) };
 	}
 	return 0;
 }
@@ -314,6 +310,7 @@ int pmvm_create(struct pmvm *vm, const struct pmvm_config *c, struct pm_err *err
 
 	memset(vm, 0, sizeof(*vm));
 	vm->kvm_fd = vm->vm_fd = vm->serial_fd = -1;
+	vm->gm.fd = vm->gm.pagemap_fd = -1;
 	vm->nvcpus = c->vcpus;
 	vm->mem_bytes = c->mem_bytes;
 	pthread_mutex_init(&vm->lock, NULL);
@@ -350,7 +347,7 @@ int pmvm_create(struct pmvm *vm, const struct pmvm_config *c, struct pm_err *err
 	if (ioctl(vm->vm_fd, KVM_CREATE_PIT2, &pit) < 0)
 		return pm_err_set(err, errno, "KVM_CREATE_PIT2: %s", strerror(errno));
 
-	r = setup_memory(vm, err);
+	r = setup_memory(vm, c->mem_kind, err);
 	if (!r)
 		r = setup_disk(vm, c, err);
 	if (r)
@@ -493,8 +490,8 @@ void pmvm_destroy(struct pmvm *vm)
 		pmvm_virtio_blk_destroy(&vm->vblk);
 		pm_disk_close(vm->disk);
 	}
-	if (vm->mem)
-		munmap(vm->mem, vm->mem_bytes);
+	pm_guestmem_destroy(&vm->gm);
+	vm->mem = NULL;
 	if (vm->vm_fd >= 0)
 		close(vm->vm_fd);
 	if (vm->kvm_fd >= 0)
@@ -510,6 +507,7 @@ void pmvm_destroy(struct pmvm *vm)
 	pthread_mutex_destroy(&vm->lock);
 	memset(vm, 0, sizeof(*vm));
 	vm->kvm_fd = vm->vm_fd = vm->serial_fd = -1;
+	vm->gm.fd = vm->gm.pagemap_fd = -1;
 }
 
 static int get_chip(struct pmvm *vm, unsigned id, struct kvm_irqchip *chip, struct pm_err *err)

@@ -12,6 +12,7 @@
 #include <linux/kvm.h>
 #include <pmigrate/backend.h>
 #include <pmigrate/error.h>
+#include <pmigrate/guestmem.h>
 
 #include "bzimage.h"
 #include "config.h"
@@ -67,7 +68,8 @@ struct pmvm {
 	int kvm_fd, vm_fd;
 	unsigned nvcpus;
 	uint64_t mem_bytes;
-	uint8_t *mem;                  /* all RAM, mapped once */
+	struct pm_guestmem gm;         /* all RAM, mapped once */
+	uint8_t *mem;                  /* gm.base */
 	unsigned nslots;
 	struct pmvm_slot slots[PMVM_MAX_SLOTS];
 	struct pm_region regions[PMVM_MAX_SLOTS];
