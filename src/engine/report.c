@@ -258,7 +258,7 @@ void pm_report_print(const struct pm_report *r, FILE *f)
 	fprintf(f, "total time   %.1f ms (setup %.1f ms)\n", r->total_time_ms, r->setup_ms);
 	fprintf(f, "downtime     %.1f ms (engine: pause to destination running)\n", r->downtime_ms);
 	if (r->verify_dump_ms > 0)
-		fprintf(f, "             (%.1f ms spent writing verification dumps excluded)\n", r->verify_dump_ms);
+		fprintf(f, "             (%.1f ms of verification -- dumps, digests -- excluded)\n", r->verify_dump_ms);
 	fprintf(f, "sent         %.1f MB in %llu frames: %llu data pages, %llu zero pages, %llu never populated\n",
 		r->bytes_sent / 1e6, (unsigned long long)r->frames,
 		(unsigned long long)r->pages_sent, (unsigned long long)r->zero_pages,
