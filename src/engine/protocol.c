@@ -11,7 +11,7 @@ const char *pm_frame_name(uint32_t type)
 		[PM_FR_PAGES] = "PAGES", [PM_FR_ROUND_END] = "ROUND_END",
 		[PM_FR_ROUND_ACK] = "ROUND_ACK", [PM_FR_STATE] = "STATE",
 		[PM_FR_END] = "END", [PM_FR_DONE] = "DONE", [PM_FR_ERROR] = "ERROR",
-		[PM_FR_SYNC] = "SYNC", [PM_FR_SYNC_ACK] = "SYNC_ACK", [PM_FR_VERIFY] = "VERIFY",
+		[PM_FR_VERIFY] = "VERIFY",
 	};
 	if (type < sizeof(names) / sizeof(names[0]) && names[type])
 		return names[type];
@@ -64,12 +64,6 @@ int pm_check_hdr(const struct pm_frame_hdr *h, unsigned chunk_pages, struct pm_e
 	case PM_FR_ROUND_END:
 	case PM_FR_ROUND_ACK:
 		max = PM_ROUND_LEN;
-		if (h->len != max)
-			goto bad_exact;
-		return 0;
-	case PM_FR_SYNC:
-	case PM_FR_SYNC_ACK:
-		max = PM_SYNC_LEN;
 		if (h->len != max)
 			goto bad_exact;
 		return 0;

@@ -33,9 +33,7 @@ enum pm_frame_type {
 	PM_FR_END = 9,
 	PM_FR_DONE = 10,
 	PM_FR_ERROR = 11,
-	PM_FR_SYNC = 12,        /* S->D: answer when everything before it on this channel is applied */
-	PM_FR_SYNC_ACK = 13,
-	PM_FR_VERIFY = 14,      /* S->D, channel 0: a digest per chunk of memory at the pause */
+	PM_FR_VERIFY = 12,      /* S->D, channel 0: a digest per chunk of memory at the pause */
 };
 
 enum pm_encoding {
@@ -93,7 +91,6 @@ struct pm_pages {
 };
 
 #define PM_ROUND_LEN 8u      /* ROUND_END / ROUND_ACK: round, reserved */
-#define PM_SYNC_LEN 8u       /* SYNC / SYNC_ACK: u64 token, echoed */
 #define PM_VERIFY_FIXED_LEN 8u  /* u32 chunks, u32 reserved; then 16 bytes per chunk */
 #define PM_MAX_VERIFY_CHUNKS (1u << 22)
 #define PM_END_LEN 32u

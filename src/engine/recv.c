@@ -362,12 +362,6 @@ static int handle_frame(struct receiver *x, const struct pm_frame_hdr *h)
 		if (r)
 			return r;
 		return rx_send(x, PM_FR_ROUND_ACK, fb, PM_ROUND_LEN, &x->err);
-	case PM_FR_SYNC:
-		/* Frames are applied in order: all before this one are in place. */
-		r = rx_read(x, fb, PM_SYNC_LEN, "receiving SYNC");
-		if (r)
-			return r;
-		return rx_send(x, PM_FR_SYNC_ACK, fb, PM_SYNC_LEN, &x->err);
 	case PM_FR_STATE: {
 		bool dup;
 		pthread_mutex_lock(&c->mu);

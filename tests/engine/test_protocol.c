@@ -111,11 +111,9 @@ static void test_frame_names(void **state)
 	assert_string_equal(pm_frame_name(PM_FR_END), "END");
 	assert_string_equal(pm_frame_name(PM_FR_DONE), "DONE");
 	assert_string_equal(pm_frame_name(PM_FR_ERROR), "ERROR");
-	assert_string_equal(pm_frame_name(PM_FR_SYNC), "SYNC");
-	assert_string_equal(pm_frame_name(PM_FR_SYNC_ACK), "SYNC_ACK");
 	assert_string_equal(pm_frame_name(0), "unknown");
 	assert_string_equal(pm_frame_name(PM_FR_VERIFY), "VERIFY");
-	assert_string_equal(pm_frame_name(15), "unknown");
+	assert_string_equal(pm_frame_name(13), "unknown");
 	assert_string_equal(pm_frame_name(0xffffffffu), "unknown");
 }
 
@@ -153,7 +151,7 @@ static void test_check_hdr_exact(void **state)
 		{ PM_FR_HELLO, PM_HELLO_LEN }, { PM_FR_HELLO_ACK, PM_HELLO_LEN },
 		{ PM_FR_LAYOUT_ACK, 0 }, { PM_FR_DONE, PM_DONE_LEN },
 		{ PM_FR_ROUND_END, PM_ROUND_LEN }, { PM_FR_ROUND_ACK, PM_ROUND_LEN },
-		{ PM_FR_END, PM_END_LEN }, { PM_FR_SYNC, PM_SYNC_LEN }, { PM_FR_SYNC_ACK, PM_SYNC_LEN },
+		{ PM_FR_END, PM_END_LEN },
 	};
 
 	for (size_t i = 0; i < sizeof(exact) / sizeof(exact[0]); i++) {
@@ -198,7 +196,7 @@ static void test_check_hdr_ranges(void **state)
 static void test_check_hdr_unknown(void **state)
 {
 	struct pm_err e = { 0 };
-	uint32_t bad[] = { 0, 15, 16, 255, 0x47494d50u, 0xffffffffu };
+	uint32_t bad[] = { 0, 13, 14, 255, 0x47494d50u, 0xffffffffu };
 
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		assert_rejected(check(bad[i], 0, 512, &e), e, "unknown frame type");
