@@ -41,7 +41,7 @@ if [ -z "$PMIGRATE_LINUX_IN_L1" ] && [ "$PMIGRATE_LINUX_DIRECT" != 1 ]; then
 	NESTED=$SRC_ROOT/tools/nested/run
 	why=$("$NESTED" --check 2>&1) || skip_all "Linux runs nested here and nested runs are not possible: $why"
 	echo "# running in the nested L1 (tools/nested/run): this host's KVM is not assumed fast enough for Linux"
-	exec "$NESTED" --project "$BUILD" --include "$KERNEL" --include "$SRC_ROOT/tests/linux" --mem 1536M --timeout "${PMIGRATE_LINUX_TIMEOUT:-200}" \
+	exec "$NESTED" --project "$BUILD" --include "$KERNEL" --include "$SRC_ROOT/tests/linux" --mem 1536M --timeout "${PMIGRATE_LINUX_TIMEOUT:-300}" \
 		--env PMIGRATE_LINUX_IN_L1=1 --env PMIGRATE_LINUX_KERNEL="$KERNEL" -- "$0" "$BUILD"
 fi
 echo "1..$NTESTS"
@@ -113,7 +113,7 @@ ok=1
 t0=$(now_ms)
 start_vm src $MEM
 SRC=$LAST
-wait_lines "$T/src.serial" '^CHECK OK 1 ' 1 90 "$SRC" || ok=0
+wait_lines "$T/src.serial" '^CHECK OK 1 ' 1 150 "$SRC" || ok=0
 if [ $ok = 1 ]; then
 	echo "# booted to the workload's first full memory check in $(($(now_ms) - t0)) ms ($(basename "$KERNEL"), $MEM, 2 vCPUs)"
 	grep -E 'Run /init|smpboot: Total|clocksource: Switched' "$T/src.serial" | sed 's/^/# /'
