@@ -320,7 +320,10 @@ def how_it_ended(r):
 def sweep_tables(out, rows, scen, md, ratios):
     rs = [r for r in rows if r["scenario"] == scen]
     for t in sorted({r["topology"] for r in rs}):
-        tr = sorted([r for r in rs if r["topology"] == t],
+        # Rows of verification runs only (dumps inside the pause: never timed) go below.
+        verified = [r for r in rs if r["topology"] == t and r.get("memory_verified") is not None]
+        verify_only = lambda r: r.get("memory_verified") is not None and r.get("total_time_ms") is None
+        tr = sorted([r for r in rs if r["topology"] == t and not verify_only(r)],
                     key=lambda r: (r["policy"] or "", r["rate"] or 0, mode_order(r)))
         md.append("Topology `%s`." % t)
         md.append("")
@@ -339,6 +342,10 @@ def sweep_tables(out, rows, scen, md, ratios):
                 how_it_ended(r) + ((" (%d dead of %d)" % (r["dead_guests"], r["ok"])) if r["dead_guests"] else ""),
                 fmt(r.get("loadavg"), 1)))
         md.append("")
+        for r in verified:
+            md.append("Memory at the pause %s memory at the resume (untimed run with dumps): %s at %s MB/s."
+                      % ("equals" if r["memory_verified"] else "DIFFERS from", mode_name(r), fmt(r["rate"], 0)))
+            md.append("")
         if scen != 5:
             continue
         # Up to what converges, per mode.

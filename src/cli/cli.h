@@ -14,6 +14,7 @@ int cmd_migrate(int argc, char **argv);
 int cmd_cancel(int argc, char **argv);
 int cmd_status(int argc, char **argv);
 int cmd_demo(int argc, char **argv);
+int cmd_timeline(int argc, char **argv);
 
 /* Control-socket client: one JSON object per line each way. */
 struct ctl_conn {

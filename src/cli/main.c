@@ -14,6 +14,7 @@ static void usage(FILE *f)
 		"  migrate   migrate the VM behind a control socket to a destination\n"
 		"  cancel    cancel the migration running out of a VM\n"
 		"  status    show a VM's state, heartbeat and last migration\n"
+		"  timeline  draw a migration's JSON report (migrate --json) as an SVG timeline\n"
 		"  version   print the version\n");
 }
 
@@ -37,6 +38,8 @@ int main(int argc, char **argv)
 		return cmd_status(argc, argv);
 	if (!strcmp(cmd, "demo"))
 		return cmd_demo(argc, argv);
+	if (!strcmp(cmd, "timeline"))
+		return cmd_timeline(argc, argv);
 	if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
 		printf("pmigrate %s (wire protocol 1)\n", PMIGRATE_VERSION);
 		return 0;

@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include "cli/cli.h"
 
@@ -209,6 +210,19 @@ int timeline_svg(const char *report_json, const char *path, struct pm_err *err)
 			"asked</text>\n", LEFT, y, W - RIGHT, y, LEFT + 4, y - 3);
 	}
 
+	/* Where the throttle changed, on the guest's panel. */
+	for (size_t i = 0, last = 0, k = 0; i < n; i++) {
+		json_object *smp = json_object_array_get_idx(samples, i);
+		size_t thr = (size_t)num(smp, "throttle_pct");
+		if (thr != last) {
+			double x = xpos(&p, t[i]);
+			fprintf(f, "<line x1='%.1f' y1='%.1f' x2='%.1f' y2='%.1f' stroke='#8c564b'/>"
+				"<text x='%.1f' y='%.1f' font-size='10' fill='#8c564b'>throttle %zu%%</text>\n",
+				x, tops[2], x, tops[2] + h3, x + 2, tops[2] + 12 + 12.0 * (k++ % 3), thr);
+			last = thr;
+		}
+	}
+
 	/* Round starts and the pause, across all panels. */
 	double y0 = tops[0], y1 = tops[2] + h3;
 	if (json_object_object_get_ex(o, "rounds", &rounds))
@@ -231,4 +245,53 @@ int timeline_svg(const char *report_json, const char *path, struct pm_err *err)
 		r = pm_err_set(err, errno, "cannot write %s: %s", path, strerror(errno));
 	json_object_put(o);
 	return r;
+}
+
+/* pmigrate timeline REPORT.json OUT.svg: draws a report kept with --json. */
+int cmd_timeline(int argc, char **argv)
+{
+	struct pm_err err = { 0 };
+	char *text = NULL;
+	size_t cap = 0, len = 0;
+	FILE *f;
+
+	if (argc == 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+		printf("usage: pmigrate timeline REPORT.json OUT.svg\n"
+		       "  draws the timeline of a migration report written by migrate --json\n");
+		return 0;
+	}
+	if (argc != 3) {
+		fprintf(stderr, "usage: pmigrate timeline REPORT.json OUT.svg\n");
+		return 2;
+	}
+	f = fopen(argv[1], "r");
+	if (!f) {
+		fprintf(stderr, "pmigrate timeline: cannot read %s: %s\n", argv[1], strerror(errno));
+		return 1;
+	}
+	for (;;) {
+		if (len + 4096 + 1 > cap) {
+			char *t = realloc(text, cap = cap ? 2 * cap : 65536);
+			if (!t) {
+				fclose(f);
+				free(text);
+				fprintf(stderr, "pmigrate timeline: out of memory\n");
+				return 1;
+			}
+			text = t;
+		}
+		size_t n = fread(text + len, 1, 4096, f);
+		len += n;
+		if (n < 4096)
+			break;
+	}
+	fclose(f);
+	text[len] = '\0';
+	int r = timeline_svg(text, argv[2], &err);
+	free(text);
+	if (r) {
+		fprintf(stderr, "pmigrate timeline: %s: %s\n", argv[1], err.msg);
+		return 1;
+	}
+	return 0;
 }

@@ -216,10 +216,20 @@ static void *workload_main(void *arg)
 	const struct synvm_workload *w = &vm->o.workload;
 	double pages_per_ns = w->rate / PM_PAGE_SIZE / 1e9 / w->threads;
 	uint64_t t_start = now_ns(CLOCK_MONOTONIC), done = 0;
+	unsigned last_thr = 0;
 
 	while (checkpoint(vm)) {
 		uint64_t now = now_ns(CLOCK_MONOTONIC);
 		unsigned thr = atomic_load(&vm->throttle);
+
+		/* A new throttle counts from now: measured from the start, the
+		 * writes already done at full speed would stall the guest for a
+		 * long while (a throttle of 30% stopped it for ~40 s). */
+		if (thr != last_thr) {
+			t_start = now;
+			done = 0;
+			last_thr = thr;
+		}
 		double due = (now - t_start) * pages_per_ns * (100 - thr) / 100.0;
 
 		if (w->kind == SYNVM_IDLE) {

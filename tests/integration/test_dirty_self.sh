@@ -40,6 +40,8 @@ for wl in seq,rate=400MB/s random,rate=400MB/s,threads=2 zipf,rate=400MB/s,hot=1
 		svg_ok "$T/$kind.svg"
 	check "$kind: the report's timeline has samples up to done" \
 		test "$("${TOOL[@]}" get timeline.samples.0.phase <"$T/mig-$a.json")/$("${TOOL[@]}" get timeline.samples.-1.phase <"$T/mig-$a.json")" = precopy/done
+	check "$kind: pmigrate timeline redraws the kept report" \
+		bash -c "'$PM' timeline '$T/mig-$a.json' '$T/$kind-again.svg' && cmp -s '$T/$kind.svg' '$T/$kind-again.svg'"
 	check "$kind: the report gives the achieved and asked write rates" \
 		test "$("${TOOL[@]}" get write_rate_asked_mbps <"$T/mig-$a.json")" = 400.0
 	check "$kind: report says dirty_method self" \
@@ -52,4 +54,8 @@ for wl in seq,rate=400MB/s random,rate=400MB/s,threads=2 zipf,rate=400MB/s,hot=1
 		check "$kind: vm $v quits cleanly (exit 0)" quit_vm "$v"
 	done
 done
+check "pmigrate timeline: a report without a timeline is refused (exit 1, says why)" \
+	bash -c "echo '{}' >'$T/empty.json'; '$PM' timeline '$T/empty.json' '$T/x.svg' 2>'$T/tl.err'; [ \$? = 1 ] && grep -q 'has no timeline' '$T/tl.err'"
+check "pmigrate timeline: wrong arguments are a usage error (exit 2)" \
+	bash -c "'$PM' timeline only-one 2>/dev/null; [ \$? = 2 ]"
 finish
