@@ -6,6 +6,7 @@ checks its own memory) booted and migrated live over loopback, once per
 configuration:
 
   pmvm:N      pmvm + pmigrate, N channels
+  pmvm-nice:N the same with pmvm --migration-nice 10 (mode pmigrate-nice)
   qemu:0      QEMU-KVM, classic pre-copy
   qemu:N      QEMU-KVM, multifd with N channels
 
@@ -109,6 +110,8 @@ def start_pmvm(a, d, role, rate, channels):
            "--serial", "%s/%s.console" % (d, role)]
     if role == "dst":
         cmd += ["--incoming", ",".join(["127.0.0.1:0"] * channels)]
+    if a.pmvm_nice:
+        cmd += ["--migration-nice", str(a.pmvm_nice)]
     log = open("%s/%s.log" % (d, role), "wb")
     return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
 
@@ -199,8 +202,12 @@ def migrate_qemu(a, d, channels, res):
 
 
 def one(a, tool, channels, rate, rep):
+    a.pmvm_nice = 10 if tool == "pmvm-nice" else 0
+    if tool == "pmvm-nice":
+        tool = "pmvm"
     res = {"tool": "pmvm" if tool == "pmvm" else "qemu-kvm", "channels": max(channels, 1),
-           "mode": "pmigrate" if tool == "pmvm" else ("multifd" if channels else "precopy"),
+           "mode": ("pmigrate-nice" if a.pmvm_nice else "pmigrate") if tool == "pmvm"
+           else ("multifd" if channels else "precopy"),
            "rate": rate, "rep": rep, "status": "error", "ok": False, "dead_guests": 0}
     d = tempfile.mkdtemp(prefix="linux-run-")
     procs, cons = [], [Console("%s/src.console" % d), Console("%s/dst.console" % d)]
@@ -303,8 +310,8 @@ def main():
     runs = []
     for spec in a.runs.split(","):
         tool, _, n = spec.partition(":")
-        if tool not in ("pmvm", "qemu") or not n.isdigit() or (tool == "pmvm" and int(n) < 1):
-            sys.exit("linux_run.py: bad run %r (pmvm:N or qemu:N)" % spec)
+        if tool not in ("pmvm", "pmvm-nice", "qemu") or not n.isdigit() or (tool != "qemu" and int(n) < 1):
+            sys.exit("linux_run.py: bad run %r (pmvm:N, pmvm-nice:N or qemu:N)" % spec)
         runs.append((tool, int(n)))
     for rep in range(1, a.reps + 1):
         for rate in [float(r) for r in a.rates.split(",")]:

@@ -252,12 +252,13 @@ def live_tables(rows, scen, md, ratios):
                 gr = ratio(q.get("guest_gap_ms"), p.get("guest_gap_ms"))
                 dr = ratio(q.get("downtime_ms"), p.get("downtime_ms"))
                 ratios.append({"scenario": "linux", "rate": rate, "channels": p["channels"],
+                               "mode": p.get("mode"),
                                "total_time_qemu_kvm_multifd_over_pmvm": tr,
                                "guest_gap_qemu_kvm_multifd_over_pmvm": gr,
                                "downtime_qemu_kvm_multifd_over_pmvm": dr})
-                lines.append("- %s MB/s, %d ch: QEMU-KVM multifd / pmvm+pmigrate total time %s, "
+                lines.append("- %s MB/s, %d ch: QEMU-KVM multifd / pmvm+%s total time %s, "
                              "guest-seen pause %s, downtime %s" % (
-                                 fmt(rate, 0), p["channels"], (fmt(tr, 2) + "x") if tr else "–",
+                                 fmt(rate, 0), p["channels"], p.get("mode", "pmigrate"), (fmt(tr, 2) + "x") if tr else "–",
                                  (fmt(gr, 2) + "x") if gr else "–", (fmt(dr, 2) + "x") if dr else "–"))
         else:
             for p in [r for r in rs if r["rate"] == rate and r["tool"] == "pmigrate"]:

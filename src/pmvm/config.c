@@ -13,7 +13,7 @@ const char *pmvm_usage(void)
 	       "                [--mem SIZE] [--mem-backend KIND] [--vcpus N] [--control SOCKET]\n"
 	       "                [--incoming ADDR[,ADDR...]] [--serial FILE]\n"
 	       "                [--dump-at-pause FILE] [--dump-on-resume FILE]\n"
-	       "                [--param KEY=VALUE]... [--kvm PATH]\n"
+	       "                [--param KEY=VALUE]... [--kvm PATH] [--migration-nice N]\n"
 	       "                [--disk FILE[,size=SIZE][,block=SIZE]]\n"
 	       "                [--tls-creds DIR | --tls-psk FILE] [--tls-authz FILE] [--insecure] [--no-ktls]\n"
 	       "  --mem SIZE        guest RAM, e.g. 64M, 1G (default 64M; 4M..63G)\n"
@@ -34,6 +34,8 @@ const char *pmvm_usage(void)
 	       "  --serial FILE     COM1 output (default: stdout)\n"
 	       "  --param K=V       guest parameter (bootinfo block), V a number\n"
 	       "  --kvm PATH        KVM device (default /dev/kvm)\n"
+	       "  --migration-nice N  migration, control and device threads N nice levels below\n"
+	       "                    the vCPUs (0..19, default 0), so a busy host starves them first\n"
 	       "  --disk FILE,...   a virtio-blk disk over virtio-mmio: a raw image, created sparse\n"
 	       "                    if missing (size= needed then); block= is the dirty-tracking unit\n";
 }
@@ -271,6 +273,12 @@ int pmvm_parse_args(int argc, char *const argv[], struct pmvm_config *c, struct 
 			c->dump_at_pause = val;
 		} else if (!strcmp(name, "--dump-on-resume")) {
 			c->dump_on_resume = val;
+		} else if (!strcmp(name, "--migration-nice")) {
+			uint64_t n;
+
+			if (parse_uint(val, &n) || n > 19)
+				return pm_err_set(err, EINVAL, "--migration-nice '%s': expected 0..19", val);
+			c->migration_nice = (unsigned)n;
 		} else if (!strcmp(name, "--kvm")) {
 			c->kvm_path = val;
 		} else if (!strcmp(name, "--incoming")) {

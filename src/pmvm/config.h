@@ -33,6 +33,7 @@ struct pmvm_config {
 	const char *dump_at_pause;
 	const char *dump_on_resume;
 	const char *kvm_path;          /* default /dev/kvm */
+	unsigned migration_nice;       /* 0..19: nice of every thread but the vCPUs' */
 	/* --disk FILE[,size=SIZE][,block=SIZE]: a virtio-blk disk (a raw
 	 * image, created sparse when missing and size= is given). */
 	char disk_path[4096];

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <pmigrate/control.h>
@@ -223,6 +224,12 @@ static int run(struct pmvm_config *c)
 	}
 	if (pmvm_vcpus_start(vm, c->nlisten > 0, &err))
 		goto fail;
+	/* Threads inherit their creator's nice value: from here on (control,
+	 * migration workers and receivers) they run below the vCPUs, so that a
+	 * migration on a busy host does not starve the guest (no privilege
+	 * needed to lower one's own priority). */
+	if (c->migration_nice && setpriority(PRIO_PROCESS, 0, (int)c->migration_nice) < 0)
+		fprintf(stderr, "pmvm: --migration-nice %u: %s\n", c->migration_nice, strerror(errno));
 	if (c->control) {
 		cc.in = in;
 		if (pm_control_start(&ctl, c->control, &be, &ctl_ops, &cc,

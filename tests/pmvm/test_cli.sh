@@ -25,7 +25,7 @@ check() {
 	fi
 }
 
-echo "1..19"
+echo "1..20"
 check "help" 0 "usage: pmvm run" -- --help
 check "no command" 2 "missing command" --
 check "unknown command" 2 "unknown command" -- start
@@ -46,6 +46,7 @@ check "not a bzImage" 2 "not a bzImage" -- run --kernel "$GUESTS/exitcode.bin" -
 head -c 8192 /dev/zero >"$T/zero.img"
 check "zeros as kernel" 2 "no boot signature" -- run --kernel "$T/zero.img" --mem 256M --kvm "$T/no-kvm"
 check "missing initrd" 2 "initrd $T/nope" -- run --kernel "$T/zero.img" --initrd "$T/nope" --mem 256M
+check "--migration-nice out of range" 2 "expected 0..19" -- run --guest "$GUESTS/exitcode.bin" --migration-nice 20
 check "missing KVM device" 1 "KVM is not available" -- run --guest "$GUESTS/exitcode.bin" --mem 16M --kvm "$T/no-kvm"
 check "not a KVM device" 1 "not a KVM device" -- run --guest "$GUESTS/exitcode.bin" --mem 16M --kvm /dev/null
 n=$((n + 1))
