@@ -74,6 +74,8 @@ struct pm_progress {
 	unsigned nchannels;
 	double channel_mbps[PM_MAX_CHANNELS]; /* over the last interval */
 	unsigned throttle_pct;
+	unsigned channels_lost;     /* lost now (failover carries their work) */
+	unsigned losses;            /* channel losses so far (a reconnected one counts) */
 };
 typedef void (*pm_progress_fn)(void *opaque, const struct pm_progress *p);
 
@@ -92,7 +94,10 @@ struct pm_migrate_params {
 	int compress_level;
 	enum pm_nonconverge policy;
 	unsigned chunk_pages;       /* 0: 512 (2 MiB) */
-	unsigned timeout_ms;        /* network silence that fails the migration; 0: 30000 */
+	unsigned timeout_ms;        /* deadline of every wait on the network; 0: 30000 */
+	bool no_failover;           /* a lost channel fails the migration (v1 behaviour) */
+	bool no_reconnect;          /* a lost channel is not dialled again */
+	bool mptcp;                 /* Multipath TCP for every channel where the kernel offers it */
 	const char *dump_at_pause;  /* write guest memory here when paused */
 	struct pm_tls_params tls;
 	bool insecure;              /* allow plain TCP to a non-loopback address */
@@ -153,6 +158,16 @@ struct pm_mem_usage {
 	uint64_t huge_bytes;        /* of which on huge pages */
 };
 
+/* A channel lost during the migration (failover moved its work). */
+#define PM_MAX_LOST 16
+struct pm_lost_channel {
+	unsigned channel;
+	double at_ms;               /* since the migration started */
+	char phase[16];             /* "precopy", "switchover", "completing" */
+	char reason[240];
+	double reconnected_ms;      /* when it came back (0: never) */
+};
+
 struct pm_report {
 	const char *role;           /* "source", "destination" */
 	int status;                 /* 0, PM_UNKNOWN, or another -errno (failed) */
@@ -179,6 +194,11 @@ struct pm_report {
 	char tls[8];
 	char tls_records[12];
 	unsigned rejected_connections; /* destination: closed before or instead of joining */
+	bool failover;              /* a lost channel's work moves to the others */
+	bool mptcp;                 /* every channel is Multipath TCP */
+	unsigned nlost;             /* channels lost (each loss once; PM_MAX_LOST kept) */
+	struct pm_lost_channel lost[PM_MAX_LOST];
+	uint64_t resent_pages;      /* pages sent again because their channel was lost */
 	/* Source: when the VM was paused (ms since start; 0: never), and the
 	 * guest's write rate asked and achieved from tracking start to the
 	 * pause (MB/s of pages x 4096; 0: the backend does not say). */
@@ -239,6 +259,7 @@ struct pm_incoming_params {
 	 * NULL: to stderr prefixed "pmigrate: ". */
 	void (*log)(void *opaque, const char *msg);
 	void *log_opaque;
+	bool mptcp;                 /* listen with Multipath TCP where the kernel offers it */
 };
 int pm_incoming_listen(struct pm_incoming **out, const struct pm_incoming_params *p,
 		       struct pm_err *err);

@@ -112,6 +112,10 @@ static void usage(FILE *f)
 		"  --no-ktls            keep TLS records in userspace even if the kernel has kTLS\n"
 		"  --verify             compare a digest of all memory at the pause with the\n"
 		"                       destination's before it resumes; a difference fails it\n"
+		"  --no-failover        a lost channel fails the migration (default: its work moves\n"
+		"                       to the other channels, and it dials again in pre-copy)\n"
+		"  --no-reconnect       a lost channel stays lost\n"
+		"  --mptcp              Multipath TCP on every channel, where the kernel has it\n"
 		"  --json FILE          write the report as JSON ('-' for stdout)\n"
 		"  --timeline FILE.svg  draw the migration over time: MB/s per channel, round starts,\n"
 		"                       dirty pages left, the guest's write rate, the pause\n"
@@ -137,6 +141,8 @@ int cmd_migrate(int argc, char **argv)
 		{ "tls-hostname", required_argument, 0, 'H' }, { "insecure", no_argument, 0, 'I' },
 		{ "no-ktls", no_argument, 0, 'k' },
 		{ "verify", no_argument, 0, 'V' },
+		{ "no-failover", no_argument, 0, 'O' }, { "no-reconnect", no_argument, 0, 'R' },
+		{ "mptcp", no_argument, 0, 'M' },
 		{ "help", no_argument, 0, 'h' }, { 0 } };
 	const char *control = NULL, *json_path = NULL, *timeline_path = NULL;
 	json_object *args = json_object_new_object();
@@ -215,6 +221,9 @@ int cmd_migrate(int argc, char **argv)
 		case 'B': json_object_object_add(args, "barrier", json_object_new_boolean(1)); break;
 		case 'S': json_object_object_add(args, "serial", json_object_new_boolean(1)); break;
 		case 'V': json_object_object_add(args, "verify", json_object_new_boolean(1)); break;
+		case 'O': json_object_object_add(args, "failover", json_object_new_boolean(0)); break;
+		case 'R': json_object_object_add(args, "reconnect", json_object_new_boolean(0)); break;
+		case 'M': json_object_object_add(args, "mptcp", json_object_new_boolean(1)); break;
 		case 'j': json_path = optarg; break;
 		case 'L': timeline_path = optarg; break;
 		case 'p': mr.progress = true; break;

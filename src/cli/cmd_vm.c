@@ -160,7 +160,8 @@ static void usage(FILE *f)
 		"  --dirty M             dirty tracking: auto (default), uffd-wp, soft-dirty, or self\n"
 		"                        (the vCPUs log their own writes, as KVM's dirty ring does)\n"
 		"  --incoming ADDR,...   wait as a migration destination on these host:port\n"
-		"  --timeout MS          destination: channel silence that fails it (default 30000)\n"
+		"  --timeout MS          destination: deadline of every wait on the network (default 30000)\n"
+		"  --mptcp               destination: listen with Multipath TCP (takes TCP clients too)\n"
 		"  --tls-creds DIR       destination: TLS 1.3 with X.509 (QEMU's layout: ca-cert.pem,\n"
 		"                        server-cert.pem, server-key.pem); sources need a client cert\n"
 		"  --tls-psk FILE        destination: TLS 1.3 with pre-shared keys (identity:hexkey lines)\n"
@@ -193,13 +194,15 @@ int cmd_vm(int argc, char **argv)
 		{ "tls-creds", required_argument, 0, 'X' }, { "tls-psk", required_argument, 0, 1001 },
 		{ "tls-authz", required_argument, 0, 'Z' }, { "insecure", no_argument, 0, 'I' },
 		{ "no-ktls", no_argument, 0, 1002 }, { "mem-backend", required_argument, 0, 'B' },
-		{ "populated", required_argument, 0, 'p' }, { 0 } };
+		{ "populated", required_argument, 0, 'p' },
+		{ "mptcp", no_argument, 0, 'M' }, { 0 } };
 	struct synvm_opts so = { 0 };
 	struct pm_err err = { 0 };
 	const char *control = NULL, *incoming = NULL, *dump_pause = NULL, *dump_resume = NULL;
 	unsigned timeout_ms = 0;
 	struct pm_tls_params tls = { 0 };
 	bool insecure = false;
+	bool mptcp = false;
 	struct vm_proc proc = { 0 };
 	struct pm_control *ctl = NULL;
 	int o, rc = 1;
@@ -280,6 +283,7 @@ int cmd_vm(int argc, char **argv)
 		case 'P': so.start_paused = true; break;
 		case 'a': dump_pause = optarg; break;
 		case 'r': dump_resume = optarg; break;
+		case 'M': mptcp = true; break;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;
 		}
@@ -333,7 +337,7 @@ int cmd_vm(int argc, char **argv)
 		const char *addrs[64];
 		struct pm_incoming_params ip = { .listen = addrs, .nlisten = n, .timeout_ms = timeout_ms,
 						 .dump_on_resume = dump_resume, .tls = tls, .insecure = insecure,
-						 .log = vm_log };
+						 .log = vm_log, .mptcp = mptcp };
 		for (size_t i = 0; i < n && i < 64; i++)
 			addrs[i] = json_object_get_string(json_object_array_get_idx(list, i));
 		int r = n > 64 ? pm_err_set(&err, EINVAL, "too many --incoming addresses") :

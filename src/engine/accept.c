@@ -185,6 +185,11 @@ static bool join(struct pm_incoming *in, struct dst_ctx *c, struct binding *b, s
 		reject(in, c, p, true, "%s", e.msg);
 		return false;
 	}
+	if (hello.generation) {
+		reject(in, c, p, true, "channel %u reconnects (generation %u) to a migration that has not "
+		       "started", hello.channel, hello.generation);
+		return false;
+	}
 	if (b->bound && strcmp(peer, b->peer)) {
 		reject(in, c, p, true, "authenticated as '%s', but this migration belongs to '%s'", peer, b->peer);
 		return false;
@@ -206,6 +211,8 @@ static bool join(struct pm_incoming *in, struct dst_ctx *c, struct binding *b, s
 	if (!b->bound) {
 		b->bound = true;
 		memcpy(b->session, hello.session, 16);
+		memcpy(c->session, hello.session, 16);
+		c->failover = hello.features & PM_FEAT_FAILOVER;
 		snprintf(b->peer, sizeof(b->peer), "%s", peer);
 		c->nch = hello.nchannels;
 		c->features = hello.features;

@@ -171,6 +171,7 @@ static void progress_event(void *opaque, const struct pm_progress *p)
 	json_object_object_add(d, "bytes_sent", json_object_new_int64(p->bytes_sent));
 	json_object_object_add(d, "elapsed_ms", json_object_new_double(p->elapsed_ms));
 	json_object_object_add(d, "throttle_pct", json_object_new_int(p->throttle_pct));
+	json_object_object_add(d, "channels_lost", json_object_new_int(p->channels_lost));
 	for (unsigned i = 0; i < p->nchannels; i++)
 		json_object_array_add(ch, json_object_new_double(p->channel_mbps[i]));
 	json_object_object_add(d, "channel_mbps", ch);
@@ -325,7 +326,8 @@ static int get_string(json_object *args, const char *key, const char **out, char
 static const char *const migrate_args[] = {
 	"to", "bind", "channels", "downtime_ms", "max_rounds", "max_bytes_factor", "timeout_ms",
 	"chunk_pages", "barrier", "serial", "verify", "compress", "compress_level", "policy",
-	"tls_creds", "tls_psk", "tls_hostname", "insecure", "no_ktls", NULL,
+	"tls_creds", "tls_psk", "tls_hostname", "insecure", "no_ktls",
+	"failover", "reconnect", "mptcp", NULL,
 };
 
 /* A misspelt argument would silently fall back to a default: refuse it. */
@@ -413,6 +415,15 @@ static void cmd_migrate(struct pm_control *c, int fd, json_object *args)
 		r = get_bool(args, "serial", &p->serial, why, sizeof(why));
 	if (!r)
 		r = get_bool(args, "verify", &p->verify, why, sizeof(why));
+	bool failover = true, reconnect = true;
+	if (!r)
+		r = get_bool(args, "failover", &failover, why, sizeof(why));
+	if (!r)
+		r = get_bool(args, "reconnect", &reconnect, why, sizeof(why));
+	if (!r)
+		r = get_bool(args, "mptcp", &p->mptcp, why, sizeof(why));
+	p->no_failover = !failover;
+	p->no_reconnect = !reconnect;
 	const char *str;
 	if (!r && (get_string(args, "compress", &str, why, sizeof(why)) ||
 		   (str && pm_compress_parse(str, &p->compress)))) {

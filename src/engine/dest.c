@@ -54,6 +54,9 @@ void dst_fail(struct dst_ctx *c, const struct pm_err *e)
 		}
 		pm_conn_shutdown(&x->conn);
 	}
+	if (c->stop[1] >= 0 && write(c->stop[1], "f", 1) < 0) {
+		/* full: woken already */
+	}
 	dst_notify(c);
 }
 
@@ -103,7 +106,9 @@ int pm_incoming_listen(struct pm_incoming **out, const struct pm_incoming_params
 	for (unsigned i = 0; i < p->nlisten; i++) {
 		struct sockaddr_storage ss;
 		socklen_t sl = sizeof(ss);
-		int fd = pm_tcp_listen(p->listen[i], err);
+		bool used = false;
+		int fd = pm_tcp_listen_ex(p->listen[i], p->mptcp, &used, err);
+		in->mptcp = in->mptcp || used;
 
 		if (fd < 0) {
 			pm_incoming_close(in);
@@ -182,18 +187,143 @@ static int check_layout(struct dst_ctx *c, struct pm_err *err)
 }
 
 
-/* Starts the receivers and waits until every one ended or one failed, or
- * the destination is cancelled. */
+/* Failover: a lost channel dials again.  A valid HELLO (this session, a
+ * newer generation of a channel) replaces that channel's connection and
+ * receiver; anything else is answered with an ERROR and closed -- a stray
+ * connection does not end the migration. */
+static void reconnect(struct dst_ctx *c, int lfd)
+{
+	struct pm_err e = { 0 };
+	uint8_t hb[PM_FRAME_HDR_LEN], body[PM_HELLO_LEN];
+	struct pm_frame_hdr h;
+	struct pm_hello hello;
+	struct pm_conn conn;
+	int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+	int r;
+
+	if (fd < 0)
+		return;
+	pm_tcp_tune(fd, c->timeout_ms);
+	pm_conn_init(&conn, fd);
+	/* This thread waits for nothing else meanwhile: keep it short. */
+	unsigned t = c->timeout_ms < 3000 ? c->timeout_ms : 3000;
+	pm_conn_set_timeout(&conn, t);
+	pm_conn_set_wake(&conn, c->stop[0]);
+	r = 0;
+	if (c->in->tls) {
+		/* The same authentication as the first time, and the same peer. */
+		pm_conn_set_deadline(&conn, pm_now_ms() + t);
+		r = pm_tls_start(c->in->tls, &conn, NULL, &e);
+		if (!r)
+			r = pm_tls_handshake(&conn, &e);
+		pm_conn_set_deadline(&conn, 0);
+		if (!r && strcmp(pm_tls_peer(&conn), c->peer))
+			r = pm_err_set(&e, EACCES, "a reconnect authenticated as '%s', but this migration belongs "
+				       "to '%s'", pm_tls_peer(&conn), c->peer);
+	}
+	if (!r)
+		r = pm_recv_buf(&conn, hb, sizeof(hb), &e, "waiting for HELLO");
+	if (!r) {
+		pm_decode_hdr(hb, &h);
+		r = h.type == PM_FR_HELLO ? pm_check_hdr(&h, PM_MAX_CHUNK_PAGES, &e) :
+			pm_err_set(&e, EPROTO, "expected HELLO, got %s", pm_frame_name(h.type));
+	}
+	if (!r)
+		r = pm_recv_buf(&conn, body, sizeof(body), &e, "receiving HELLO");
+	if (!r)
+		r = pm_decode_hello(body, sizeof(body), &hello, &e);
+	if (!r && (memcmp(hello.session, c->session, 16) || hello.nchannels != c->nch ||
+		   hello.features != c->features || hello.chunk_pages != c->chunk_pages))
+		r = pm_err_set(&e, EPROTO, "channel %u belongs to another migration session", hello.channel);
+	struct receiver *x = r ? NULL : &c->rx[hello.channel];
+	if (!r && (c->features & PM_FEAT_BARRIER))
+		r = pm_err_set(&e, EPROTO, "no reconnect in barrier mode");
+	if (!r && hello.generation <= x->generation)
+		r = pm_err_set(&e, EPROTO, "channel %u generation %u is not newer than %u", hello.channel,
+			       hello.generation, x->generation);
+	pthread_mutex_lock(&c->mu);
+	if (!r && (c->stopping || c->failed))
+		r = pm_err_set(&e, EPROTO, "channel %u reconnects too late", hello.channel);
+	if (!r)
+		x->replaced = true;
+	pthread_mutex_unlock(&c->mu);
+	if (r) {
+		dst_log(c->in, "rejected a connection during the migration: %s", e.msg);
+		c->rejected++;
+		pm_send_error_frame(&conn, e.code, e.msg);
+		pm_conn_close(&conn);
+		return;
+	}
+	/* The old connection's receiver ends quietly (a page it cut in the
+	 * middle is marked as holding nothing); the new one starts afresh. */
+	pm_conn_shutdown(&x->conn);
+	if (x->started)
+		pthread_join(x->thread, NULL);
+	x->started = false;
+	pm_conn_close(&x->conn);
+	x->conn = conn;
+	pm_conn_set_timeout(&x->conn, c->timeout_ms);
+	x->generation = hello.generation;
+	x->got = (struct pm_end){ 0 };
+	x->end = (struct pm_end){ 0 };
+	x->acked_frames = x->acked_bytes = 0;
+	x->roff = x->rlen = 0;
+	x->err = (struct pm_err){ 0 };
+	pthread_mutex_lock(&c->mu);
+	x->replaced = false;
+	x->state = RX_RUNNING;
+	c->running++;
+	c->last_change = pm_now_ms();
+	for (unsigned i = c->nlost < PM_MAX_LOST ? c->nlost : PM_MAX_LOST; i-- > 0;)
+		if (c->lost[i].channel == x->idx) {
+			c->lost[i].reconnected_ms = pm_now_ms() - c->t0;
+			break;
+		}
+	pthread_mutex_unlock(&c->mu);
+	if (pm_send_frame(&x->conn, PM_FR_HELLO_ACK, body, sizeof(body), &e) ||
+	    pthread_create(&x->thread, NULL, rx_main, x)) {
+		pthread_mutex_lock(&c->mu);
+		x->state = RX_LOST;
+		c->running--;
+		pthread_mutex_unlock(&c->mu);
+		return;
+	}
+	x->started = true;
+}
+
+/* Failover: everything is here when every channel the source did not give
+ * up has ended -- all with the same, latest END set -- and the state came.
+ * Without failover: every channel ended. (Under c->mu.) */
+static bool complete(struct dst_ctx *c)
+{
+	bool any = false;
+
+	for (unsigned i = 0; i < c->nch; i++) {
+		struct receiver *x = &c->rx[i];
+		if (c->failover && (c->lost_union >> i & 1))
+			continue;
+		if (x->state != RX_ENDED || (c->failover && x->end.final_round != c->final_round))
+			return false;
+		any = true;
+	}
+	return any && (!c->failover || c->have_state);
+}
+
+/* Starts the receivers and waits until everything is here, or the
+ * migration failed, or it is cancelled. */
 static int receive(struct dst_ctx *c, struct pm_err *err)
 {
+	struct pm_incoming *in = c->in;
+
 	for (unsigned i = 0; i < c->nch; i++) {
 		int r = rx_init(&c->rx[i], c, i, err);
 		if (r)
 			return r;
-		/* A cancel ends every wait of the receivers at once. */
-		pm_conn_set_wake(&c->rx[i].conn, c->in->cancel[0]);
+		/* The end (or a cancel) ends every wait of the receivers at once. */
+		pm_conn_set_wake(&c->rx[i].conn, c->stop[0]);
 	}
 	c->running = c->nch;
+	c->last_change = pm_now_ms();
 	for (unsigned i = 0; i < c->nch; i++) {
 		if (pthread_create(&c->rx[i].thread, NULL, rx_main, &c->rx[i])) {
 			struct pm_err e = { 0 };
@@ -207,29 +337,72 @@ static int receive(struct dst_ctx *c, struct pm_err *err)
 		c->rx[i].started = true;
 	}
 	for (;;) {
-		struct pollfd p[2] = { { .fd = c->notify[0], .events = POLLIN },
-				       { .fd = c->in->cancel[0], .events = POLLIN } };
+		struct pollfd p[2 + MAX_LISTEN];
+		unsigned np = 2;
+		int wait = -1;
 		char b[64];
-		bool busy;
+		bool done = false, dead = false;
 
+		p[0] = (struct pollfd){ .fd = c->notify[0], .events = POLLIN };
+		p[1] = (struct pollfd){ .fd = in->cancel[0], .events = POLLIN };
+		if (c->failover)
+			for (unsigned i = 0; i < in->n; i++)
+				p[np++] = (struct pollfd){ .fd = in->lfd[i], .events = POLLIN };
 		pthread_mutex_lock(&c->mu);
-		busy = c->running && !c->failed;
+		if (!c->failed) {
+			unsigned up = 0;
+			for (unsigned i = 0; i < c->nch; i++)
+				up += c->rx[i].state == RX_RUNNING || c->rx[i].state == RX_ENDED;
+			done = complete(c);
+			dead = !done && !up;
+			if (done)
+				c->stopping = true;
+			/* Nothing running, not complete: the source must answer our
+			 * LOST (send the work again, END again) in time. */
+			if (!done && !dead && !c->running) {
+				double left = c->last_change + 2.0 * c->timeout_ms - pm_now_ms();
+				wait = left > 0 ? (int)left + 1 : 0;
+			}
+		}
+		bool failed = c->failed;
 		pthread_mutex_unlock(&c->mu);
-		if (!busy)
+		if (failed || done)
 			break;
-		if (poll(p, 2, -1) < 0 && errno != EINTR)
+		if (dead) {
+			struct pm_err e = { 0 };
+			pm_err_set(&e, EPIPE, "every channel is lost");
+			dst_fail(c, &e);
+			break;
+		}
+		if (wait == 0) {
+			struct pm_err e = { 0 };
+			pm_err_set(&e, ETIMEDOUT, "the source did not send the work of a lost channel again "
+				   "within %u ms", 2 * c->timeout_ms);
+			dst_fail(c, &e);
+			break;
+		}
+		if (poll(p, np, wait) < 0 && errno != EINTR)
 			break;
 		if (p[1].revents & POLLIN) {
 			struct pm_err e = { 0 };
 			pm_err_set(&e, ECANCELED, "cancelled on the destination");
 			dst_fail(c, &e);
 		}
+		for (unsigned i = 2; i < np; i++)
+			if (p[i].revents & POLLIN)
+				reconnect(c, p[i].fd);
 		while (read(c->notify[0], b, sizeof(b)) > 0)
 			;
 	}
+	/* Every receiver ends now: complete, or failed. */
+	if (write(c->stop[1], "s", 1) < 0) {
+		/* full: woken already */
+	}
 	for (unsigned i = 0; i < c->nch; i++)
-		if (c->rx[i].started)
+		if (c->rx[i].started) {
 			pthread_join(c->rx[i].thread, NULL);
+			c->rx[i].started = false;
+		}
 	if (c->failed)
 		return pm_err_set(err, c->err.code ? c->err.code : EIO, "%s", c->err.msg);
 	return 0;
@@ -388,6 +561,12 @@ static void fill_report(struct dst_ctx *c, struct pm_report *rep)
 	snprintf(rep->tls_records, sizeof(rep->tls_records), "%s",
 		 !c->in->tls ? "none" : kernel ? "ktls" : "userspace");
 	rep->engine_bytes = c->total_pages * sizeof(*c->page_round) + (c->total_pages + 63) / 64 * 8;
+	rep->failover = c->failover;
+	rep->mptcp = c->in->mptcp && c->rx;
+	for (unsigned i = 0; rep->mptcp && i < c->nch; i++)
+		rep->mptcp = c->rx[i].conn.fd >= 0 && pm_fd_is_mptcp(c->rx[i].conn.fd);
+	rep->nlost = c->nlost;
+	memcpy(rep->lost, c->lost, sizeof(rep->lost));
 	for (unsigned i = 0; c->rx && i < c->nch; i++) {
 		struct receiver *x = &c->rx[i];
 		rep->pages_sent += x->data;
@@ -413,10 +592,12 @@ static void ctx_free(struct dst_ctx *c)
 	pm_rangelock_destroy(&c->lock);
 	pthread_mutex_destroy(&c->mu);
 	pthread_cond_destroy(&c->cond);
-	if (c->notify[0] >= 0)
-		close(c->notify[0]);
-	if (c->notify[1] >= 0)
-		close(c->notify[1]);
+	for (unsigned i = 0; i < 2; i++) {
+		if (c->notify[i] >= 0)
+			close(c->notify[i]);
+		if (c->stop[i] >= 0)
+			close(c->stop[i]);
+	}
 	free(c);
 }
 
@@ -437,7 +618,7 @@ int pm_incoming_run(struct pm_incoming *in, struct pm_backend *be, struct pm_rep
 	c->be = be;
 	c->in = in;
 	c->timeout_ms = in->timeout_ms;
-	c->notify[0] = c->notify[1] = -1;
+	c->notify[0] = c->notify[1] = c->stop[0] = c->stop[1] = -1;
 	pthread_mutex_init(&c->mu, NULL);
 	pthread_condattr_init(&ca);
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
@@ -456,14 +637,14 @@ int pm_incoming_run(struct pm_incoming *in, struct pm_backend *be, struct pm_rep
 			       be->ndisks, be->ndisks > 1 ? "s" : "");
 	else if (!c->page_round || !c->has_data)
 		r = pm_err_set(err, ENOMEM, "out of memory");
-	else if (pipe2(c->notify, O_CLOEXEC | O_NONBLOCK))
+	else if (pipe2(c->notify, O_CLOEXEC | O_NONBLOCK) || pipe2(c->stop, O_CLOEXEC | O_NONBLOCK))
 		r = pm_err_set(err, errno, "pipe: %s", strerror(errno));
 	if (!r)
 		r = scan_populated(c, err);
 	if (!r)
 		r = dst_accept(in, c, err);
 	if (!r) {
-		t0 = pm_now_ms();
+		t0 = c->t0 = pm_now_ms();
 		rep->channels = c->nch;
 		rep->barrier = c->features & PM_FEAT_BARRIER;
 		r = check_layout(c, err);

@@ -31,11 +31,13 @@ struct pm_incoming {
 	struct pm_tls *tls;     /* NULL: plain TCP */
 	void (*log)(void *opaque, const char *msg);
 	void *log_opaque;
+	bool mptcp;             /* listening with Multipath TCP */
 };
 
 enum rx_state {
 	RX_RUNNING,             /* reading frames */
-	RX_ENDED,               /* END arrived and matched */
+	RX_ENDED,               /* END arrived and matched (failover: more may come) */
+	RX_LOST,                /* failover: its connection broke; the source resends its work */
 	RX_FAILED,              /* its error is the migration's (or another's was first) */
 };
 
@@ -47,6 +49,10 @@ struct receiver {
 	pthread_t thread;
 	bool started;
 	enum rx_state state;            /* under c->mu */
+	unsigned generation;            /* failover: connections of this channel so far - 1 */
+	bool replaced;                  /* under c->mu: a reconnect takes its place; exit quietly */
+	bool io_failed;                 /* the last error was the connection's */
+	uint64_t acked_frames, acked_bytes; /* what the last ACK said */
 	struct pm_end got;              /* what arrived, compared with END */
 	struct pm_end end;
 	struct pm_codec *codec;
@@ -79,6 +85,9 @@ struct dst_ctx {
 	unsigned rejected;              /* connections closed in the accept phase */
 	struct receiver *rx;
 	int notify[2];                  /* a receiver changed state: wakes the incoming thread */
+	int stop[2];                    /* every receiver's wake fd: the end (done or failed) */
+	bool failover;
+	uint8_t session[16];
 
 	/* Under mu: receiver states, the round barrier, the first error, the
 	 * device state. */
@@ -86,6 +95,13 @@ struct dst_ctx {
 	pthread_cond_t cond;
 	unsigned running;               /* receivers in RX_RUNNING */
 	unsigned barrier_count, barrier_gen;
+	bool stopping;                  /* complete: receivers end quietly */
+	uint64_t lost_union;            /* failover: channels the source gave up (END masks) */
+	uint32_t final_round;           /* of the latest END set: every END must be of it */
+	double last_change;             /* when a receiver last changed state */
+	double t0;                      /* channels connected */
+	unsigned nlost;                 /* channels this side lost (report) */
+	struct pm_lost_channel lost[PM_MAX_LOST];
 	bool failed;
 	struct pm_err err;
 	void *state;

@@ -15,6 +15,12 @@
 #include <unistd.h>
 #include "engine/net.h"
 
+#ifndef SOL_MPTCP
+#define SOL_MPTCP 284
+#endif
+#ifndef MPTCP_INFO
+#define MPTCP_INFO 1
+#endif
 #ifndef IPPROTO_MPTCP
 #define IPPROTO_MPTCP 262     /* Linux 5.6+; Debian 12's headers have it, older ones not */
 #endif
@@ -224,6 +230,16 @@ fail:
 	return r;
 }
 
+bool pm_fd_is_mptcp(int fd)
+{
+	/* MPTCP_INFO fails on a plain TCP socket and on one that fell back to
+	 * TCP (a peer without Multipath TCP). */
+	uint8_t info[256];
+	socklen_t l = sizeof(info);
+
+	return !getsockopt(fd, SOL_MPTCP, MPTCP_INFO, info, &l);
+}
+
 int pm_tcp_connect(const char *to, const char *bind_addr, unsigned timeout_ms, struct pm_err *err)
 {
 	struct pm_connect o = { .bind = bind_addr, .timeout_ms = timeout_ms, .wake_fd = -1 };
@@ -231,18 +247,22 @@ int pm_tcp_connect(const char *to, const char *bind_addr, unsigned timeout_ms, s
 	return pm_tcp_connect_ex(to, &o, err);
 }
 
-int pm_tcp_listen(const char *addr, struct pm_err *err)
+int pm_tcp_listen_ex(const char *addr, bool mptcp, bool *mptcp_used, struct pm_err *err)
 {
 	struct sockaddr_storage ss;
 	socklen_t sl;
 	int fd, one = 1, r;
+	bool used;
 
 	r = pm_parse_addr(addr, &ss, &sl, 0, err);
 	if (r)
 		return r;
-	fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	/* Non-blocking: accepting never blocks the thread that polls. */
+	fd = stream_socket(ss.ss_family, mptcp, &used);
 	if (fd < 0)
 		return pm_err_set(err, errno, "socket: %s", strerror(errno));
+	if (mptcp_used)
+		*mptcp_used = used;
 	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
 	if (bind(fd, (struct sockaddr *)&ss, sl) || listen(fd, 64)) {
 		r = pm_err_set(err, errno, "cannot listen on %s: %s", addr, strerror(errno));
@@ -250,6 +270,11 @@ int pm_tcp_listen(const char *addr, struct pm_err *err)
 		return r;
 	}
 	return fd;
+}
+
+int pm_tcp_listen(const char *addr, struct pm_err *err)
+{
+	return pm_tcp_listen_ex(addr, false, NULL, err);
 }
 
 void pm_conn_init(struct pm_conn *c, int fd)
@@ -372,11 +397,9 @@ static void advance(struct iovec **iovp, int *iovcnt, size_t n)
 
 /* io_all over TLS: the records, then (sending) a flush of what the
  * userspace record layer still holds. */
-static int tls_io_all(struct pm_conn *c, struct iovec *iov, int iovcnt, int send, struct pm_err *err,
-		      const char *what)
+static int tls_io_all(struct pm_conn *c, struct iovec *iov, int iovcnt, int send, double deadline,
+		      struct pm_err *err, const char *what)
 {
-	double deadline = op_deadline(c);
-
 	advance(&iov, &iovcnt, 0);
 	for (;;) {
 		int cnt = iovcnt > IOV_MAX ? IOV_MAX : iovcnt;
@@ -403,13 +426,11 @@ static int tls_io_all(struct pm_conn *c, struct iovec *iov, int iovcnt, int send
 	}
 }
 
-static int io_all(struct pm_conn *c, struct iovec *iov, int iovcnt, int send, struct pm_err *err,
-		  const char *what)
+static int io_all(struct pm_conn *c, struct iovec *iov, int iovcnt, int send, double deadline,
+		  struct pm_err *err, const char *what)
 {
 	if (c->tls)
-		return tls_io_all(c, iov, iovcnt, send, err, what);
-
-	double deadline = op_deadline(c);
+		return tls_io_all(c, iov, iovcnt, send, deadline, err, what);
 	bool moved = false;
 
 	while (iovcnt > 0) {
@@ -448,12 +469,12 @@ static int io_all(struct pm_conn *c, struct iovec *iov, int iovcnt, int send, st
 
 int pm_send_all(struct pm_conn *c, struct iovec *iov, int iovcnt, struct pm_err *err, const char *what)
 {
-	return io_all(c, iov, iovcnt, 1, err, what);
+	return io_all(c, iov, iovcnt, 1, op_deadline(c), err, what);
 }
 
 int pm_recv_all(struct pm_conn *c, struct iovec *iov, int iovcnt, struct pm_err *err, const char *what)
 {
-	return io_all(c, iov, iovcnt, 0, err, what);
+	return io_all(c, iov, iovcnt, 0, op_deadline(c), err, what);
 }
 
 int pm_send_buf(struct pm_conn *c, const void *buf, size_t len, struct pm_err *err, const char *what)
@@ -522,7 +543,8 @@ ssize_t pm_recv_nowait(struct pm_conn *c, struct iovec *iov, int iovcnt, struct 
 	}
 }
 
-int pm_send_frame(struct pm_conn *c, uint32_t type, const void *body, uint32_t len, struct pm_err *err)
+int pm_send_frame_until(struct pm_conn *c, uint32_t type, const void *body, uint32_t len,
+			double deadline, struct pm_err *err)
 {
 	uint8_t hdr[PM_FRAME_HDR_LEN];
 	struct iovec iov[2] = { { hdr, sizeof(hdr) }, { (void *)body, len } };
@@ -530,7 +552,12 @@ int pm_send_frame(struct pm_conn *c, uint32_t type, const void *body, uint32_t l
 
 	pm_encode_hdr(hdr, type, len);
 	snprintf(what, sizeof(what), "sending %s", pm_frame_name(type));
-	return pm_send_all(c, iov, len ? 2 : 1, err, what);
+	return io_all(c, iov, len ? 2 : 1, 1, deadline, err, what);
+}
+
+int pm_send_frame(struct pm_conn *c, uint32_t type, const void *body, uint32_t len, struct pm_err *err)
+{
+	return pm_send_frame_until(c, type, body, len, op_deadline(c), err);
 }
 
 void pm_send_error_frame(struct pm_conn *c, int code, const char *msg)

@@ -31,7 +31,12 @@ struct pm_connect {
 	bool mptcp_used;        /* out: it did */
 };
 int pm_tcp_connect_ex(const char *to, struct pm_connect *o, struct pm_err *err);
+/* A connected socket speaks Multipath TCP (it did not fall back to TCP). */
+bool pm_fd_is_mptcp(int fd);
 int pm_tcp_listen(const char *addr, struct pm_err *err);
+/* With mptcp, a Multipath TCP listener where the kernel offers it (it also
+ * takes plain TCP clients); *mptcp_used says whether it is one. */
+int pm_tcp_listen_ex(const char *addr, bool mptcp, bool *mptcp_used, struct pm_err *err);
 /* The socket options channels use: no Nagle, and TCP_USER_TIMEOUT and
  * keepalive that end a connection whose peer vanished within about
  * timeout_ms (0: kernel defaults). */
@@ -85,6 +90,10 @@ ssize_t pm_recv_nowait(struct pm_conn *c, struct iovec *iov, int iovcnt, struct 
 
 /* Sends a frame: header + body. */
 int pm_send_frame(struct pm_conn *c, uint32_t type, const void *body, uint32_t len, struct pm_err *err);
+/* The same by an absolute deadline, without reading the connection's
+ * budget: for a thread that sends while another one receives on it. */
+int pm_send_frame_until(struct pm_conn *c, uint32_t type, const void *body, uint32_t len,
+			double deadline, struct pm_err *err);
 /* Sends an ERROR frame: one attempt that never blocks; nothing on a torn
  * connection. */
 void pm_send_error_frame(struct pm_conn *c, int code, const char *msg);

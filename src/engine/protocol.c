@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #include <errno.h>
+#include <stdbool.h>
 #include <string.h>
 #include "engine/protocol.h"
 
@@ -12,6 +13,7 @@ const char *pm_frame_name(uint32_t type)
 		[PM_FR_ROUND_ACK] = "ROUND_ACK", [PM_FR_STATE] = "STATE",
 		[PM_FR_END] = "END", [PM_FR_DONE] = "DONE", [PM_FR_ERROR] = "ERROR",
 		[PM_FR_VERIFY] = "VERIFY",
+		[PM_FR_ACK] = "ACK", [PM_FR_LOST] = "LOST", [PM_FR_PING] = "PING",
 	};
 	if (type < sizeof(names) / sizeof(names[0]) && names[type])
 		return names[type];
@@ -78,8 +80,22 @@ int pm_check_hdr(const struct pm_frame_hdr *h, unsigned chunk_pages, struct pm_e
 		return 0;
 	case PM_FR_END:
 		max = PM_END_LEN;
+		if (h->len != PM_END_LEN && h->len != PM_END_FAILOVER_LEN)
+			goto bad_exact;
+		return 0;
+	case PM_FR_ACK:
+		max = PM_ACK_LEN;
 		if (h->len != max)
 			goto bad_exact;
+		return 0;
+	case PM_FR_PING:
+		max = 0;
+		if (h->len != max)
+			goto bad_exact;
+		return 0;
+	case PM_FR_LOST:
+		if (h->len < PM_LOST_FIXED_LEN || h->len > PM_LOST_FIXED_LEN + PM_MAX_ERROR_LEN)
+			goto bad_range;
 		return 0;
 	case PM_FR_ERROR:
 		if (h->len < PM_ERROR_FIXED_LEN || h->len > PM_ERROR_FIXED_LEN + PM_MAX_ERROR_LEN)
@@ -104,7 +120,7 @@ void pm_encode_hello(uint8_t out[PM_HELLO_LEN], const struct pm_hello *h)
 	pm_put16(out + 4, h->version);
 	pm_put16(out + 6, h->channel);
 	pm_put16(out + 8, h->nchannels);
-	pm_put16(out + 10, 0);
+	pm_put16(out + 10, h->features & PM_FEAT_FAILOVER ? h->generation : 0);
 	pm_put32(out + 12, h->features);
 	memcpy(out + 16, h->session, 16);
 	pm_put32(out + 32, h->chunk_pages);
@@ -119,7 +135,7 @@ int pm_decode_hello(const uint8_t *in, size_t len, struct pm_hello *h, struct pm
 	h->version = pm_get16(in + 4);
 	h->channel = pm_get16(in + 6);
 	h->nchannels = pm_get16(in + 8);
-	h->reserved = pm_get16(in + 10);
+	h->generation = pm_get16(in + 10);
 	h->features = pm_get32(in + 12);
 	memcpy(h->session, in + 16, 16);
 	h->chunk_pages = pm_get32(in + 32);
@@ -136,7 +152,7 @@ int pm_decode_hello(const uint8_t *in, size_t len, struct pm_hello *h, struct pm
 				  h->channel, h->nchannels);
 	if (h->features & ~PM_FEAT_KNOWN)
 		return pm_err_set(err, EPROTO, "HELLO has unknown feature flags 0x%x", h->features & ~PM_FEAT_KNOWN);
-	if (h->reserved)
+	if (h->generation && !(h->features & PM_FEAT_FAILOVER))
 		return pm_err_set(err, EPROTO, "HELLO reserved field is not zero");
 	if (h->page_size != PM_PAGE_SIZE)
 		return pm_err_set(err, EPROTO, "page size %u is not supported (only %u)", h->page_size, PM_PAGE_SIZE);
@@ -292,27 +308,64 @@ int pm_decode_pages(const uint8_t *in, uint32_t body_len, const struct pm_layout
 	return 0;
 }
 
-void pm_encode_end(uint8_t out[PM_END_LEN], const struct pm_end *e)
+uint32_t pm_encode_end(uint8_t out[PM_END_FAILOVER_LEN], const struct pm_end *e, bool with_lost)
 {
 	pm_put32(out, e->final_round);
 	pm_put32(out + 4, 0);
 	pm_put64(out + 8, e->frames);
 	pm_put64(out + 16, e->pages);
 	pm_put64(out + 24, e->payload_bytes);
+	if (!with_lost)
+		return PM_END_LEN;
+	pm_put64(out + 32, e->lost);
+	return PM_END_FAILOVER_LEN;
 }
 
 int pm_decode_end(const uint8_t *in, size_t len, struct pm_end *e, struct pm_err *err)
 {
-	if (len != PM_END_LEN)
-		return pm_err_set(err, EPROTO, "END has length %zu, expected %u", len, PM_END_LEN);
+	if (len != PM_END_LEN && len != PM_END_FAILOVER_LEN)
+		return pm_err_set(err, EPROTO, "END has length %zu, expected %u or %u", len, PM_END_LEN,
+				  PM_END_FAILOVER_LEN);
 	e->final_round = pm_get32(in);
 	e->frames = pm_get64(in + 8);
 	e->pages = pm_get64(in + 16);
 	e->payload_bytes = pm_get64(in + 24);
+	e->lost = len == PM_END_FAILOVER_LEN ? pm_get64(in + 32) : 0;
 	if (pm_get32(in + 4))
 		return pm_err_set(err, EPROTO, "END reserved field is not zero");
 	if (e->final_round == 0)
 		return pm_err_set(err, EPROTO, "END names final round 0");
+	return 0;
+}
+
+uint32_t pm_encode_lost(uint8_t out[PM_LOST_FIXED_LEN + PM_MAX_ERROR_LEN], unsigned channel,
+			unsigned generation, int code, const char *msg)
+{
+	size_t ml = strlen(msg);
+
+	if (ml > PM_MAX_ERROR_LEN)
+		ml = PM_MAX_ERROR_LEN;
+	pm_put16(out, channel);
+	pm_put16(out + 2, generation);
+	pm_put32(out + 4, code < 0 ? -code : code);
+	pm_put32(out + 8, ml);
+	memcpy(out + PM_LOST_FIXED_LEN, msg, ml);
+	return PM_LOST_FIXED_LEN + ml;
+}
+
+int pm_decode_lost(const uint8_t *in, uint32_t len, struct pm_lost *l, struct pm_err *err)
+{
+	uint32_t ml;
+
+	if (len < PM_LOST_FIXED_LEN || len > PM_LOST_FIXED_LEN + PM_MAX_ERROR_LEN)
+		return pm_err_set(err, EPROTO, "LOST has length %u", len);
+	l->channel = pm_get16(in);
+	l->generation = pm_get16(in + 2);
+	l->code = pm_get32(in + 4);
+	ml = pm_get32(in + 8);
+	if (ml != len - PM_LOST_FIXED_LEN)
+		return pm_err_set(err, EPROTO, "LOST message length %u does not match the frame", ml);
+	pm_escape_text(in + PM_LOST_FIXED_LEN, ml, l->msg, sizeof(l->msg));
 	return 0;
 }
 

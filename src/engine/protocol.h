@@ -34,6 +34,10 @@ enum pm_frame_type {
 	PM_FR_DONE = 10,
 	PM_FR_ERROR = 11,
 	PM_FR_VERIFY = 12,      /* S->D, channel 0: a digest per chunk of memory at the pause */
+	/* FAILOVER only: */
+	PM_FR_ACK = 13,         /* D->S: PAGES frames applied on this channel so far */
+	PM_FR_LOST = 14,        /* D->S: this side lost channel N */
+	PM_FR_PING = 15,        /* S->D: an idle channel is alive */
 };
 
 enum pm_encoding {
@@ -49,7 +53,9 @@ enum pm_encoding {
 #define PM_FEAT_LZ4      (1u << 1)
 #define PM_FEAT_ZSTD     (1u << 2)
 #define PM_FEAT_DRAIN    (1u << 3)   /* one ROUND_END before the pause, barrier-free */
-#define PM_FEAT_KNOWN    (PM_FEAT_BARRIER | PM_FEAT_LZ4 | PM_FEAT_ZSTD | PM_FEAT_DRAIN)
+#define PM_FEAT_FAILOVER (1u << 4)   /* a lost channel's work moves to the others */
+#define PM_FEAT_KNOWN    (PM_FEAT_BARRIER | PM_FEAT_LZ4 | PM_FEAT_ZSTD | PM_FEAT_DRAIN | \
+			  PM_FEAT_FAILOVER)
 
 struct pm_frame_hdr {
 	uint32_t type;
@@ -62,7 +68,7 @@ struct pm_hello {
 	uint16_t version;
 	uint16_t channel;
 	uint16_t nchannels;
-	uint16_t reserved;
+	uint16_t generation;    /* FAILOVER: 0, then +1 per reconnect of this channel; else reserved */
 	uint32_t features;
 	uint8_t session[16];
 	uint32_t chunk_pages;
@@ -94,11 +100,21 @@ struct pm_pages {
 #define PM_VERIFY_FIXED_LEN 8u  /* u32 chunks, u32 reserved; then 16 bytes per chunk */
 #define PM_MAX_VERIFY_CHUNKS (1u << 22)
 #define PM_END_LEN 32u
+#define PM_END_FAILOVER_LEN 40u
 struct pm_end {
 	uint32_t final_round;
 	uint64_t frames;        /* PAGES frames sent on this channel */
 	uint64_t pages;         /* pages covered by them (data and zero) */
 	uint64_t payload_bytes; /* sum of their payload_len */
+	uint64_t lost;          /* FAILOVER: channels given up (bit i: channel i); no END comes on them */
+};
+
+#define PM_ACK_LEN 8u         /* u64: PAGES frames applied on this channel (this connection) */
+#define PM_LOST_FIXED_LEN 12u
+struct pm_lost {
+	uint16_t channel, generation;
+	uint32_t code;          /* positive errno: why */
+	char msg[4 * PM_MAX_ERROR_LEN + 1]; /* escaped */
 };
 
 #define PM_ERROR_FIXED_LEN 8u
@@ -169,7 +185,14 @@ uint32_t pm_decode_error(const uint8_t *in, uint32_t len, char *msg, size_t cap)
 void pm_encode_done(uint8_t out[PM_DONE_LEN], const struct pm_done *d);
 int pm_decode_done(const uint8_t *in, size_t len, struct pm_done *d, struct pm_err *err);
 
-void pm_encode_end(uint8_t out[PM_END_LEN], const struct pm_end *e);
+/* The 40-byte form (with the lost mask) if with_lost, else 32; returns the length. */
+uint32_t pm_encode_end(uint8_t out[PM_END_FAILOVER_LEN], const struct pm_end *e, bool with_lost);
+/* 32 bytes (lost = 0) or 40. */
 int pm_decode_end(const uint8_t *in, size_t len, struct pm_end *e, struct pm_err *err);
+
+/* LOST: returns the length. */
+uint32_t pm_encode_lost(uint8_t out[PM_LOST_FIXED_LEN + PM_MAX_ERROR_LEN], unsigned channel,
+			unsigned generation, int code, const char *msg);
+int pm_decode_lost(const uint8_t *in, uint32_t len, struct pm_lost *l, struct pm_err *err);
 
 #endif

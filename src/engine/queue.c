@@ -65,6 +65,36 @@ bool pm_queue_pop(struct pm_queue *q, struct pm_task *t)
 	return true;
 }
 
+int pm_queue_pop_timed(struct pm_queue *q, struct pm_task *t, unsigned timeout_ms)
+{
+	struct timespec dl;
+	int r = 1;
+
+	clock_gettime(CLOCK_MONOTONIC, &dl);
+	dl.tv_sec += timeout_ms / 1000;
+	dl.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+	if (dl.tv_nsec >= 1000000000L) {
+		dl.tv_sec++;
+		dl.tv_nsec -= 1000000000L;
+	}
+	pthread_mutex_lock(&q->lock);
+	while (q->count == 0 && !q->closed)
+		if (pthread_cond_timedwait(&q->not_empty, &q->lock, &dl) == ETIMEDOUT && q->count == 0) {
+			r = q->closed ? -1 : 0;
+			break;
+		}
+	if (r == 1 && q->count == 0)
+		r = -1;
+	if (r == 1) {
+		*t = q->slots[q->head];
+		q->head = (q->head + 1) % q->cap;
+		q->count--;
+		pthread_cond_signal(&q->not_full);
+	}
+	pthread_mutex_unlock(&q->lock);
+	return r;
+}
+
 void pm_queue_done(struct pm_queue *q)
 {
 	pthread_mutex_lock(&q->lock);

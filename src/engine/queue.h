@@ -28,6 +28,9 @@ void pm_queue_destroy(struct pm_queue *q);
 bool pm_queue_push(struct pm_queue *q, struct pm_task t);
 /* Blocks while empty; returns false once closed and drained. */
 bool pm_queue_pop(struct pm_queue *q, struct pm_task *t);
+/* The same with a limit: 1 popped, 0 nothing within timeout_ms, -1 closed
+ * and drained. */
+int pm_queue_pop_timed(struct pm_queue *q, struct pm_task *t, unsigned timeout_ms);
 /* A popped task is finished. */
 void pm_queue_done(struct pm_queue *q);
 /* Waits until every pushed task is done, or timeout; returns false on timeout. */

@@ -23,8 +23,10 @@
 
 int rx_send(struct receiver *x, uint32_t type, const void *body, uint32_t len, struct pm_err *err)
 {
+	/* Its receiver may be reading (and setting the connection's read
+	 * deadlines) meanwhile: a deadline of our own. */
 	pthread_mutex_lock(&x->send_lock);
-	int r = pm_send_frame(&x->conn, type, body, len, err);
+	int r = pm_send_frame_until(&x->conn, type, body, len, pm_now_ms() + x->c->timeout_ms, err);
 	pthread_mutex_unlock(&x->send_lock);
 	return r;
 }
@@ -69,13 +71,18 @@ static int rx_readv(struct receiver *x, struct iovec *iov, int n, const char *wh
 			left += iov[i].iov_len;
 		if (!left)
 			return 0;
-		if (left >= RX_BUF / 4)
-			return pm_recv_all(&x->conn, iov, n, &x->err, what);
+		if (left >= RX_BUF / 4) {
+			int r = pm_recv_all(&x->conn, iov, n, &x->err, what);
+			x->io_failed = r != 0;
+			return r;
+		}
 		x->roff = x->rlen = 0;
 		while (x->rlen < left) {
 			ssize_t r = pm_recv_some(&x->conn, x->rbuf + x->rlen, RX_BUF - x->rlen, &x->err, what);
-			if (r < 0)
+			if (r < 0) {
+				x->io_failed = true;
 				return r;
+			}
 			x->rlen += r;
 		}
 	}
@@ -209,6 +216,8 @@ static int recv_raw(struct receiver *x, const struct pm_pages *pg, uint8_t *host
 			break;
 		}
 	}
+	if (r)
+		x->io_failed = true;
 	if (r && off % PM_PAGE_SIZE) {
 		/* A page cut in the middle holds no copy of anything now. */
 		uint64_t p = g + off / PM_PAGE_SIZE;
@@ -284,9 +293,12 @@ static int barrier_wait(struct receiver *x, uint32_t round)
 	struct timespec dl;
 	int r = 0;
 
+	/* With failover a silent channel is given up after its own timeout,
+	 * and then no longer counts: outlast that. */
+	unsigned limit = c->failover ? 2 * c->timeout_ms : c->timeout_ms;
 	clock_gettime(CLOCK_MONOTONIC, &dl);
-	dl.tv_sec += c->timeout_ms / 1000;
-	dl.tv_nsec += (long)(c->timeout_ms % 1000) * 1000000L;
+	dl.tv_sec += limit / 1000;
+	dl.tv_nsec += (long)(limit % 1000) * 1000000L;
 	if (dl.tv_nsec >= 1000000000L) {
 		dl.tv_sec++;
 		dl.tv_nsec -= 1000000000L;
@@ -309,13 +321,50 @@ static int barrier_wait(struct receiver *x, uint32_t round)
 		}
 		if (pthread_cond_timedwait(&c->cond, &c->mu, &dl) == ETIMEDOUT) {
 			r = pm_err_set(&x->err, ETIMEDOUT, "channel %u: round %u barrier: the other channels' "
-				       "ROUND_END did not come within %u ms", x->idx, round, c->timeout_ms);
+				       "ROUND_END did not come within %u ms", x->idx, round, limit);
 			break;
 		}
 	}
 	if (r && gen == c->barrier_gen)
 		c->barrier_count--;
 	pthread_mutex_unlock(&c->mu);
+	return r;
+}
+
+/* A frame with content on an ended channel (failover: the source sends a
+ * lost channel's work again and ENDs again): it is receiving once more.
+ * True if the migration is complete already: nothing more is applied. */
+static bool reopen(struct receiver *x)
+{
+	struct dst_ctx *c = x->c;
+	bool stop;
+
+	pthread_mutex_lock(&c->mu);
+	stop = c->stopping;
+	if (!stop && x->state == RX_ENDED) {
+		x->state = RX_RUNNING;
+		c->running++;
+		c->last_change = pm_now_ms();
+	}
+	pthread_mutex_unlock(&c->mu);
+	return stop;
+}
+
+/* Failover: every 32 frames or 4 MiB, what this channel applied, so the
+ * source can forget those chunks. */
+static int maybe_ack(struct receiver *x)
+{
+	uint8_t b[PM_ACK_LEN];
+
+	if (!x->c->failover || (x->got.frames - x->acked_frames < 32 &&
+				x->got.payload_bytes - x->acked_bytes < (4u << 20)))
+		return 0;
+	x->acked_frames = x->got.frames;
+	x->acked_bytes = x->got.payload_bytes;
+	pm_put64(b, x->got.frames);
+	int r = rx_send(x, PM_FR_ACK, b, sizeof(b), &x->err);
+	if (r)
+		x->io_failed = true;
 	return r;
 }
 
@@ -337,6 +386,8 @@ static int handle_frame(struct receiver *x, const struct pm_frame_hdr *h)
 		if (pg.round > PM_MAX_ROUNDS)
 			return pm_err_set(&x->err, EPROTO, "PAGES frame has round %u (at most %u)",
 					  pg.round, PM_MAX_ROUNDS);
+		if (reopen(x))
+			return pm_err_set(&x->err, ECANCELED, "stopped");
 		r = apply_pages(x, &pg);
 		if (r)
 			return r;
@@ -345,8 +396,12 @@ static int handle_frame(struct receiver *x, const struct pm_frame_hdr *h)
 		x->got.payload_bytes += pg.payload_len;
 		if (pg.round > x->max_round)
 			x->max_round = pg.round;
-		return 0;
+		return maybe_ack(x);
 	}
+	case PM_FR_PING:
+		if (!c->failover)
+			return pm_err_set(&x->err, EPROTO, "PING on channel %u without failover", x->idx);
+		return 0;
 	case PM_FR_ROUND_END:
 		if (!(c->features & (PM_FEAT_BARRIER | PM_FEAT_DRAIN)))
 			return pm_err_set(&x->err, EPROTO, "ROUND_END on channel %u without barrier or drain mode", x->idx);
@@ -367,8 +422,12 @@ static int handle_frame(struct receiver *x, const struct pm_frame_hdr *h)
 		pthread_mutex_lock(&c->mu);
 		dup = c->have_state;
 		pthread_mutex_unlock(&c->mu);
-		if (x->idx != 0 || dup)
+		/* With failover the state may come on any channel, and again if
+		 * the one that carried it was lost; the same VM, paused. */
+		if (!c->failover && (x->idx != 0 || dup))
 			return pm_err_set(&x->err, EPROTO, "unexpected STATE frame on channel %u", x->idx);
+		if (reopen(x))
+			return pm_err_set(&x->err, ECANCELED, "stopped");
 		void *st = malloc(h->len ? h->len : 1);
 		if (!st)
 			return pm_err_set(&x->err, ENOMEM, "out of memory for %u bytes of device state", h->len);
@@ -394,7 +453,8 @@ static int handle_frame(struct receiver *x, const struct pm_frame_hdr *h)
 		pthread_mutex_lock(&c->mu);
 		dup = c->verify != NULL;
 		pthread_mutex_unlock(&c->mu);
-		if (x->idx != 0 || dup)
+		/* With failover it follows the state, wherever that goes. */
+		if (!c->failover && (x->idx != 0 || dup))
 			return pm_err_set(&x->err, EPROTO, "unexpected VERIFY frame on channel %u", x->idx);
 		v = malloc(h->len);
 		if (!v)
@@ -412,17 +472,24 @@ static int handle_frame(struct receiver *x, const struct pm_frame_hdr *h)
 			return r;
 		}
 		pthread_mutex_lock(&c->mu);
+		free(c->verify);
 		c->verify = v;
 		c->verify_chunks = n;
 		pthread_mutex_unlock(&c->mu);
 		return 0;
 	}
 	case PM_FR_END:
-		r = rx_read(x, fb, PM_END_LEN, "receiving END");
+		if (h->len != (c->failover ? PM_END_FAILOVER_LEN : PM_END_LEN))
+			return pm_err_set(&x->err, EPROTO, "END of %u bytes on channel %u (%s failover)", h->len,
+					  x->idx, c->failover ? "with" : "without");
+		r = rx_read(x, fb, h->len, "receiving END");
 		if (!r)
-			r = pm_decode_end(fb, PM_END_LEN, &x->end, &x->err);
+			r = pm_decode_end(fb, h->len, &x->end, &x->err);
 		if (r)
 			return r;
+		if (x->end.lost >> x->idx & 1)
+			return pm_err_set(&x->err, EPROTO, "END on channel %u says channel %u is lost",
+					  x->idx, x->idx);
 		if (x->end.frames != x->got.frames || x->end.pages != x->got.pages ||
 		    x->end.payload_bytes != x->got.payload_bytes)
 			return pm_err_set(&x->err, EPROTO,
@@ -437,10 +504,17 @@ static int handle_frame(struct receiver *x, const struct pm_frame_hdr *h)
 		double none = 0;
 		atomic_compare_exchange_strong(&c->t_first_end, &none, pm_now_ms());
 		pthread_mutex_lock(&c->mu);
-		x->state = RX_ENDED;
-		c->running--;
+		if (x->state == RX_RUNNING) {
+			x->state = RX_ENDED;
+			c->running--;
+		}
+		c->lost_union |= x->end.lost;
+		if (x->end.final_round > c->final_round)
+			c->final_round = x->end.final_round;
+		c->last_change = pm_now_ms();
 		pthread_cond_broadcast(&c->cond);
 		pthread_mutex_unlock(&c->mu);
+		dst_notify(c);
 		return 0;
 	case PM_FR_ERROR: {
 		char msg[PM_ERROR_MSG_CAP];
@@ -457,37 +531,91 @@ static int handle_frame(struct receiver *x, const struct pm_frame_hdr *h)
 	}
 }
 
+/* Failover: tells the source, on every other channel still there, that
+ * this side lost channel x. */
+static void lost_notice(struct receiver *x)
+{
+	struct dst_ctx *c = x->c;
+	uint8_t b[PM_LOST_FIXED_LEN + PM_MAX_ERROR_LEN];
+	uint32_t n = pm_encode_lost(b, x->idx, x->generation, x->err.code, x->err.msg);
+
+	for (unsigned i = 0; i < c->nch; i++) {
+		struct receiver *y = &c->rx[i];
+		struct pm_err e = { 0 };
+		bool alive;
+		pthread_mutex_lock(&c->mu);
+		alive = y != x && (y->state == RX_RUNNING || y->state == RX_ENDED) && !c->stopping;
+		pthread_mutex_unlock(&c->mu);
+		if (alive)
+			rx_send(y, PM_FR_LOST, b, n, &e);
+	}
+}
+
 void *rx_main(void *arg)
 {
 	struct receiver *x = arg;
 	struct dst_ctx *c = x->c;
-	bool ended = false;
+	enum rx_state st;
 
 	for (;;) {
 		uint8_t hb[PM_FRAME_HDR_LEN];
 		struct pm_frame_hdr h;
 
+		pthread_mutex_lock(&c->mu);
+		st = x->state;
+		pthread_mutex_unlock(&c->mu);
+		if (st == RX_ENDED && !c->failover)
+			break;
+		/* After END nothing is due: no deadline (the incoming thread
+		 * has the overall one); before, the source's PINGs keep an
+		 * idle channel inside it. */
+		pm_conn_set_timeout(&x->conn, st == RX_ENDED ? 0 : c->timeout_ms);
+		x->io_failed = false;
 		if (rx_read(x, hb, sizeof(hb), "receiving a frame header"))
 			break;
 		pm_decode_hdr(hb, &h);
+		pm_conn_set_timeout(&x->conn, c->timeout_ms);
 		/* A frame's body must follow its header within the budget. */
 		pm_conn_set_deadline(&x->conn, pm_now_ms() + c->timeout_ms);
 		if (pm_check_hdr(&h, c->chunk_pages, &x->err) || handle_frame(x, &h))
 			break;
 		pm_conn_set_deadline(&x->conn, 0);
-		pthread_mutex_lock(&c->mu);
-		ended = x->state == RX_ENDED;
-		pthread_mutex_unlock(&c->mu);
-		if (ended)
-			break;
 	}
-	if (!ended) {
+	pthread_mutex_lock(&c->mu);
+	bool quiet = c->stopping || x->replaced;
+	bool was_active = x->state == RX_RUNNING;
+	/* A connection that breaks before its END is lost (the source resends
+	 * its work); after END it has delivered everything counted. */
+	bool lose = !quiet && c->failover && x->io_failed && was_active;
+	if (x->state == RX_ENDED && (!c->failover || x->io_failed)) {
+		/* done: END arrived */
+	} else if (quiet) {
+		/* the end, or a reconnect takes its place */
+		if (was_active)
+			c->running--;
+		x->state = RX_LOST;
+	} else {
+		if (was_active)
+			c->running--;
+		x->state = lose ? RX_LOST : RX_FAILED;
+	}
+	c->last_change = pm_now_ms();
+	if (lose) {
+		if (c->nlost < PM_MAX_LOST) {
+			struct pm_lost_channel *l = &c->lost[c->nlost];
+			*l = (struct pm_lost_channel){ .channel = x->idx, .at_ms = pm_now_ms() - c->t0 };
+			snprintf(l->phase, sizeof(l->phase), "receiving");
+			snprintf(l->reason, sizeof(l->reason), "%.239s", x->err.msg);
+		}
+		c->nlost++;
+	}
+	pthread_cond_broadcast(&c->cond);
+	pthread_mutex_unlock(&c->mu);
+	if (lose) {
+		/* Its work comes again on the others. */
+		lost_notice(x);
+	} else if (!quiet && x->state != RX_ENDED) {
 		struct pm_err e = { 0 };
-		pthread_mutex_lock(&c->mu);
-		x->state = RX_FAILED;
-		c->running--;
-		pthread_cond_broadcast(&c->cond);
-		pthread_mutex_unlock(&c->mu);
 		if (x->err.code == ECANCELED && dst_cancelled(c))
 			pm_err_set(&e, ECANCELED, "cancelled on the destination");
 		else

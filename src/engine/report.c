@@ -199,6 +199,24 @@ char *pm_report_to_json(const struct pm_report *r)
 	}
 	json_object_object_add(o, "tls", json_object_new_string(r->tls[0] ? r->tls : "none"));
 	json_object_object_add(o, "tls_records", json_object_new_string(r->tls_records[0] ? r->tls_records : "none"));
+	json_object_object_add(o, "failover", json_object_new_boolean(r->failover));
+	json_object_object_add(o, "mptcp", json_object_new_boolean(r->mptcp));
+	json_object *lost = json_object_new_array();
+	for (unsigned i = 0; i < r->nlost && i < PM_MAX_LOST; i++) {
+		const struct pm_lost_channel *l = &r->lost[i];
+		json_object *e = json_object_new_object();
+		json_object_object_add(e, "channel", json_object_new_int(l->channel));
+		json_object_object_add(e, "at_ms", json_object_new_double(l->at_ms));
+		json_object_object_add(e, "phase", json_object_new_string(l->phase));
+		json_object_object_add(e, "reason", json_object_new_string(l->reason));
+		if (l->reconnected_ms > 0)
+			json_object_object_add(e, "reconnected_ms", json_object_new_double(l->reconnected_ms));
+		json_object_array_add(lost, e);
+	}
+	json_object_object_add(o, "lost_channels", lost);
+	if (r->nlost > PM_MAX_LOST)
+		json_object_object_add(o, "lost_total", json_object_new_int(r->nlost));
+	json_object_object_add(o, "resent_pages", json_object_new_int64(r->resent_pages));
 	if (r->pause_at_ms > 0)
 		json_object_object_add(o, "pause_at_ms", json_object_new_double(r->pause_at_ms));
 	if (r->write_rate_asked_mbps > 0 || r->write_rate_mbps > 0) {
@@ -274,6 +292,16 @@ void pm_report_print(const struct pm_report *r, FILE *f)
 	if (r->switchover_reason[0])
 		fprintf(f, "switchover   %s%s\n", r->switchover_reason,
 			r->throttle_pct ? " (vCPUs throttled)" : "");
+	for (unsigned i = 0; i < r->nlost && i < PM_MAX_LOST; i++) {
+		const struct pm_lost_channel *l = &r->lost[i];
+		fprintf(f, "lost         channel %u at %.1f ms (%s): %s", l->channel, l->at_ms, l->phase, l->reason);
+		if (l->reconnected_ms > 0)
+			fprintf(f, "; back at %.1f ms", l->reconnected_ms);
+		fprintf(f, "\n");
+	}
+	if (r->resent_pages)
+		fprintf(f, "failover     %llu pages sent again for lost channels\n",
+			(unsigned long long)r->resent_pages);
 	if (r->write_rate_asked_mbps > 0 || r->write_rate_mbps > 0)
 		fprintf(f, "guest writes %.1f MB/s while migrating (asked %.1f MB/s)%s%s\n", r->write_rate_mbps,
 			r->write_rate_asked_mbps, r->dirty_method[0] ? ", tracked by " : "", r->dirty_method);
@@ -372,6 +400,24 @@ int pm_report_from_json(const char *text, struct pm_report *r)
 		js(o, "verify_error", r->verify_error, sizeof(r->verify_error));
 	}
 	r->barrier = json_object_object_get_ex(o, "barrier", &v) && json_object_get_boolean(v);
+	r->failover = json_object_object_get_ex(o, "failover", &v) && json_object_get_boolean(v);
+	r->mptcp = json_object_object_get_ex(o, "mptcp", &v) && json_object_get_boolean(v);
+	r->resent_pages = ju(o, "resent_pages");
+	json_object *lost;
+	if (json_object_object_get_ex(o, "lost_channels", &lost) && json_object_is_type(lost, json_type_array)) {
+		size_t n = json_object_array_length(lost);
+		r->nlost = n;
+		for (size_t i = 0; i < n && i < PM_MAX_LOST; i++) {
+			json_object *e = json_object_array_get_idx(lost, i);
+			r->lost[i].channel = ju(e, "channel");
+			r->lost[i].at_ms = jd(e, "at_ms");
+			r->lost[i].reconnected_ms = jd(e, "reconnected_ms");
+			js(e, "phase", r->lost[i].phase, sizeof(r->lost[i].phase));
+			js(e, "reason", r->lost[i].reason, sizeof(r->lost[i].reason));
+		}
+		if (ju(o, "lost_total") > n)
+			r->nlost = ju(o, "lost_total");
+	}
 	r->serial = json_object_object_get_ex(o, "serial", &v) && json_object_get_boolean(v);
 	js(o, "compress", buf, sizeof(buf));
 	pm_compress_parse(buf, &r->compress);

@@ -20,14 +20,27 @@ void src_fail(struct src_ctx *c, const struct pm_err *e)
 		c->err = *e;
 	pthread_mutex_unlock(&c->err_lock);
 	atomic_store(&c->failed, true);
+	/* No more tasks: a producer blocked on a full queue (its workers
+	 * gone with their channels) wakes up. */
+	if (c->q.slots)
+		pm_queue_close(&c->q);
 }
 
+/* Sends what is gathered.  The chunk is in the channel's log first: if the
+ * channel is lost before the destination acknowledges it, it goes again. */
 static int flush(struct worker *w, int *niov)
 {
 	int r = 0;
 
-	if (*niov)
-		r = pm_send_all(&w->conn, w->iov, *niov, &w->err, w->what);
+	if (*niov) {
+		r = chan_log(w, w->cur_chunk);
+		if (!r)
+			r = pm_send_all(&w->conn, w->iov, *niov, &w->err, w->what);
+		if (r)
+			w->io_failed = true;
+		else
+			w->last_send = pm_now_ms();
+	}
 	*niov = 0;
 	return r;
 }
@@ -128,10 +141,17 @@ static int send_chunk(struct worker *w, struct pm_task t)
 	}
 	r = c->be->ops->dirty_harvest(c->be->vm, ch->region, ch->first, ch->npages, bm, &w->err);
 	c->chunk_round[t.chunk] = t.round;
+	/* Its last copy went on a lost channel: all of it again, in this
+	 * (higher) round. */
+	bool resend = c->resend && atomic_exchange(&c->resend[t.chunk], 0);
 	pthread_mutex_unlock(&c->chunk_lock[t.chunk]);
+	if (resend) {
+		atomic_fetch_sub(&c->resend_pending, 1);
+		atomic_fetch_add(&c->resent_pages, ch->npages);
+	}
 	if (r)
 		return r;
-	if (t.round == 1)
+	if (t.round == 1 || resend)
 		memset(bm, 0xff, sizeof(bm));
 	/* After the harvest: a page populated from here on is dirty again. */
 	if (rg->mem) {
@@ -142,6 +162,7 @@ static int send_chunk(struct worker *w, struct pm_task t)
 	} else {
 		memset(pop, 0xff, sizeof(pop));
 	}
+	w->cur_chunk = t.chunk;
 
 	uint32_t i = 0;
 	while (i < ch->npages) {
@@ -194,16 +215,53 @@ static int process_chunk(struct worker *w, struct pm_task t)
 	return r;
 }
 
+void src_run_task(struct worker *w, struct pm_task t)
+{
+	struct src_ctx *c = w->c;
+
+	pthread_mutex_lock(&w->io);
+	if (atomic_load(&c->failed)) {
+		/* nothing: the migration ends */
+	} else if (chan_gone(w)) {
+		chan_mark_resend(c, t.chunk);
+	} else {
+		w->io_failed = false;
+		if (src_process_chunk(w, t)) {
+			if (w->io_failed) {
+				chan_mark_resend(c, t.chunk);
+				chan_lost(w, &w->err);
+			} else {
+				src_fail(c, &w->err);
+			}
+		} else {
+			chan_poll(w);
+		}
+	}
+	pthread_mutex_unlock(&w->io);
+}
+
 void *src_worker_main(void *arg)
 {
 	struct worker *w = arg;
+	struct src_ctx *c = w->c;
+	unsigned ping_ms = c->timeout_ms / 3 ? c->timeout_ms / 3 : 1;
 	struct pm_task t;
 
-	while (pm_queue_pop(&w->c->q, &t)) {
-		if (!atomic_load(&w->c->failed) && src_process_chunk(w, t))
-			src_fail(w->c, &w->err);
-		pm_queue_done(&w->c->q);
-		src_sample(w->c, false);
+	for (;;) {
+		/* A lost channel dials again while it may; else its worker is
+		 * done and the others carry on. */
+		if (atomic_load(&w->lost) && !chan_reconnect(w))
+			break;
+		int g = pm_queue_pop_timed(&c->q, &t, ping_ms);
+		if (g < 0)
+			break;
+		if (g == 0) {
+			chan_ping(w);
+			continue;
+		}
+		src_run_task(w, t);
+		pm_queue_done(&c->q);
+		src_sample(c, false);
 	}
 	return NULL;
 }
@@ -215,6 +273,9 @@ int src_worker_init(struct worker *w, struct src_ctx *c, unsigned idx, struct pm
 	w->c = c;
 	w->idx = idx;
 	pm_conn_init(&w->conn, -1);
+	int r = chan_init(w, err);
+	if (r)
+		return r;
 	w->hdrs = calloc(c->chunk_pages, sizeof(*w->hdrs));
 	w->iov = calloc(2 * c->chunk_pages, sizeof(*w->iov));
 	if (!w->hdrs || !w->iov)
@@ -231,6 +292,8 @@ int src_worker_init(struct worker *w, struct src_ctx *c, unsigned idx, struct pm
 
 void src_worker_free(struct worker *w)
 {
+	if (w->log)
+		chan_free(w);
 	pm_codec_free(w->codec);
 	free(w->cbuf);
 	free(w->snap);

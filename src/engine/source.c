@@ -100,6 +100,10 @@ static void snapshot(struct src_ctx *c, struct pm_progress *pr, uint64_t *last, 
 	if (!atomic_load(&c->channels_ready))
 		return;
 	pr->nchannels = c->nch;
+	pr->channels_lost = c->nch - atomic_load(&c->alive);
+	pthread_mutex_lock(&c->lost_lock);
+	pr->losses = c->nevents;
+	pthread_mutex_unlock(&c->lost_lock);
 	for (unsigned i = 0; i < c->nch; i++) {
 		uint64_t b = atomic_load(&c->w[i].wire_bytes);
 		pr->channel_mbps[i] = now > *tlast ? (b - last[i]) / 1e3 / (now - *tlast) : 0;
@@ -143,86 +147,31 @@ static void *progress_main(void *arg)
 
 /* ------------------------------------------------- replies of the peer */
 
-/* Reads the next frame on a channel, which must be `want`; an ERROR frame becomes
- * err ("destination refused: ..."). */
-static int recv_reply(struct pm_conn *conn, uint32_t want, uint8_t *body, uint32_t cap, uint32_t *len,
-		      const char *peer, struct pm_err *err)
+/* An ERROR body as "destination refused: ..." in err: proof that the
+ * destination does not run the VM. */
+static int refused(struct src_ctx *c, const uint8_t *body, uint32_t len, struct pm_err *err)
 {
-	uint8_t hb[PM_FRAME_HDR_LEN];
-	struct pm_frame_hdr h;
-	char what[96];
-	int r;
+	char msg[PM_ERROR_MSG_CAP];
+	uint32_t code = pm_decode_error(body, len, msg, sizeof(msg));
 
-	snprintf(what, sizeof(what), "waiting for %s from %s", pm_frame_name(want), peer);
-	r = pm_recv_buf(conn, hb, sizeof(hb), err, what);
-	if (r)
-		return r;
-	pm_decode_hdr(hb, &h);
-	r = pm_check_hdr(&h, PM_MAX_CHUNK_PAGES, err);
-	if (r)
-		return r;
-	if (h.type == PM_FR_ERROR) {
-		uint8_t eb[PM_ERROR_FIXED_LEN + PM_MAX_ERROR_LEN];
-		char msg[PM_ERROR_MSG_CAP];
-		r = pm_recv_buf(conn, eb, h.len, err, what);
-		if (r)
-			return r;
-		uint32_t code = pm_decode_error(eb, h.len, msg, sizeof(msg));
-		return pm_err_set(err, code && code < 4096 ? (int)code : EPROTO,
-				  "destination refused: %s", msg);
-	}
-	if (h.type != want || h.len > cap)
-		return pm_err_set(err, EPROTO, "%s sent %s (length %u) while we waited for %s",
-				  peer, pm_frame_name(h.type), h.len, pm_frame_name(want));
-	if (len)
-		*len = h.len;
-	return h.len ? pm_recv_buf(conn, body, h.len, err, what) : 0;
-}
-
-/* Reads what channel w has for us without blocking.  Returns 1 with a
- * whole frame at the start of w->reply, 0 when more must come, -1 when the
- * channel is dead (w->dead_why says why). */
-static int take_reply(struct worker *w, struct pm_frame_hdr *h)
-{
-	for (;;) {
-		if (w->reply_len >= PM_FRAME_HDR_LEN) {
-			pm_decode_hdr(w->reply, h);
-			if (pm_check_hdr(h, PM_MAX_CHUNK_PAGES, &w->dead_why) ||
-			    h->len > sizeof(w->reply) - PM_FRAME_HDR_LEN) {
-				pm_err_set(&w->dead_why, EPROTO, "%s: the destination sent %s (length %u)",
-					   w->peer, pm_frame_name(h->type), h->len);
-				return -1;
-			}
-			if (w->reply_len >= PM_FRAME_HDR_LEN + h->len)
-				return 1;
-		}
-		struct iovec iov = { w->reply + w->reply_len, sizeof(w->reply) - w->reply_len };
-		ssize_t n = pm_recv_nowait(&w->conn, &iov, 1, &w->dead_why, w->peer);
-		if (n < 0)
-			return -1;
-		if (n == 0)
-			return 0;
-		w->reply_len += n;
-	}
-}
-
-static void drop_reply(struct worker *w, const struct pm_frame_hdr *h)
-{
-	size_t k = PM_FRAME_HDR_LEN + h->len;
-
-	memmove(w->reply, w->reply + k, w->reply_len - k);
-	w->reply_len -= k;
-}
-
-/* An ERROR body as "destination refused: ..." in err. */
-static int refused(const uint8_t *body, uint32_t len, struct pm_err *err)
-{
-	uint32_t code = pm_get32(body), ml = pm_get32(body + 4);
-
-	if (ml > len - PM_ERROR_FIXED_LEN)
-		ml = len - PM_ERROR_FIXED_LEN;
+	atomic_store(&c->refused, true);
 	return pm_err_set(err, code && code < 4096 && code != EINPROGRESS ? (int)code : EPROTO,
-			  "destination refused: %.*s", (int)ml, (const char *)body + PM_ERROR_FIXED_LEN);
+			  "destination refused: %s", msg);
+}
+
+/* Channel w for the migration thread (its io lock): false if it is lost. */
+static bool take(struct worker *w)
+{
+	pthread_mutex_lock(&w->io);
+	if (!chan_gone(w))
+		return true;
+	pthread_mutex_unlock(&w->io);
+	return false;
+}
+
+static void give(struct worker *w)
+{
+	pthread_mutex_unlock(&w->io);
 }
 
 /* Stops the workers: every wait on a channel ends (the wake pipe) and they
@@ -260,10 +209,10 @@ static int worker_error(struct src_ctx *c, struct pm_err *err)
 			int t = 0;
 			if (w->dead || w->conn.fd < 0)
 				continue;
-			while (!why.code && (t = take_reply(w, &h)) > 0) {
+			while (!why.code && (t = chan_take(w, &h)) > 0) {
 				if (h.type == PM_FR_ERROR)
-					refused(w->reply + PM_FRAME_HDR_LEN, h.len, &why);
-				drop_reply(w, &h);
+					refused(c, w->reply + PM_FRAME_HDR_LEN, h.len, &why);
+				chan_drop(w, &h);
 			}
 			if (t < 0)
 				w->dead = true;
@@ -281,6 +230,28 @@ static int worker_error(struct src_ctx *c, struct pm_err *err)
 			   c->err.code ? c->err.msg : "migration failed");
 	pthread_mutex_unlock(&c->err_lock);
 	return r;
+}
+
+/* What every live channel has for us (ACK, LOST, ERROR), without waiting:
+ * so losses are known before deciding anything. */
+static void collect_replies(struct src_ctx *c)
+{
+	for (unsigned i = 0; i < c->nch; i++)
+		if (take(&c->w[i])) {
+			chan_poll(&c->w[i]);
+			give(&c->w[i]);
+		}
+}
+
+/* Channels given up so far (the END's mask). */
+static uint64_t lost_mask(struct src_ctx *c)
+{
+	uint64_t m = 0;
+
+	for (unsigned i = 0; i < c->nch; i++)
+		if (atomic_load(&c->w[i].lost) || atomic_load(&c->w[i].lost_req))
+			m |= 1ull << i;
+	return m;
 }
 
 /* --------------------------------------------------------------- setup */
@@ -339,6 +310,13 @@ static int setup(struct src_ctx *c, struct pm_err *err)
 	memset(c->chunk_dirty, 0xff, (c->nchunks + 63) / 64 * sizeof(uint64_t));
 	for (unsigned i = 0; i < c->nch; i++)
 		pm_conn_init(&c->w[i].conn, -1);
+	c->failover = !p->no_failover;
+	c->resend = calloc(c->nchunks, sizeof(*c->resend));
+	if (!c->resend)
+		return pm_err_set(err, ENOMEM, "out of memory");
+	atomic_store(&c->alive, c->nch);
+	atomic_store(&c->state_channel, -1);
+	atomic_store(&c->reconnect_open, true);
 	uint32_t k = 0;
 	for (unsigned i = 0; i < be->nregions; i++)
 		for (uint64_t f = 0; f < be->regions[i].npages; f += c->chunk_pages) {
@@ -350,9 +328,14 @@ static int setup(struct src_ctx *c, struct pm_err *err)
 			pthread_mutex_init(&c->chunk_lock[k++], NULL);
 		}
 	for (unsigned i = 0; i < c->nch; i++) {
-		r = src_worker_init(&c->w[i], c, i, err);
+		struct worker *w = &c->w[i];
+		r = src_worker_init(w, c, i, err);
 		if (r)
 			return r;
+		snprintf(w->to, sizeof(w->to), "%s", p->to[i % p->nto]);
+		snprintf(w->bind, sizeof(w->bind), "%s", p->nbind ? p->bind[i % p->nbind] : "");
+		snprintf(w->peer, sizeof(w->peer), "%s (channel %u)", w->to, i);
+		snprintf(w->what, sizeof(w->what), "channel %u (%.100s): sending pages", i, w->to);
 	}
 	if (pm_queue_init(&c->q, 4 * c->nch))
 		return pm_err_set(err, ENOMEM, "out of memory");
@@ -372,66 +355,6 @@ static int setup(struct src_ctx *c, struct pm_err *err)
 
 /* ------------------------------------------------------- phase: connect */
 
-/* Connects channel i and exchanges HELLO / HELLO_ACK. */
-static int connect_channel(struct src_ctx *c, unsigned i, struct pm_err *err)
-{
-	const struct pm_migrate_params *p = c->p;
-	struct worker *w = &c->w[i];
-	const char *to = p->to[i % p->nto];
-	const char *bind = p->nbind ? p->bind[i % p->nbind] : NULL;
-	struct pm_hello h = { .magic = PM_PROTO_MAGIC, .version = PM_PROTO_VERSION,
-			      .channel = i, .nchannels = c->nch, .chunk_pages = c->chunk_pages,
-			      .page_size = PM_PAGE_SIZE };
-	uint8_t hb[PM_HELLO_LEN];
-	struct pm_hello ack;
-	uint32_t len;
-	int r;
-
-	h.features = (p->barrier ? PM_FEAT_BARRIER : PM_FEAT_DRAIN) |
-		     (p->compress == PM_COMPRESS_LZ4 ? PM_FEAT_LZ4 : 0) |
-		     (p->compress == PM_COMPRESS_ZSTD ? PM_FEAT_ZSTD : 0);
-	memcpy(h.session, c->session, 16);
-	snprintf(w->peer, sizeof(w->peer), "%s (channel %u)", to, i);
-	snprintf(w->what, sizeof(w->what), "channel %u (%.100s): sending pages", i, to);
-	struct pm_connect co = { .bind = bind, .timeout_ms = c->timeout_ms, .wake_fd = c->wake[0] };
-	r = pm_tcp_connect_ex(to, &co, err);
-	if (r < 0)
-		return r;
-	pm_conn_init(&w->conn, r);
-	pm_conn_set_timeout(&w->conn, c->timeout_ms);
-	pm_conn_set_wake(&w->conn, c->wake[0]);
-	if (c->tls) {
-		char host[256];
-		struct pm_err e = { 0 };
-		pm_addr_host(to, host, sizeof(host));
-		/* One deadline for the whole handshake. */
-		pm_conn_set_deadline(&w->conn, pm_now_ms() + c->timeout_ms);
-		r = pm_tls_start(c->tls, &w->conn, host, &e);
-		if (!r)
-			r = pm_tls_handshake(&w->conn, &e);
-		pm_conn_set_deadline(&w->conn, 0);
-		if (r)
-			return pm_err_set(err, -r, "%s: %s", w->peer, e.msg);
-	}
-	pm_encode_hello(hb, &h);
-	r = pm_send_frame(&w->conn, PM_FR_HELLO, hb, sizeof(hb), err);
-	if (r && w->conn.tls) {
-		/* A destination that checked our certificate after the
-		 * handshake and refused it has said why: read that instead. */
-		struct pm_err e2 = { 0 };
-		pm_conn_set_timeout(&w->conn, 500);
-		if (recv_reply(&w->conn, PM_FR_HELLO_ACK, hb, sizeof(hb), &len, w->peer, &e2) && e2.code == EACCES)
-			pm_err_reset(err, e2.code, "%s", e2.msg);
-	}
-	if (!r)
-		r = recv_reply(&w->conn, PM_FR_HELLO_ACK, hb, sizeof(hb), &len, w->peer, err);
-	if (!r)
-		r = pm_decode_hello(hb, len, &ack, err);
-	if (!r && (ack.channel != i || memcmp(ack.session, c->session, 16)))
-		r = pm_err_set(err, EPROTO, "%s acknowledged another channel or session", w->peer);
-	return r;
-}
-
 /* Every channel, then the layout, which the destination checks against its
  * own before any page; then dirty tracking and the workers start. */
 static int phase_connect(struct src_ctx *c, struct pm_err *err)
@@ -444,7 +367,7 @@ static int phase_connect(struct src_ctx *c, struct pm_err *err)
 	if (getrandom(c->session, sizeof(c->session), 0) != sizeof(c->session))
 		return pm_err_set(err, errno, "getrandom: %s", strerror(errno));
 	for (unsigned i = 0; i < c->nch; i++) {
-		r = connect_channel(c, i, err);
+		r = chan_connect(&c->w[i], &c->w[i].conn, 0, c->timeout_ms, err);
 		if (r)
 			return r;
 	}
@@ -452,7 +375,7 @@ static int phase_connect(struct src_ctx *c, struct pm_err *err)
 	pm_encode_layout(lb, &l);
 	r = pm_send_frame(&c->w[0].conn, PM_FR_LAYOUT, lb, pm_layout_len(&l), err);
 	if (!r)
-		r = recv_reply(&c->w[0].conn, PM_FR_LAYOUT_ACK, NULL, 0, NULL, "destination", err);
+		r = chan_recv_reply(&c->w[0], &c->w[0].conn, PM_FR_LAYOUT_ACK, NULL, 0, NULL, err);
 	if (r)
 		return r;
 	c->rep->setup_ms = pm_now_ms() - c->t0;
@@ -516,8 +439,7 @@ static int run_pass(struct src_ctx *c, uint32_t round)
 		if (!(c->chunk_dirty[i / 64] >> (i % 64) & 1))
 			continue;
 		if (c->p->serial) {
-			if (src_process_chunk(&c->w[0], t))
-				src_fail(c, &c->w[0].err);
+			src_run_task(&c->w[0], t);
 			src_sample(c, false);
 		} else if (!pm_queue_push(&c->q, t)) {
 			return -1;
@@ -537,30 +459,98 @@ static int wait_idle(struct src_ctx *c)
 	return atomic_load(&c->failed) ? -1 : 0;
 }
 
-/* Barrier mode: every channel marks the round end, the destination drains
- * all channels and acknowledges each. */
+/* Barrier (and drain): every live channel marks the round end, the
+ * destination applies everything sent before on every channel and
+ * acknowledges each.  A channel lost on the way no longer counts; the wait
+ * has a deadline (twice the timeout: the destination may wait its timeout
+ * for a silent channel before it gives that one up). */
 static int round_barrier(struct src_ctx *c, uint32_t round)
 {
 	uint8_t b[PM_ROUND_LEN] = { 0 };
-	struct pm_err e = { 0 };
+	uint64_t want = 0;
+	double deadline;
 	int r = wait_idle(c);
 
 	if (r)
 		return r;
 	pm_put32(b, round);
-	for (unsigned i = 0; i < c->nch && !r; i++)
-		r = pm_send_frame(&c->w[i].conn, PM_FR_ROUND_END, b, sizeof(b), &e);
-	for (unsigned i = 0; i < c->nch && !r; i++) {
-		uint8_t ab[PM_ROUND_LEN];
-		uint32_t len;
-		r = recv_reply(&c->w[i].conn, PM_FR_ROUND_ACK, ab, sizeof(ab), &len, "destination", &e);
-		if (!r && pm_get32(ab) != round)
-			r = pm_err_set(&e, EPROTO, "destination acknowledged round %u, expected %u",
-				       pm_get32(ab), round);
+	for (unsigned i = 0; i < c->nch; i++) {
+		struct worker *w = &c->w[i];
+		struct pm_err e = { 0 };
+		if (!take(w))
+			continue;
+		if (pm_send_frame(&w->conn, PM_FR_ROUND_END, b, sizeof(b), &e))
+			chan_lost(w, &e);
+		else
+			want |= 1ull << i;
+		w->last_send = pm_now_ms();
+		give(w);
 	}
-	if (r)
-		src_fail(c, &e);
-	return r;
+	deadline = pm_now_ms() + 2.0 * c->timeout_ms;
+	while (want && !atomic_load(&c->failed)) {
+		struct pollfd pfd[PM_MAX_CHANNELS];
+		unsigned who[PM_MAX_CHANNELS], n = 0;
+		for (unsigned i = 0; i < c->nch; i++)
+			if (want >> i & 1) {
+				if (atomic_load(&c->w[i].lost)) {
+					want &= ~(1ull << i);
+					continue;
+				}
+				pfd[n] = (struct pollfd){ .fd = c->w[i].conn.fd, .events = POLLIN };
+				who[n++] = i;
+			}
+		double left = deadline - pm_now_ms();
+		if (!n)
+			break;
+		if (left <= 0) {
+			for (unsigned k = 0; k < n; k++) {
+				struct worker *w = &c->w[who[k]];
+				struct pm_err e = { 0 };
+				pm_err_set(&e, ETIMEDOUT, "%s: no ROUND_ACK within %.0f ms", w->peer,
+					   2.0 * c->timeout_ms);
+				if (take(w)) {
+					chan_lost(w, &e);
+					give(w);
+				}
+			}
+			break;
+		}
+		if (poll(pfd, n, (int)left + 1) < 0 && errno != EINTR)
+			break;
+		for (unsigned k = 0; k < n; k++) {
+			struct worker *w = &c->w[who[k]];
+			struct pm_frame_hdr h;
+			struct pm_err e = { 0 };
+			int t;
+			if (!pfd[k].revents)
+				continue;
+			if (!take(w)) {
+				want &= ~(1ull << who[k]);
+				continue;
+			}
+			while ((t = chan_take(w, &h)) > 0) {
+				const uint8_t *body = w->reply + PM_FRAME_HDR_LEN;
+				if (h.type == PM_FR_ROUND_ACK && pm_get32(body) == round) {
+					want &= ~(1ull << who[k]);
+				} else {
+					if (h.type == PM_FR_ERROR)
+						refused(c, body, h.len, &e);
+					else
+						pm_err_set(&e, EPROTO, "%s sent %s (round %u) while we waited for "
+							   "ROUND_ACK of round %u", w->peer, pm_frame_name(h.type),
+							   h.len >= 4 ? pm_get32(body) : 0, round);
+					src_fail(c, &e);
+				}
+				chan_drop(w, &h);
+			}
+			if (t < 0 && !atomic_load(&w->lost)) {
+				chan_lost(w, &w->dead_why);
+				want &= ~(1ull << who[k]);
+			}
+			give(w);
+		}
+	}
+	return atomic_load(&c->failed) ? -1 : 0;
 }
 
 /* Decides at the start of a round whether to switch over now: 1 yes (reason
@@ -685,7 +675,27 @@ static int phase_precopy(struct src_ctx *c, struct pm_err *err)
 
 /* ---------------------------------------------------- phase: switchover */
 
-
+/* The final pass, with the VM paused -- and, if a channel was lost during
+ * it, one more pass (one round higher) for the chunks whose last copy it
+ * had, until nothing is left to send again. */
+static int final_passes(struct src_ctx *c, struct pm_err *err)
+{
+	if (run_pass(c, c->round) || wait_idle(c))
+		return worker_error(c, err);
+	for (;;) {
+		collect_replies(c);
+		if (atomic_load(&c->failed))
+			return worker_error(c, err);
+		if (!atomic_load(&c->resend_pending))
+			return 0;
+		if (c->round >= PM_MAX_ROUNDS)
+			return pm_err_set(err, EIO, "round %u: no round left to send lost chunks again", c->round);
+		c->round++;
+		atomic_store(&c->cur_round, c->round);
+		if (run_pass(c, c->round) || wait_idle(c))
+			return worker_error(c, err);
+	}
+}
 
 /* Lets what is in flight finish while the VM still runs (the pause should
  * only cover what is dirty now, not a full pipeline), pauses, harvests
@@ -697,6 +707,11 @@ static int phase_switchover(struct src_ctx *c, struct pm_err *err)
 
 	if (wait_idle(c))
 		return worker_error(c, err);
+	/* From here on a lost channel stays lost: no channel may join while a
+	 * barrier or the final passes are under way. */
+	pthread_mutex_lock(&c->lost_lock);
+	atomic_store(&c->reconnect_open, false);
+	pthread_mutex_unlock(&c->lost_lock);
 	/* Barrier-free, the last round's tail is still in socket buffers and
 	 * the network's queues: drain it end to end now, while the VM runs,
 	 * or it lands inside the downtime (tens of ms on a shaped link). */
@@ -739,8 +754,9 @@ static int phase_switchover(struct src_ctx *c, struct pm_err *err)
 	atomic_store(&c->dirty_at_start, c->dirty_at[c->round]);
 	bd->final_sync_ms = pm_now_ms() - t;
 	t = pm_now_ms();
-	if (run_pass(c, c->round) || wait_idle(c))
-		return worker_error(c, err);
+	r = final_passes(c, err);
+	if (r)
+		return r;
 	bd->final_send_ms = pm_now_ms() - t;
 	c->round_ms[c->round] = pm_now_ms() - c->t_round - c->dump_ms;
 	atomic_store(&c->sample_phase, PM_PH_COMPLETING);
@@ -750,10 +766,6 @@ static int phase_switchover(struct src_ctx *c, struct pm_err *err)
 
 /* ---------------------------------------------------- phase: completion */
 
-/* After the final state went out: DONE on any channel means the destination
- * runs the VM; an ERROR means it did not and never will (it tells before it
- * resumes, never after); anything else -- silence for twice the timeout,
- * every channel closed -- leaves the outcome unknown (PM_UNKNOWN). */
 /* Which pages of a chunk hold data: never read the others. */
 static int populated_of(void *opaque, uint32_t region, uint64_t first, uint64_t n, uint64_t *bits,
 			struct pm_err *err)
@@ -767,10 +779,10 @@ static int populated_of(void *opaque, uint32_t region, uint64_t first, uint64_t 
 	return pm_guestmem_populated(rg->mem, rg->mem_offset / PM_PAGE_SIZE + first, n, bits, err);
 }
 
-/* --verify: a digest of every chunk as it is now (paused, all sent), on
- * channel 0 after the state; the destination compares before it resumes.
- * A verification aid: its time is left out of the downtime. */
-static int send_digests(struct src_ctx *c, struct pm_err *err)
+/* --verify: a digest of every chunk as it is now (paused, all sent), sent
+ * after the state on the state's channel; the destination compares before
+ * it resumes.  A verification aid: its time is left out of the downtime. */
+static int make_digests(struct src_ctx *c, uint8_t **out, size_t *len, struct pm_err *err)
 {
 	struct pm_digest_job j = { .be = c->be, .chunk_pages = c->chunk_pages,
 				   .data = populated_of, .opaque = c->be };
@@ -787,14 +799,17 @@ static int send_digests(struct src_ctx *c, struct pm_err *err)
 		return pm_err_set(err, ENOMEM, "out of memory for %llu digests", (unsigned long long)n);
 	pm_put32(b, (uint32_t)n);
 	r = pm_digest_compute(&j, c->nch, b + PM_VERIFY_FIXED_LEN, err);
-	if (!r)
-		r = pm_send_frame(&c->w[0].conn, PM_FR_VERIFY, b, PM_VERIFY_FIXED_LEN + n * PM_DIGEST_LEN, err);
-	free(b);
 	c->verify_src_ms = pm_now_ms() - t;
 	c->rep->verify_ms += c->verify_src_ms;
 	c->dump_ms += c->verify_src_ms;
 	exclude_dumps(c);
-	return r;
+	if (r) {
+		free(b);
+		return r;
+	}
+	*out = b;
+	*len = PM_VERIFY_FIXED_LEN + n * PM_DIGEST_LEN;
+	return 0;
 }
 
 /* DONE: the destination runs the VM.  What it says of its share of the
@@ -818,12 +833,19 @@ static void done_received(struct src_ctx *c, const struct pm_done *d)
 	c->rep->dst_data_pages = d->data_pages;
 }
 
+/* After the final state went out: DONE on any channel means the destination
+ * runs the VM; an ERROR means it did not and never will (it tells before it
+ * resumes, never after); a LOST (the destination lost a channel before its
+ * END) means: send that channel's work again and END again (1); anything
+ * else -- silence for twice the timeout, every channel closed -- leaves the
+ * outcome unknown (PM_UNKNOWN). */
 static int wait_outcome(struct src_ctx *c, struct pm_err *err)
 {
 	/* The destination may itself wait up to its timeout for a missing
-	 * frame before it answers (with an ERROR): outlast that. */
+	 * frame before it answers (with an ERROR or a LOST): outlast that. */
 	unsigned budget = 2 * c->timeout_ms;
 	double deadline = pm_now_ms() + budget;
+	uint64_t lost0 = lost_mask(c);
 	char why[300] = "";
 
 	for (;;) {
@@ -831,7 +853,7 @@ static int wait_outcome(struct src_ctx *c, struct pm_err *err)
 		unsigned who[PM_MAX_CHANNELS], n = 0;
 
 		for (unsigned i = 0; i < c->nch; i++)
-			if (!c->w[i].dead) {
+			if (!c->w[i].dead && !atomic_load(&c->w[i].lost)) {
 				pfd[n] = (struct pollfd){ .fd = c->w[i].conn.fd, .events = POLLIN };
 				who[n++] = i;
 			}
@@ -860,20 +882,24 @@ static int wait_outcome(struct src_ctx *c, struct pm_err *err)
 			struct pm_frame_hdr h;
 			int t;
 
-			if (!pfd[k].revents)
+			if (!pfd[k].revents || !take(w))
 				continue;
-			while ((t = take_reply(w, &h)) > 0) {
+			while ((t = chan_take(w, &h)) > 0) {
 				const uint8_t *body = w->reply + PM_FRAME_HDR_LEN;
 				struct pm_done d;
 				if (h.type == PM_FR_DONE && !pm_decode_done(body, h.len, &d, &w->dead_why)) {
 					done_received(c, &d);
+					give(w);
 					enter(c, SRC_COMPLETED);
 					atomic_store(&c->sample_phase, PM_PH_DONE);
 					src_sample(c, true);
 					return 0;
 				}
-				if (h.type == PM_FR_ERROR)
-					return refused(body, h.len, err);
+				if (h.type == PM_FR_ERROR) {
+					int r = refused(c, body, h.len, err);
+					give(w);
+					return r;
+				}
 				pm_err_set(&w->dead_why, EPROTO, "%s: unexpected %s from the destination",
 					   w->peer, pm_frame_name(h.type));
 				t = -1;
@@ -881,21 +907,88 @@ static int wait_outcome(struct src_ctx *c, struct pm_err *err)
 			}
 			if (t < 0)
 				w->dead = true;
+			give(w);
 		}
+		/* The destination lost a channel that had not ended: its work
+		 * goes again on the others, and END again. */
+		if (c->failover && lost_mask(c) != lost0)
+			return 1;
 	}
 }
 
-/* The last END is the point of no return: with it the destination has
- * everything it needs to run the VM.  A cancel that came first wins. */
+/* The last END of the first whole set is the point of no return: with it
+ * the destination has everything it needs to run the VM.  A cancel that
+ * came first wins. */
 static bool gate_commit(struct src_ctx *c)
 {
 	int open = GATE_OPEN;
 
+	if (c->committed)
+		return true;
 	return atomic_compare_exchange_strong(&c->gate, &open, GATE_COMMITTED);
 }
 
-/* Device state on channel 0, END with counters on every channel, then the
- * destination's answer. */
+/* The device state (where it has not arrived whole yet) and an END on every
+ * live channel, carrying the mask of the lost ones.  1: a channel was lost
+ * on the way -- send its work again and try again. */
+static int send_final(struct src_ctx *c, const void *state, size_t state_len, struct pm_err *err)
+{
+	uint64_t mask = lost_mask(c);
+	unsigned live[PM_MAX_CHANNELS], n = 0;
+
+	for (unsigned i = 0; i < c->nch; i++)
+		if (!(mask >> i & 1))
+			live[n++] = i;
+	if (atomic_load(&c->state_channel) < 0) {
+		for (unsigned k = 0; k < n; k++) {
+			struct worker *w = &c->w[live[k]];
+			struct pm_err e = { 0 };
+			if (!take(w))
+				return 1;
+			int r = pm_send_frame(&w->conn, PM_FR_STATE, state, state_len, &e);
+			if (!r && c->digests)
+				r = pm_send_frame(&w->conn, PM_FR_VERIFY, c->digests, c->digests_len, &e);
+			if (r)
+				chan_lost(w, &e);
+			else
+				atomic_store(&c->state_channel, (int)w->idx);
+			give(w);
+			if (atomic_load(&c->failed))
+				return worker_error(c, err);
+			if (r)
+				return 1;
+			break;
+		}
+	}
+	for (unsigned k = 0; k < n; k++) {
+		struct worker *w = &c->w[live[k]];
+		struct pm_err e = { 0 };
+		uint8_t eb[PM_END_FAILOVER_LEN];
+		if (!take(w))
+			return 1;
+		w->sent.final_round = c->round;
+		w->sent.lost = mask;
+		uint32_t len = pm_encode_end(eb, &w->sent, c->failover);
+		if (k == n - 1 && !gate_commit(c)) {
+			give(w);
+			return pm_err_set(err, ECANCELED, "migration cancelled");
+		}
+		/* An END that does not go out whole leaves the destination
+		 * without it: it cannot resume with this set. */
+		int r = pm_send_frame(&w->conn, PM_FR_END, eb, len, &e);
+		if (r)
+			chan_lost(w, &e);
+		give(w);
+		if (atomic_load(&c->failed))
+			return worker_error(c, err);
+		if (r)
+			return 1;
+	}
+	c->committed = true;
+	return 0;
+}
+
+/* Device state and END sets until the destination answers. */
 static int phase_complete(struct src_ctx *c, struct pm_err *err)
 {
 	struct pm_backend *be = c->be;
@@ -913,26 +1006,38 @@ static int phase_complete(struct src_ctx *c, struct pm_err *err)
 		free(state);
 		return pm_err_set(err, EFBIG, "device state of %zu bytes exceeds the protocol limit", state_len);
 	}
-	r = pm_send_frame(&c->w[0].conn, PM_FR_STATE, state, state_len, err);
-	free(state);
-	if (!r && c->p->verify)
-		r = send_digests(c, err);
-	for (unsigned i = 0; i < c->nch && !r; i++) {
-		uint8_t eb[PM_END_LEN];
-		c->w[i].sent.final_round = c->round;
-		pm_encode_end(eb, &c->w[i].sent);
-		if (i == c->nch - 1 && !gate_commit(c))
-			return pm_err_set(err, ECANCELED, "migration cancelled");
-		/* An END that does not go out whole leaves the destination
-		 * without it: it cannot resume, and this side may. */
-		r = pm_send_frame(&c->w[i].conn, PM_FR_END, eb, sizeof(eb), err);
+	if (c->p->verify) {
+		r = make_digests(c, &c->digests, &c->digests_len, err);
+		if (r) {
+			free(state);
+			return r;
+		}
 	}
-	if (r)
-		return r;
-	bd->state_ms = pm_now_ms() - t - c->verify_src_ms;
-	c->t_end_sent = pm_now_ms();
-	c->committed = true;
-	return wait_outcome(c, err);
+	for (;;) {
+		r = send_final(c, state, state_len, err);
+		if (!r) {
+			if (!bd->state_ms)
+				bd->state_ms = pm_now_ms() - t - c->verify_src_ms;
+			c->t_end_sent = pm_now_ms();
+			r = wait_outcome(c, err);
+		}
+		if (r != 1)
+			break;
+		/* A channel was lost before its END arrived: its chunks go
+		 * again, in a higher round, then a new END set. */
+		collect_replies(c);
+		if (c->round >= PM_MAX_ROUNDS) {
+			r = pm_err_set(err, EIO, "no round left after lost channels");
+			break;
+		}
+		c->round++;
+		atomic_store(&c->cur_round, c->round);
+		r = final_passes(c, err);
+		if (r)
+			break;
+	}
+	free(state);
+	return r;
 }
 
 /* ------------------------------------------------------------- outcome */
@@ -966,6 +1071,13 @@ static void fill_report(struct src_ctx *c)
 		rep->frames += c->w[i].sent.frames;
 	}
 	rep->throttle_pct = atomic_load(&c->throttle);
+	rep->failover = c->failover;
+	rep->mptcp = c->nch && atomic_load(&c->mptcp_channels) >= c->nch;
+	rep->resent_pages = atomic_load(&c->resent_pages);
+	pthread_mutex_lock(&c->lost_lock);
+	rep->nlost = c->nevents;
+	memcpy(rep->lost, c->events, sizeof(rep->lost));
+	pthread_mutex_unlock(&c->lost_lock);
 	pm_timeline_report(&c->tl, rep);
 	bool kernel = c->nch > 0;
 	for (unsigned i = 0; i < c->nch; i++)
@@ -988,11 +1100,22 @@ static void fill_report(struct src_ctx *c)
  * joins the threads. */
 static void teardown(struct src_ctx *c, const struct pm_err *why)
 {
+	/* Workers still dialling a lost channel give up at once. */
+	pthread_mutex_lock(&c->lost_lock);
+	atomic_store(&c->reconnect_open, false);
+	pthread_mutex_unlock(&c->lost_lock);
+	if (c->wake[1] >= 0 && write(c->wake[1], "t", 1) < 0) {
+		/* full: woken already */
+	}
 	if (c->q.slots)
 		pm_queue_close(&c->q);
 	for (unsigned i = 0; c->w && i < c->nch; i++) {
 		struct worker *w = &c->w[i];
-		if (why && why->code)
+		if (w->started) {
+			pthread_join(w->thread, NULL);
+			w->started = false;
+		}
+		if (why && why->code && !atomic_load(&w->lost))
 			pm_send_error_frame(&w->conn, why->code, why->msg);
 		pm_conn_shutdown(&w->conn);
 		if (w->started)
@@ -1025,7 +1148,9 @@ static int conclude(struct src_ctx *c, int r, struct pm_err *err)
 	struct pm_backend *be = c->be;
 	struct pm_report *rep = c->rep;
 	bool done = !r && c->phase == SRC_COMPLETED;
-	bool unknown = r == PM_UNKNOWN && c->committed;
+	/* Past the point of no return only the destination's ERROR says it
+	 * does not run the VM. */
+	bool unknown = !done && c->committed && !atomic_load(&c->refused);
 	double t_end = pm_now_ms();
 
 	if (!done && !r)
@@ -1055,6 +1180,11 @@ static int conclude(struct src_ctx *c, int r, struct pm_err *err)
 	if (done)
 		return 0;
 	if (unknown) {
+		if (r != PM_UNKNOWN)
+			pm_err_reset(err, EINPROGRESS, "outcome unknown: the final state went to the destination, "
+				     "then: %s; the destination may be running the VM, so it stays paused here -- "
+				     "check the destination, then send 'cont' to resume it here or 'quit' to drop it",
+				     err->msg);
 		enter(c, SRC_UNKNOWN);
 		rep->status = PM_UNKNOWN;
 		snprintf(rep->error, sizeof(rep->error), "%s", err->msg);
@@ -1093,11 +1223,13 @@ static struct src_ctx *ctx_new(struct pm_backend *be, const struct pm_migrate_pa
 	c->rep = rep;
 	c->t0 = pm_now_ms();
 	pthread_mutex_init(&c->err_lock, NULL);
+	pthread_mutex_init(&c->lost_lock, NULL);
 	pm_timeline_init(&c->tl, 20);
 	enter(c, SRC_SETUP);
 	/* Before any thread can cancel. */
 	if (pipe2(c->wake, O_CLOEXEC | O_NONBLOCK)) {
 		pthread_mutex_destroy(&c->err_lock);
+		pthread_mutex_destroy(&c->lost_lock);
 		pm_timeline_destroy(&c->tl);
 		free(c);
 		return NULL;
@@ -1120,7 +1252,10 @@ static void ctx_free(struct src_ctx *c)
 	free(c->chunk_round);
 	free(c->chunk_dirty);
 	free(c->summary);
+	free(c->resend);
+	free(c->digests);
 	free(c->w);
+	pthread_mutex_destroy(&c->lost_lock);
 	close(c->wake[0]);
 	close(c->wake[1]);
 	pm_tls_free(c->tls);
@@ -1232,6 +1367,8 @@ int pm_migration_cancel(struct pm_migration *m)
 	}
 	pthread_mutex_unlock(&c->err_lock);
 	atomic_store(&c->failed, true);
+	if (atomic_load(&c->channels_ready))
+		pm_queue_close(&c->q);
 	/* Every wait on a channel ends now. */
 	if (c->wake[1] >= 0 && write(c->wake[1], "c", 1) < 0) {
 		/* full: already woken */

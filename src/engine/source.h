@@ -27,11 +27,23 @@ struct chunk_ref {
 	uint64_t first;
 };
 
-/* One channel and the worker thread that owns it during a pass. */
+/* A chunk sent on a channel and not yet acknowledged: if the channel is
+ * lost, the chunk is sent again on another one. */
+struct sent_chunk {
+	uint32_t chunk;
+	uint64_t seq;                   /* the channel's PAGES frame count after it */
+};
+
+/* One channel and the worker thread that uses it.  Whoever does I/O on a
+ * channel holds its io lock: the worker during a chunk, the migration
+ * thread for STATE, END, barriers and the outcome.  (One thread at a time
+ * per connection: TLS needs it, and frames must not interleave.) */
 struct worker {
 	struct src_ctx *c;
 	unsigned idx;
+	pthread_mutex_t io;
 	struct pm_conn conn;
+	unsigned generation;            /* reconnects of this channel */
 	pthread_t thread;
 	bool started;
 	struct pm_codec *codec;
@@ -41,18 +53,30 @@ struct worker {
 	uint8_t (*hdrs)[PM_FRAME_HDR_LEN + PM_PAGES_FIXED_LEN];
 	struct iovec *iov;
 	struct pm_end sent;             /* what END will count */
+	bool io_failed;                 /* the last error was the channel's, not the VM's */
+	uint32_t cur_chunk;             /* the chunk being sent */
+	double last_send;               /* for PING */
+	char to[256], bind[256];
 	char peer[300];                 /* "10.0.0.2:7000 (channel 2)" */
 	char what[160];                 /* "channel 2 (10.0.0.2:7000): sending pages" */
 	_Atomic uint64_t wire_bytes;
 	_Atomic uint64_t busy_us;       /* time spent harvesting and sending */
 	uint64_t busy_at_round;         /* busy_us when the round started (migration thread) */
 	struct pm_err err;
-	/* Replies of the destination, read without blocking while waiting for
-	 * the outcome: a partial frame waits here for the rest. */
-	uint8_t reply[PM_FRAME_HDR_LEN + PM_ERROR_FIXED_LEN + PM_MAX_ERROR_LEN];
+	/* Replies of the destination (ACK, LOST, ERROR, DONE, ...), read
+	 * without blocking: a partial frame waits here for the rest. */
+	uint8_t reply[PM_FRAME_HDR_LEN + PM_LOST_FIXED_LEN + PM_MAX_ERROR_LEN];
 	size_t reply_len;
 	bool dead;                      /* closed or broken: nothing more comes */
 	struct pm_err dead_why;
+	/* Failover (under io) */
+	struct sent_chunk *log;         /* ring of unacknowledged chunks */
+	unsigned log_head, log_len, log_cap;
+	uint64_t acked;                 /* PAGES frames the destination applied */
+	atomic_bool lost;               /* given up: its work went to the others */
+	atomic_bool lost_req;           /* asked by another thread to give it up */
+	struct pm_err lost_why;         /* under c->lost_lock */
+	int event;                      /* index of its loss in the report, -1 */
 };
 
 struct round_acc {
@@ -116,11 +140,28 @@ struct src_ctx {
 	double round_ms[PM_MAX_ROUNDS + 2];
 	uint64_t dirty_at[PM_MAX_ROUNDS + 2];
 
+	/* Failover: chunks to send whole again (their last copy was on a lost
+	 * channel), channels alive, losses for the report. */
+	bool failover;
+	atomic_uchar *resend;
+	atomic_uint resend_pending;
+	_Atomic uint64_t resent_pages;
+	atomic_uint alive;
+	atomic_bool reconnect_open;     /* cleared before barriers and switchover */
+	pthread_mutex_t lost_lock;      /* events, lost_why, reconnects */
+	unsigned nevents;
+	struct pm_lost_channel events[PM_MAX_LOST];
+	atomic_int state_channel;       /* where the last STATE went, -1 */
+	uint8_t *digests;               /* --verify: the VERIFY body, sent after each STATE */
+	size_t digests_len;
+	atomic_uint mptcp_channels;     /* connections that are Multipath TCP */
+
 	/* The first error of any worker (or a cancel). */
 	atomic_bool failed;
 	pthread_mutex_t err_lock;
 	struct pm_err err;
 	bool cancel_won;                /* the first error is the cancel */
+	atomic_bool refused;            /* the destination sent ERROR: it does not run the VM */
 
 	/* Read by the progress thread and pm_migration_progress(). */
 	atomic_bool channels_ready;     /* nch and w are set */
@@ -151,10 +192,47 @@ void src_fail(struct src_ctx *c, const struct pm_err *e);
 /* Harvests one chunk and sends its dirty pages on w's channel. */
 int src_process_chunk(struct worker *w, struct pm_task t);
 void *src_worker_main(void *arg);
+/* One task on w's channel (holding its io lock), failures handled. */
+void src_run_task(struct worker *w, struct pm_task t);
 /* Allocates the buffers of a worker; frees them. */
 int src_worker_init(struct worker *w, struct src_ctx *c, unsigned idx, struct pm_err *err);
 void src_worker_free(struct worker *w);
 /* source.c: a timeline sample if one is due (always with force). */
 void src_sample(struct src_ctx *c, bool force);
+
+/* srcchan.c: the channels (holding w->io where it says "owner"). */
+/* Owner: gives the channel up -- its unacknowledged chunks are marked to be
+ * sent whole again; without failover, or with no channel left, the
+ * migration fails with why. */
+void chan_lost(struct worker *w, const struct pm_err *why);
+/* Any thread: asks the owner to give channel w up (and wakes its I/O). */
+void chan_request_lost(struct worker *w, const struct pm_err *why);
+/* Owner: acts on a request; true if the channel is lost. */
+bool chan_gone(struct worker *w);
+/* Owner: before chunk frames go out, and after: the chunk is in flight. */
+int chan_log(struct worker *w, uint32_t chunk);
+/* Owner: what the destination sent, without blocking.  ACK and LOST are
+ * handled here; 1 returns another frame at the start of w->reply (drop it
+ * with chan_drop), 0 nothing more, -1 the channel is dead (dead_why). */
+int chan_take(struct worker *w, struct pm_frame_hdr *h);
+void chan_drop(struct worker *w, const struct pm_frame_hdr *h);
+/* Owner (a worker between chunks): replies read, an ERROR fails the
+ * migration, a dead channel is lost. */
+void chan_poll(struct worker *w);
+/* A chunk's last copy went on a lost channel. */
+void chan_mark_resend(struct src_ctx *c, uint32_t chunk);
+/* Idle worker: a PING if nothing went out for a while. */
+void chan_ping(struct worker *w);
+/* Worker of a lost channel: dials again while it may; true when back. */
+bool chan_reconnect(struct worker *w);
+/* A new connection of channel w (HELLO answered) into conn. */
+int chan_connect(struct worker *w, struct pm_conn *conn, unsigned generation, unsigned timeout_ms,
+		 struct pm_err *err);
+/* On a fresh connection: the next frame, which must be `want` (an ERROR
+ * becomes "destination refused: ..."). */
+int chan_recv_reply(struct worker *w, struct pm_conn *conn, uint32_t want, uint8_t *body, uint32_t cap,
+		    uint32_t *len, struct pm_err *err);
+int chan_init(struct worker *w, struct pm_err *err);
+void chan_free(struct worker *w);
 
 #endif

@@ -49,6 +49,8 @@ struct fakevm {
 	unsigned harvest_delay_us;              /* slows the source down (a "slow link") */
 	void (*on_pause)(void *arg);            /* called in pause(), from the engine's thread */
 	void *on_pause_arg;
+	void (*on_sync)(void *arg);             /* called in dirty_sync() (each round's start) */
+	void *on_sync_arg;
 	/* writer */
 	pthread_t writer;
 	bool writer_started;
@@ -106,6 +108,8 @@ static int fv_dirty_sync(void *o, struct pm_err *err)
 	pthread_mutex_lock(&vm->lock);
 	vm->syncs++;
 	pthread_mutex_unlock(&vm->lock);
+	if (vm->on_sync)
+		vm->on_sync(vm->on_sync_arg);
 	return 0;
 }
 

@@ -98,8 +98,10 @@ static void source_runs(struct fakevm *vm)
 	assert_false(vm->paused);
 	assert_int_equal(vm->pauses, vm->resumes);
 	if (vm->writer_started) {
+		/* (a loaded machine may not run the writer for a while) */
 		uint64_t w = fakevm_writes(vm);
-		usleep(20000);
+		for (unsigned i = 0; i < 500 && fakevm_writes(vm) == w; i++)
+			usleep(10000);
 		assert_true(fakevm_writes(vm) > w);
 	}
 }
@@ -170,28 +172,235 @@ static void test_done_lost_on_all(void **s)
 	pair_free(&f);
 }
 
+/* The report names the lost channel, when and why. */
+static void names_lost(const struct pm_report *rep, unsigned channel, const char *why)
+{
+	bool found = false;
+
+	for (unsigned i = 0; i < rep->nlost && i < PM_MAX_LOST; i++)
+		if (rep->lost[i].channel == channel) {
+			found = true;
+			assert_true(rep->lost[i].at_ms > 0);
+			assert_true(rep->lost[i].phase[0]);
+			if (why && !strstr(rep->lost[i].reason, why))
+				fail_msg("channel %u lost for '%s', expected /%s/", channel, rep->lost[i].reason, why);
+		}
+	if (!found)
+		fail_msg("the report does not name channel %u as lost (%u losses)", channel, rep->nlost);
+	char *j = pm_report_to_json(rep);
+	assert_non_null(strstr(j, "\"lost_channels\""));
+	free(j);
+}
+
+/* A completed migration: the source paused for good, the destination runs
+ * the VM with the source's memory. */
+static void completed(struct pair *f, int r)
+{
+	if (r)
+		fail_msg("migration failed: %s (destination: %s)", f->err.msg, f->d.err.msg);
+	assert_int_equal(f->d.rc, 0);
+	assert_true(f->src->paused);
+	assert_int_equal(f->src->resumes, 0);
+	assert_int_equal(f->dst->resumes, 1);
+	int64_t diff = fakevm_first_diff(f->src, f->dst);
+	if (diff >= 0)
+		fail_msg("page %lld differs after the migration", (long long)diff);
+}
+
 /* A channel that stalls (right after its HELLO: nothing sent on it later
- * arrives, nothing is closed) fails the migration within --timeout plus a
- * second, and the source runs on. */
+ * arrives, nothing is closed): with failover its work moves to the other
+ * channel and the migration completes within --timeout plus a second;
+ * without, it fails within the same bound and the source runs on. */
 static void test_stalled_channel(void **s)
 {
 	struct fp_rule stall = { .dir = FP_TO_DEST, .bytes = 8 + 40, .action = FP_STALL };
 	struct pair f;
 
-	pair_start(&f, 2, 1u << 1, &stall, 1, 1000);
-	struct pm_migrate_params p = pair_params(&f, 1000);
+	for (int failover = 1; failover >= 0; failover--) {
+		pair_start(&f, 2, 1u << 1, &stall, 1, 1000);
+		struct pm_migrate_params p = pair_params(&f, 1000);
+		p.no_failover = !failover;
+		fakevm_start_writer(f.src, 50);
+		double t = pm_now_ms();
+		int r = pm_migrate_outgoing(&f.src->be, &p, f.rep, &f.err);
+		double dt = pm_now_ms() - t;
+		fakevm_stop_writer(f.src);
+		pair_join(&f);
+		if (hits(&f) != 1)
+			fail_msg("stall hits %u", hits(&f));
+		if (dt > 1000 + 1000)
+			fail_msg("a stalled channel took %.0f ms (failover %d) with a 1000 ms timeout", dt, failover);
+		if (failover) {
+			completed(&f, r);
+			names_lost(f.rep, 1, NULL);
+			assert_true(f.rep->failover);
+		} else {
+			if (r >= 0 || r == PM_UNKNOWN)
+				fail_msg("without failover: migration %d: %s", r, f.err.msg);
+			if (!strstr(f.err.msg, "timed out") && !strstr(f.err.msg, "destination refused"))
+				fail_msg("unclear message: %s", f.err.msg);
+			assert_false(f.src->paused);
+			assert_int_equal(f.src->pauses, f.src->resumes);
+			assert_true(f.d.rc < 0);
+			assert_int_equal(f.dst->resumes, 0);
+		}
+		pair_free(&f);
+	}
+}
+
+/* Holds pre-copy (at a round start) until a lost channel is back, so the
+ * test does not depend on how long pre-copy would have lasted. */
+struct hold {
+	struct pm_migration *_Atomic m;
+	atomic_bool seen_back;
+};
+
+static void hold_until_back(void *arg)
+{
+	struct hold *h = arg;
+	struct pm_progress pr;
+
+	for (unsigned i = 0; i < 10000 && !atomic_load(&h->seen_back); i++) {
+		struct pm_migration *m = atomic_load(&h->m);
+		if (m) {
+			pm_migration_progress(m, &pr);
+			if (pr.losses == 0)
+				return;         /* nothing lost (yet): go on */
+			if (pr.channels_lost == 0) {
+				atomic_store(&h->seen_back, true);
+				return;
+			}
+		}
+		usleep(1000);
+	}
+}
+
+/* One of four channels cut in pre-copy (reset at its first page run, on
+ * its first connection only): the migration completes, memory equal, the
+ * report names the channel -- and it dials again and comes back, unless
+ * told not to. */
+static void test_cut_one_of_four(void **s)
+{
+	struct fp_rule cut = { .conn = 1, .dir = FP_TO_DEST, .frame = 5 /* PAGES */, .nth = 1,
+			       .action = FP_CUT };
+	struct pair f;
+
+	for (int reconnect = 1; reconnect >= 0; reconnect--) {
+		struct hold h = { 0 };
+		struct pm_migration *m;
+		pair_start(&f, 4, 1u << 2, &cut, 1, 15000);
+		struct pm_migrate_params p = pair_params(&f, 15000);
+		p.no_reconnect = !reconnect;
+		p.chunk_pages = 64;
+		p.downtime_ms = 1;
+		p.max_rounds = 8;
+		f.src->harvest_delay_us = 1000;         /* every worker sends again soon */
+		if (reconnect) {
+			f.src->on_sync = hold_until_back;
+			f.src->on_sync_arg = &h;
+		}
+		fakevm_start_writer(f.src, 50);
+		assert_int_equal(pm_migration_start(&m, &f.src->be, &p, &f.err), 0);
+		atomic_store(&h.m, m);
+		int r = pm_migration_wait(m, f.rep, &f.err);
+		pm_migration_free(m);
+		fakevm_stop_writer(f.src);
+		pair_join(&f);
+		assert_int_equal(hits(&f), 1);
+		completed(&f, r);
+		names_lost(f.rep, 2, NULL);
+		assert_int_equal(f.rep->nlost, 1);
+		if (reconnect && (!atomic_load(&h.seen_back) || f.rep->lost[0].reconnected_ms <= f.rep->lost[0].at_ms))
+			fail_msg("channel 2 did not come back (lost at %.1f ms in %s, reconnected at %.1f ms)",
+				 f.rep->lost[0].at_ms, f.rep->lost[0].phase, f.rep->lost[0].reconnected_ms);
+		if (!reconnect)
+			assert_true(f.rep->lost[0].reconnected_ms == 0);
+		pair_free(&f);
+	}
+}
+
+/* Every channel cut at its first page run, long before the end: the
+ * migration fails and the source runs on. */
+static void test_cut_all(void **s)
+{
+	struct fp_rule cut = { .dir = FP_TO_DEST, .frame = 5 /* PAGES */, .nth = 1, .action = FP_CUT };
+	struct pair f;
+
+	pair_start(&f, 2, 3, &cut, 1, 15000);
+	struct pm_migrate_params p = pair_params(&f, 15000);
+	p.no_reconnect = true;
+	p.chunk_pages = 64;
+	f.src->harvest_delay_us = 1000;
 	fakevm_start_writer(f.src, 50);
-	double t = pm_now_ms();
 	int r = pm_migrate_outgoing(&f.src->be, &p, f.rep, &f.err);
-	double dt = pm_now_ms() - t;
 	pair_join(&f);
-	if (hits(&f) != 1 || r >= 0 || r == PM_UNKNOWN)
-		fail_msg("stall hits %u, migration %d after %.0f ms: %s (destination: %s)", hits(&f), r, dt,
-			 f.err.msg, f.d.err.msg);
-	if (dt > 1000 + 1000)
-		fail_msg("a stalled channel took %.0f ms to fail with a 1000 ms timeout", dt);
-	if (!strstr(f.err.msg, "timed out") && !strstr(f.err.msg, "destination refused"))
-		fail_msg("unclear message: %s", f.err.msg);
+	if (r >= 0 || r == PM_UNKNOWN || !strstr(f.err.msg, "every channel is lost"))
+		fail_msg("migration %d: %s", r, f.err.msg);
+	source_runs(f.src);
+	assert_true(f.d.rc < 0);
+	assert_int_equal(f.dst->resumes, 0);
+	fakevm_stop_writer(f.src);
+	pair_free(&f);
+}
+
+/* A channel cut at its END, after the point of no return: the destination
+ * loses it before its END, says LOST on the other channel, and the source
+ * sends that channel's unacknowledged work again and ENDs again. */
+static void test_lost_at_end(void **s)
+{
+	struct fp_rule cut = { .dir = FP_TO_DEST, .frame = 9 /* END */, .action = FP_CUT };
+	struct pair f;
+
+	pair_start(&f, 2, 1u << 1, &cut, 1, 15000);
+	struct pm_migrate_params p = pair_params(&f, 15000);
+	fakevm_start_writer(f.src, 50);
+	int r = pm_migrate_outgoing(&f.src->be, &p, f.rep, &f.err);
+	fakevm_stop_writer(f.src);
+	pair_join(&f);
+	assert_int_equal(hits(&f), 1);
+	completed(&f, r);
+	names_lost(f.rep, 1, NULL);
+	assert_string_equal(f.rep->lost[0].phase, "completing");
+	pair_free(&f);
+}
+
+/* Barrier mode: a cut channel stops counting at the barriers; the
+ * migration completes on the rest. */
+static void test_cut_barrier(void **s)
+{
+	struct fp_rule cut = { .dir = FP_TO_DEST, .bytes = 128 << 10, .action = FP_CUT };
+	struct pair f;
+
+	pair_start(&f, 3, 1u << 1, &cut, 1, 15000);
+	struct pm_migrate_params p = pair_params(&f, 15000);
+	p.barrier = true;
+	p.chunk_pages = 64;
+	fakevm_start_writer(f.src, 50);
+	int r = pm_migrate_outgoing(&f.src->be, &p, f.rep, &f.err);
+	fakevm_stop_writer(f.src);
+	pair_join(&f);
+	assert_int_equal(hits(&f), 1);
+	completed(&f, r);
+	names_lost(f.rep, 1, NULL);
+	pair_free(&f);
+}
+
+/* A corrupted frame is not a lost channel: the destination refuses the
+ * stream and says so, the source runs on. */
+static void test_corrupt_frame(void **s)
+{
+	struct fp_rule bad = { .dir = FP_TO_DEST, .frame = 5 /* PAGES */, .nth = 3, .action = FP_CORRUPT };
+	struct pair f;
+
+	pair_start(&f, 2, 1u << 1, &bad, 1, 15000);
+	struct pm_migrate_params p = pair_params(&f, 15000);
+	p.chunk_pages = 64;
+	fakevm_start_writer(f.src, 50);
+	int r = pm_migrate_outgoing(&f.src->be, &p, f.rep, &f.err);
+	pair_join(&f);
+	assert_int_equal(hits(&f), 1);
+	if (r >= 0 || r == PM_UNKNOWN || !strstr(f.err.msg, "unknown frame type"))
+		fail_msg("migration %d: %s", r, f.err.msg);
 	source_runs(f.src);
 	assert_true(f.d.rc < 0);
 	assert_int_equal(f.dst->resumes, 0);
@@ -415,6 +624,11 @@ int main(void)
 		cmocka_unit_test(test_done_lost_on_one),
 		cmocka_unit_test(test_done_lost_on_all),
 		cmocka_unit_test(test_stalled_channel),
+		cmocka_unit_test(test_cut_one_of_four),
+		cmocka_unit_test(test_cut_all),
+		cmocka_unit_test(test_lost_at_end),
+		cmocka_unit_test(test_cut_barrier),
+		cmocka_unit_test(test_corrupt_frame),
 		cmocka_unit_test(test_cancel_precopy),
 		cmocka_unit_test(test_cancel_connecting),
 		cmocka_unit_test(test_cancel_while_paused),

@@ -116,9 +116,8 @@ static struct buf valid_stream(void)
 	memset(state, 0x5a, sizeof(state));
 	frame(&b, PM_FR_STATE, state, sizeof(state));
 	struct pm_end end = { .final_round = 2, .frames = 5, .pages = 14, .payload_bytes = 3 * PM_PAGE_SIZE };
-	uint8_t eb[PM_END_LEN];
-	pm_encode_end(eb, &end);
-	frame(&b, PM_FR_END, eb, sizeof(eb));
+	uint8_t eb[PM_END_FAILOVER_LEN];
+	frame(&b, PM_FR_END, eb, pm_encode_end(eb, &end, false));
 	uint8_t err[PM_ERROR_FIXED_LEN + 20];
 	pm_put32(err, EPROTO);
 	pm_put32(err + 4, 400);          /* longer than the frame: clipped */

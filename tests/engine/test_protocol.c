@@ -111,9 +111,12 @@ static void test_frame_names(void **state)
 	assert_string_equal(pm_frame_name(PM_FR_END), "END");
 	assert_string_equal(pm_frame_name(PM_FR_DONE), "DONE");
 	assert_string_equal(pm_frame_name(PM_FR_ERROR), "ERROR");
+	assert_string_equal(pm_frame_name(PM_FR_ACK), "ACK");
+	assert_string_equal(pm_frame_name(PM_FR_LOST), "LOST");
+	assert_string_equal(pm_frame_name(PM_FR_PING), "PING");
 	assert_string_equal(pm_frame_name(0), "unknown");
 	assert_string_equal(pm_frame_name(PM_FR_VERIFY), "VERIFY");
-	assert_string_equal(pm_frame_name(13), "unknown");
+	assert_string_equal(pm_frame_name(16), "unknown");
 	assert_string_equal(pm_frame_name(0xffffffffu), "unknown");
 }
 
@@ -196,7 +199,7 @@ static void test_check_hdr_ranges(void **state)
 static void test_check_hdr_unknown(void **state)
 {
 	struct pm_err e = { 0 };
-	uint32_t bad[] = { 0, 13, 14, 255, 0x47494d50u, 0xffffffffu };
+	uint32_t bad[] = { 0, 16, 17, 255, 0x47494d50u, 0xffffffffu };
 
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		assert_rejected(check(bad[i], 0, 512, &e), e, "unknown frame type");
@@ -229,7 +232,7 @@ static void test_hello_roundtrip(void **state)
 	assert_int_equal(d.version, h.version);
 	assert_int_equal(d.channel, h.channel);
 	assert_int_equal(d.nchannels, h.nchannels);
-	assert_int_equal(d.reserved, 0);
+	assert_int_equal(d.generation, 0);
 	assert_int_equal(d.features, h.features);
 	assert_memory_equal(d.session, h.session, 16);
 	assert_int_equal(d.chunk_pages, h.chunk_pages);
@@ -253,10 +256,20 @@ static void test_hello_encode_zeroes_reserved(void **state)
 	struct pm_err e = { 0 };
 	uint8_t b[PM_HELLO_LEN];
 
-	h.reserved = 0x5555;
+	h.generation = 0x5555;
 	pm_encode_hello(b, &h);
 	assert_int_equal(pm_get16(b + 10), 0);
 	assert_int_equal(pm_decode_hello(b, sizeof(b), &d, &e), 0);
+	/* With FAILOVER the field is the channel's generation (reconnects). */
+	h.features |= PM_FEAT_FAILOVER;
+	h.generation = 3;
+	pm_encode_hello(b, &h);
+	assert_int_equal(pm_get16(b + 10), 3);
+	assert_int_equal(pm_decode_hello(b, sizeof(b), &d, &e), 0);
+	assert_int_equal(d.generation, 3);
+	/* Without it a non-zero field is refused. */
+	pm_put32(b + 12, h.features & ~PM_FEAT_FAILOVER);
+	assert_rejected(pm_decode_hello(b, sizeof(b), &d, &e), e, "HELLO reserved field is not zero");
 }
 
 static void test_hello_rejects(void **state)
@@ -283,7 +296,7 @@ static void test_hello_rejects(void **state)
 	REJECT((h.channel = 0, h.nchannels = 0), "0 channels");
 	REJECT((h.channel = 0, h.nchannels = 65), "65 channels");
 	REJECT((h.channel = 0, h.nchannels = 0xffff), "channels (1..64 allowed)");
-	REJECT(h.features = 1u << 4, "unknown feature flags 0x10");
+	REJECT(h.features = 1u << 5, "unknown feature flags 0x20");
 	REJECT(h.features = 0x80000000u | PM_FEAT_ZSTD, "unknown feature flags 0x80000000");
 	REJECT(h.page_size = 8192, "page size 8192");
 	REJECT(h.page_size = 0, "page size 0");
@@ -616,45 +629,85 @@ static void test_end_roundtrip(void **state)
 	struct pm_end en = { .final_round = 7, .frames = 0x1122334455ull, .pages = 1ull << 40,
 			     .payload_bytes = UINT64_MAX }, d;
 	struct pm_err e = { 0 };
-	uint8_t b[PM_END_LEN];
+	uint8_t b[PM_END_FAILOVER_LEN];
 
 	memset(b, 0xee, sizeof(b));
-	pm_encode_end(b, &en);
+	assert_int_equal(pm_encode_end(b, &en, false), PM_END_LEN);
 	assert_int_equal(pm_get32(b), 7);
 	assert_int_equal(pm_get32(b + 4), 0);
 	assert_true(pm_get64(b + 8) == en.frames);
 	assert_true(pm_get64(b + 16) == en.pages);
 	assert_true(pm_get64(b + 24) == en.payload_bytes);
-	assert_int_equal(pm_decode_end(b, sizeof(b), &d, &e), 0);
+	assert_int_equal(pm_decode_end(b, PM_END_LEN, &d, &e), 0);
 	assert_int_equal(d.final_round, 7);
 	assert_true(d.frames == en.frames);
 	assert_true(d.pages == en.pages);
 	assert_true(d.payload_bytes == en.payload_bytes);
+	assert_true(d.lost == 0);
 	/* An empty channel (no frames) is fine. */
 	en = (struct pm_end){ .final_round = 1 };
-	pm_encode_end(b, &en);
-	assert_int_equal(pm_decode_end(b, sizeof(b), &d, &e), 0);
+	pm_encode_end(b, &en, false);
+	assert_int_equal(pm_decode_end(b, PM_END_LEN, &d, &e), 0);
+	/* FAILOVER: the mask of channels given up follows. */
+	en = (struct pm_end){ .final_round = 9, .frames = 3, .lost = 1ull << 63 | 4 };
+	assert_int_equal(pm_encode_end(b, &en, true), PM_END_FAILOVER_LEN);
+	assert_true(pm_get64(b + 32) == en.lost);
+	assert_int_equal(pm_decode_end(b, PM_END_FAILOVER_LEN, &d, &e), 0);
+	assert_true(d.lost == en.lost);
+	assert_int_equal(d.final_round, 9);
+}
+
+static void test_failover_frames(void **state)
+{
+	struct pm_err e = { 0 };
+	uint8_t b[PM_LOST_FIXED_LEN + PM_MAX_ERROR_LEN];
+	struct pm_lost l;
+	char longmsg[600];
+
+	assert_int_equal(check(PM_FR_ACK, PM_ACK_LEN, 512, &e), 0);
+	assert_rejected(check(PM_FR_ACK, PM_ACK_LEN + 1, 512, &e), e, "ACK frame has length 9, expected 8");
+	assert_int_equal(check(PM_FR_PING, 0, 512, &e), 0);
+	assert_rejected(check(PM_FR_PING, 1, 512, &e), e, "PING frame has length 1");
+	assert_int_equal(check(PM_FR_END, PM_END_FAILOVER_LEN, 512, &e), 0);
+	assert_int_equal(check(PM_FR_LOST, PM_LOST_FIXED_LEN, 512, &e), 0);
+	assert_rejected(check(PM_FR_LOST, PM_LOST_FIXED_LEN - 1, 512, &e), e, "LOST frame length 11 is out of range");
+	assert_rejected(check(PM_FR_LOST, PM_LOST_FIXED_LEN + PM_MAX_ERROR_LEN + 1, 512, &e), e, "out of range");
+	uint32_t n = pm_encode_lost(b, 5, 2, ETIMEDOUT, "receiving a frame: timed out\x01");
+	assert_int_equal(pm_decode_lost(b, n, &l, &e), 0);
+	assert_int_equal(l.channel, 5);
+	assert_int_equal(l.generation, 2);
+	assert_int_equal(l.code, ETIMEDOUT);
+	assert_string_equal(l.msg, "receiving a frame: timed out\\x01");
+	/* A message length that disagrees with the frame is refused. */
+	pm_err_clear(&e);
+	assert_rejected(pm_decode_lost(b, n - 1, &l, &e), e, "does not match");
+	memset(longmsg, 'x', sizeof(longmsg) - 1);
+	longmsg[sizeof(longmsg) - 1] = '\0';
+	n = pm_encode_lost(b, 0, 0, EIO, longmsg);
+	assert_int_equal(n, PM_LOST_FIXED_LEN + PM_MAX_ERROR_LEN);
+	assert_int_equal(pm_decode_lost(b, n, &l, &e), 0);
+	assert_int_equal(strlen(l.msg), PM_MAX_ERROR_LEN);
 }
 
 static void test_end_rejects(void **state)
 {
 	struct pm_end en = { .final_round = 2, .frames = 1, .pages = 1, .payload_bytes = 4096 }, d;
 	struct pm_err e = { 0 };
-	uint8_t b[PM_END_LEN + 1];
+	uint8_t b[PM_END_FAILOVER_LEN + 1];
 
-	pm_encode_end(b, &en);
+	pm_encode_end(b, &en, false);
 	pm_put32(b + 4, 1);
 	assert_rejected(pm_decode_end(b, PM_END_LEN, &d, &e), e, "END reserved field is not zero");
 	en.final_round = 0;
-	pm_encode_end(b, &en);
+	pm_encode_end(b, &en, false);
 	pm_err_clear(&e);
 	assert_rejected(pm_decode_end(b, PM_END_LEN, &d, &e), e, "final round 0");
 	en.final_round = 2;
-	pm_encode_end(b, &en);
+	pm_encode_end(b, &en, false);
 	pm_err_clear(&e);
 	assert_rejected(pm_decode_end(b, PM_END_LEN - 1, &d, &e), e, "END has length 31, expected 32");
 	pm_err_clear(&e);
-	assert_rejected(pm_decode_end(b, PM_END_LEN + 1, &d, &e), e, "expected 32");
+	assert_rejected(pm_decode_end(b, PM_END_LEN + 1, &d, &e), e, "expected 32 or 40");
 }
 
 /* pm_err_set keeps the first error. */
@@ -726,6 +779,7 @@ int main(void)
 		cmocka_unit_test(test_pages_rejects),
 		cmocka_unit_test(test_end_roundtrip),
 		cmocka_unit_test(test_end_rejects),
+		cmocka_unit_test(test_failover_frames),
 		cmocka_unit_test(test_err_first_wins),
 		cmocka_unit_test(test_error_text_escaped),
 	};

@@ -38,6 +38,29 @@ static void test_fifo(void **state)
 	pm_queue_destroy(&q);
 }
 
+/* A timed pop: nothing within the limit, a task, and closed-and-drained. */
+static void test_pop_timed(void **state)
+{
+	struct pm_queue q;
+	struct pm_task t;
+
+	assert_int_equal(pm_queue_init(&q, 4), 0);
+	double t0 = pm_now_ms();
+	assert_int_equal(pm_queue_pop_timed(&q, &t, 50), 0);
+	assert_true(pm_now_ms() - t0 >= 49);
+	assert_true(pm_queue_push(&q, (struct pm_task){ .chunk = 7, .round = 2 }));
+	assert_int_equal(pm_queue_pop_timed(&q, &t, 50), 1);
+	assert_int_equal(t.chunk, 7);
+	pm_queue_done(&q);
+	assert_true(pm_queue_push(&q, (struct pm_task){ .chunk = 8, .round = 2 }));
+	pm_queue_close(&q);
+	assert_int_equal(pm_queue_pop_timed(&q, &t, 50), 1);
+	assert_int_equal(t.chunk, 8);
+	pm_queue_done(&q);
+	assert_int_equal(pm_queue_pop_timed(&q, &t, 50), -1);
+	pm_queue_destroy(&q);
+}
+
 static void test_close(void **state)
 {
 	struct pm_queue q;
@@ -264,6 +287,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_fifo),
+		cmocka_unit_test(test_pop_timed),
 		cmocka_unit_test(test_close),
 		cmocka_unit_test(test_wait_idle),
 		cmocka_unit_test(test_blocking),

@@ -117,15 +117,35 @@ check "destination killed: it died of SIGKILL" rc_is 137 "${VMRC[killed]}" "kill
 check "destination killed: it never resumed" never_resumed killed
 source_survives "destination killed" s2
 
-# --- one channel of four cut mid-migration (the proxy resets it after 1 MB)
+# --- one channel of four cut mid-migration (the proxy resets it after 1 MB),
+# without failover: the migration fails, the source runs on.
 start_vm cut --mem 256M --incoming 127.0.0.1:0 --dump-on-resume "$T/cut.resume" ||
 	not_ok "cut: start the destination"
 daddr=$(incoming_of cut)
 start_proxy pc "$daddr" $((1 << 20)) cut
-migrate mig-cut s2 --to "$daddr,$daddr,$daddr,127.0.0.1:$PROXY_PORT" --channels 4
-migrate_fails "channel cut" mig-cut "connection reset|broken pipe|connection closed"
-check "channel cut: the proxy did cut it" grep_file "$T/pc.out" "cut the channel"
-dest_fails "channel cut" cut "channel 3"
-source_survives "channel cut" s2
+migrate mig-cut s2 --to "$daddr,$daddr,$daddr,127.0.0.1:$PROXY_PORT" --channels 4 --no-failover
+migrate_fails "channel cut, --no-failover" mig-cut "connection reset|broken pipe|connection closed"
+check "channel cut, --no-failover: the proxy did cut it" grep_file "$T/pc.out" "cut the channel"
+dest_fails "channel cut, --no-failover" cut "channel 3"
+source_survives "channel cut, --no-failover" s2
+
+# --- the same with failover (the default): channel 3's work moves to the
+# other three, the migration completes with the memory verified, and the
+# report names the lost channel.
+start_vm cut2 --mem 256M --incoming 127.0.0.1:0 --dump-on-resume "$T/cut2.resume" ||
+	not_ok "cut: start the destination"
+daddr=$(incoming_of cut2)
+start_proxy pc2 "$daddr" $((1 << 20)) cut
+migrate mig-cut2 s2 --to "$daddr,$daddr,$daddr,127.0.0.1:$PROXY_PORT" --channels 4
+check "channel cut, failover: migrate exits 0" rc_is 0 "$MIG_RC" "migrate"
+check "channel cut, failover: the proxy did cut it" grep_file "$T/pc2.out" "cut the channel"
+check "channel cut, failover: destination runs" wait_state cut2 running 10
+check "channel cut, failover: destination heartbeat advances" hb_advances cut2
+check "channel cut, failover: source is migrated" state_is s2 migrated
+check "channel cut, failover: report names channel 3 as lost" \
+	test "$("${TOOL[@]}" get lost_channels.0.channel <"$T/mig-cut2.json")" = 3
+check "channel cut, failover: report says why" \
+	grep -qiE "reset|broken pipe|closed" <<<"$("${TOOL[@]}" get lost_channels.0.reason <"$T/mig-cut2.json")"
 check "vm s2 quits cleanly (exit 0)" quit_vm s2
+check "vm cut2 quits cleanly (exit 0)" quit_vm cut2
 finish

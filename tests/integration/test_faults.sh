@@ -8,8 +8,9 @@
 #   - cancel: the source runs on, the destination exits cleanly;
 #   - the source killed mid-migration: the destination exits non-zero and
 #     never runs a partial VM;
-#   - a stalled channel: the migration ends within --timeout plus a second
-#     and the source runs on.
+#   - a stalled channel: with failover the migration completes within
+#     --timeout plus a second; without, it fails within that and the source
+#     runs on.
 # Usage: test_faults.sh PMIGRATE PMFAULT
 set -u
 . "$(dirname "$0")/lib.sh"
@@ -120,8 +121,11 @@ check "source killed: destination exits non-zero" exited_nonzero d4 20
 check "source killed: destination says why" grep_file "$T/d4.err" "incoming migration failed: .*channel"
 check "source killed: destination never ran a partial VM" never_resumed d4
 
-# --- a stalled channel ends the migration within --timeout + 1 s.
-start_vm s5 --mem 64M --fill random --workload random,rate=50MB/s || not_ok "start s5"
+# --- a stalled channel (nothing it carries after its HELLO arrives, nothing
+# is closed), with failover (the default): its work moves to the other
+# channel within --timeout + 1 s and the migration completes, verified.
+start_vm s5 --mem 64M --fill random --workload random,rate=50MB/s --dump-at-pause "$T/s5.pause" ||
+	not_ok "start s5"
 start_vm d5 --mem 64M --incoming 127.0.0.1:0 --timeout 2000 --dump-on-resume "$T/d5.resume" ||
 	not_ok "start d5"
 daddr=$(incoming_of d5)
@@ -130,11 +134,31 @@ t0=$(now_ms)
 migrate mig5 s5 --to "$daddr,$FAULT_ADDR" --channels 2 --timeout 2000
 t1=$(now_ms)
 check "stalled channel: the injector stalled it" grep_file "$T/f5.log" "stalled"
-check "stalled channel: migrate exits 1" rc_is 1 "$MIG_RC" "migrate"
-check "stalled channel: ended within --timeout + 1 s" elapsed_below stall $((3000 + 1000 * (SLOW - 1))) "$t0" "$t1"
-check "stalled channel: migrate says why" grep_file "$T/mig5.err" "timed out|destination refused"
-source_runs "stalled channel" s5
-check "stalled channel: destination exits non-zero" exited_nonzero d5 20
-check "stalled channel: destination never resumed" never_resumed d5
+check "stalled channel: migrate exits 0 (failover)" rc_is 0 "$MIG_RC" "migrate"
+check "stalled channel: done within --timeout + 1 s" elapsed_below stall $((3000 + 1000 * (SLOW - 1))) "$t0" "$t1"
+check "stalled channel: report names channel 1 as lost" \
+	test "$("${TOOL[@]}" get lost_channels.0.channel <"$T/mig5.json")" = 1
+check "stalled channel: destination runs" wait_state d5 running 10
+check "stalled channel: memory verified" same_memory "$T/s5.pause" "$T/d5.resume"
 check "vm s5 quits" quit_vm s5
+check "vm d5 quits" quit_vm d5
+
+# --- the same without failover: the migration fails within the same
+# bound and the source runs on.
+start_vm s6 --mem 64M --fill random --workload random,rate=50MB/s || not_ok "start s6"
+start_vm d6 --mem 64M --incoming 127.0.0.1:0 --timeout 2000 --dump-on-resume "$T/d6.resume" ||
+	not_ok "start d6"
+daddr=$(incoming_of d6)
+start_fault f6 "$daddr" "dir=to-dest,bytes=48,action=stall"
+t0=$(now_ms)
+migrate mig6 s6 --to "$daddr,$FAULT_ADDR" --channels 2 --timeout 2000 --no-failover
+t1=$(now_ms)
+check "stalled channel, --no-failover: migrate exits 1" rc_is 1 "$MIG_RC" "migrate"
+check "stalled channel, --no-failover: ended within --timeout + 1 s" \
+	elapsed_below stall $((3000 + 1000 * (SLOW - 1))) "$t0" "$t1"
+check "stalled channel, --no-failover: migrate says why" grep_file "$T/mig6.err" "timed out|destination refused"
+source_runs "stalled channel, --no-failover" s6
+check "stalled channel, --no-failover: destination exits non-zero" exited_nonzero d6 20
+check "stalled channel, --no-failover: destination never resumed" never_resumed d6
+check "vm s6 quits" quit_vm s6
 finish
