@@ -18,6 +18,7 @@ export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1}
 declare -A VMPID=()      # name -> pid of "pmigrate vm"
 declare -A VMRC=()       # name -> exit code once it exited
 EXTRA_PIDS=()            # helpers (proxies, ...)
+VM_PREFIX=()             # runs VMs under it, e.g. (ip netns exec NS)
 TESTNUM=0
 FAILS=0
 
@@ -74,7 +75,7 @@ start_vm() {
 	local name=$1
 	shift
 	rm -f "$T/$name.sock"
-	"$PM" vm --control "$T/$name.sock" "$@" >"$T/$name.out" 2>"$T/$name.err" &
+	"${VM_PREFIX[@]}" "$PM" vm --control "$T/$name.sock" "$@" >"$T/$name.out" 2>"$T/$name.err" &
 	VMPID[$name]=$!
 	local deadline=$(($(now_ms) + 60000 * SLOW))
 	while [ "$(now_ms)" -lt "$deadline" ]; do
