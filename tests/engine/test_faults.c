@@ -319,6 +319,63 @@ static void test_cut_one_of_four(void **s)
 	}
 }
 
+
+/* With TLS (a pre-shared key), a cut channel reconnects through a new
+ * handshake, authenticated as the same peer, and the migration completes. */
+static void test_tls_reconnect(void **s)
+{
+	struct fp_rule cut = { .conn = 1, .dir = FP_TO_DEST, .bytes = 128 << 10, .action = FP_CUT };
+	char dir[] = "/tmp/pm-test-psk.XXXXXX", psk[64], cmd[300];
+	struct hold h = { 0 };
+	struct pm_migration *m;
+	struct pair f;
+
+	if (!getenv("PM_MKCREDS") || !mkdtemp(dir))
+		fail_msg("PM_MKCREDS (tests/tls/mkcreds.sh) is not set");
+	snprintf(psk, sizeof(psk), "%s/keys.psk", dir);
+	snprintf(cmd, sizeof(cmd), "'%s' psk '%s'", getenv("PM_MKCREDS"), psk);
+	assert_int_equal(system(cmd), 0);
+	struct pm_tls_params tls = { .psk_file = psk };
+	memset(&f, 0, sizeof(f));
+	f.nch = 2;
+	f.src = fakevm_new("src", 2, npages, gpas);
+	f.dst = fakevm_new("dst", 2, npages, gpas);
+	f.rep = calloc(1, sizeof(*f.rep));
+	fakevm_fill_source(f.src, 79);
+	fakevm_fill_dest(f.dst);
+	dest_start_with(&f.d, f.dst, 1, NULL, 15000, &tls);
+	snprintf(f.to[0], sizeof(f.to[0]), "%s", f.d.addr[0]);
+	assert_int_equal(fp_start(&f.px[1], "127.0.0.1:0", f.d.addr[0], &cut, 1, NULL), 0);
+	snprintf(f.to[1], sizeof(f.to[1]), "%s", fp_address(f.px[1]));
+	f.top[0] = f.to[0];
+	f.top[1] = f.to[1];
+	struct pm_migrate_params p = pair_params(&f, 15000);
+	p.tls = tls;
+	p.chunk_pages = 64;
+	p.downtime_ms = 1;
+	p.max_rounds = 8;
+	f.src->harvest_delay_us = 1000;
+	f.src->on_sync = hold_until_back;
+	f.src->on_sync_arg = &h;
+	fakevm_start_writer(f.src, 50);
+	assert_int_equal(pm_migration_start(&m, &f.src->be, &p, &f.err), 0);
+	atomic_store(&h.m, m);
+	int r = pm_migration_wait(m, f.rep, &f.err);
+	pm_migration_free(m);
+	fakevm_stop_writer(f.src);
+	pair_join(&f);
+	assert_int_equal(hits(&f), 1);
+	completed(&f, r);
+	assert_string_equal(f.rep->tls, "psk");
+	names_lost(f.rep, 1, NULL);
+	if (!atomic_load(&h.seen_back) || f.rep->lost[0].reconnected_ms <= 0)
+		fail_msg("channel 1 did not come back over TLS (lost in %s: %s)", f.rep->lost[0].phase,
+			 f.rep->lost[0].reason);
+	pair_free(&f);
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+	assert_int_equal(system(cmd), 0);
+}
+
 /* Every channel cut at its first page run, long before the end: the
  * migration fails and the source runs on. */
 static void test_cut_all(void **s)
@@ -625,6 +682,7 @@ int main(void)
 		cmocka_unit_test(test_done_lost_on_all),
 		cmocka_unit_test(test_stalled_channel),
 		cmocka_unit_test(test_cut_one_of_four),
+		cmocka_unit_test(test_tls_reconnect),
 		cmocka_unit_test(test_cut_all),
 		cmocka_unit_test(test_lost_at_end),
 		cmocka_unit_test(test_cut_barrier),
