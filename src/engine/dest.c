@@ -267,6 +267,7 @@ static void reconnect(struct dst_ctx *c, int lfd)
 	x->got = (struct pm_end){ 0 };
 	x->end = (struct pm_end){ 0 };
 	x->acked_frames = x->acked_bytes = 0;
+	x->ack_dead = false;
 	x->roff = x->rlen = 0;
 	x->err = (struct pm_err){ 0 };
 	pthread_mutex_lock(&c->mu);
@@ -370,7 +371,11 @@ static int receive(struct dst_ctx *c, struct pm_err *err)
 			break;
 		if (dead) {
 			struct pm_err e = { 0 };
-			pm_err_set(&e, EPIPE, "every channel is lost");
+			pthread_mutex_lock(&c->mu);
+			unsigned k = c->nlost < PM_MAX_LOST ? c->nlost : PM_MAX_LOST;
+			pm_err_set(&e, EPIPE, "every channel is lost (the last: channel %u: %s)",
+				   k ? c->lost[k - 1].channel : 0, k ? c->lost[k - 1].reason : "?");
+			pthread_mutex_unlock(&c->mu);
 			dst_fail(c, &e);
 			break;
 		}

@@ -53,6 +53,7 @@ struct receiver {
 	bool replaced;                  /* under c->mu: a reconnect takes its place; exit quietly */
 	bool io_failed;                 /* the last error was the connection's */
 	uint64_t acked_frames, acked_bytes; /* what the last ACK said */
+	bool ack_dead;                  /* an ACK could not go out: no more */
 	struct pm_end got;              /* what arrived, compared with END */
 	struct pm_end end;
 	struct pm_codec *codec;

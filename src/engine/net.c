@@ -397,9 +397,40 @@ static void advance(struct iovec **iovp, int *iovcnt, size_t n)
 
 /* io_all over TLS: the records, then (sending) a flush of what the
  * userspace record layer still holds. */
+/* A send woken (cancel, a failing migration) in the middle of a frame gets
+ * a short grace to finish it, so the channel can still carry the ERROR that
+ * says why; a peer that does not take it in time leaves the frame torn. */
+#define GRACE_MS 300
+
+static int wait_send(struct pm_conn *c, short events, double *deadline, bool *grace, bool moved,
+		     struct pm_err *err, const char *what)
+{
+	int wake = c->wake_fd, r = 0;
+
+	if (!*grace)
+		r = pm_conn_wait(c, events, *deadline, err, what);
+	if (!*grace && r == -ECANCELED && moved) {
+		double g = pm_now_ms() + GRACE_MS;
+		*grace = true;
+		if (!*deadline || g < *deadline)
+			*deadline = g;
+		pm_err_clear(err);
+	}
+	if (*grace) {
+		/* From the first wake-up on, only the frame's end or the
+		 * grace's end count. */
+		c->wake_fd = -1;
+		r = pm_conn_wait(c, events, *deadline, err, what);
+		c->wake_fd = wake;
+	}
+	return r;
+}
+
 static int tls_io_all(struct pm_conn *c, struct iovec *iov, int iovcnt, int send, double deadline,
 		      struct pm_err *err, const char *what)
 {
+	bool moved = false, grace = false;
+
 	advance(&iov, &iovcnt, 0);
 	for (;;) {
 		int cnt = iovcnt > IOV_MAX ? IOV_MAX : iovcnt;
@@ -415,13 +446,15 @@ static int tls_io_all(struct pm_conn *c, struct iovec *iov, int iovcnt, int send
 		if (!iovcnt && !n)
 			return 0;
 		if (n == -EAGAIN)
-			n = pm_conn_wait(c, ev, deadline, err, what);
+			n = send ? wait_send(c, ev, &deadline, &grace, moved || !iovcnt, err, what) :
+				   pm_conn_wait(c, ev, deadline, err, what);
 		if (n < 0) {
 			/* OpenSSL may hold half a record: nothing can follow. */
 			if (send)
 				c->torn = true;
 			return n;
 		}
+		moved = moved || n > 0;
 		advance(&iov, &iovcnt, n);
 	}
 }
@@ -431,7 +464,7 @@ static int io_all(struct pm_conn *c, struct iovec *iov, int iovcnt, int send, do
 {
 	if (c->tls)
 		return tls_io_all(c, iov, iovcnt, send, deadline, err, what);
-	bool moved = false;
+	bool moved = false, grace = false;
 
 	while (iovcnt > 0) {
 		ssize_t n;
@@ -448,7 +481,8 @@ static int io_all(struct pm_conn *c, struct iovec *iov, int iovcnt, int send, do
 			if (e == EINTR)
 				continue;
 			if (e == EAGAIN || e == EWOULDBLOCK) {
-				r = pm_conn_wait(c, send ? POLLOUT : POLLIN, deadline, err, what);
+				r = send ? wait_send(c, POLLOUT, &deadline, &grace, moved, err, what) :
+					   pm_conn_wait(c, POLLIN, deadline, err, what);
 				if (!r)
 					continue;
 			} else {

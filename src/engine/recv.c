@@ -356,16 +356,18 @@ static int maybe_ack(struct receiver *x)
 {
 	uint8_t b[PM_ACK_LEN];
 
-	if (!x->c->failover || (x->got.frames - x->acked_frames < 32 &&
-				x->got.payload_bytes - x->acked_bytes < (4u << 20)))
+	if (!x->c->failover || x->ack_dead || (x->got.frames - x->acked_frames < 32 &&
+					       x->got.payload_bytes - x->acked_bytes < (4u << 20)))
 		return 0;
 	x->acked_frames = x->got.frames;
 	x->acked_bytes = x->got.payload_bytes;
 	pm_put64(b, x->got.frames);
-	int r = rx_send(x, PM_FR_ACK, b, sizeof(b), &x->err);
-	if (r)
-		x->io_failed = true;
-	return r;
+	struct pm_err e = { 0 };
+	/* A failed ACK is not this receiver's error: what the source sent
+	 * before it hung up (an ERROR that says why) is still to be read. */
+	if (rx_send(x, PM_FR_ACK, b, sizeof(b), &e))
+		x->ack_dead = true;
+	return 0;
 }
 
 static int handle_frame(struct receiver *x, const struct pm_frame_hdr *h)

@@ -6,7 +6,9 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
+#include <pthread.h>
 #include <setjmp.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -239,6 +241,74 @@ static void test_conn_wake(void **state)
 	close(sv[1]);
 	close(wp[0]);
 	close(wp[1]);
+}
+
+
+struct drainer {
+	int fd;
+	atomic_bool go;
+	size_t got;
+};
+
+static void *drain_main(void *arg)
+{
+	struct drainer *d = arg;
+	uint8_t b[65536];
+	ssize_t n;
+
+	while (!atomic_load(&d->go))
+		usleep(1000);
+	while ((n = recv(d->fd, b, sizeof(b), 0)) > 0)
+		d->got += n;
+	return NULL;
+}
+
+/* A send woken (cancel) in the middle of a frame finishes the frame when
+ * the peer takes it within the grace, so the channel stays usable for the
+ * ERROR that says why; a peer that takes nothing leaves it torn. */
+static void test_conn_wake_mid_frame(void **state)
+{
+	struct pm_err e = { 0 };
+	struct pm_conn c;
+	int sv[2], wp[2];
+	size_t len = 4 << 20;
+	uint8_t *big = calloc(1, len);
+	struct drainer d = { 0 };
+	pthread_t th;
+
+	for (int peer_reads = 1; peer_reads >= 0; peer_reads--) {
+		assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+		assert_int_equal(pipe(wp), 0);
+		pm_conn_init(&c, sv[0]);
+		pm_conn_set_timeout(&c, 30000);
+		pm_conn_set_wake(&c, wp[0]);
+		/* Woken before the send even starts: the first wait is mid-frame. */
+		assert_int_equal(write(wp[1], "c", 1), 1);
+		d = (struct drainer){ .fd = sv[1] };
+		assert_int_equal(pthread_create(&th, NULL, drain_main, &d), 0);
+		if (peer_reads)
+			atomic_store(&d.go, true);
+		pm_err_clear(&e);
+		double t = pm_now_ms();
+		int r = pm_send_buf(&c, big, len, &e, "sending pages");
+		if (peer_reads) {
+			assert_int_equal(r, 0);
+			assert_false(c.torn);
+		} else {
+			assert_true(r < 0);
+			assert_true(c.torn);
+			assert_true(pm_now_ms() - t < 2000);
+		}
+		pm_conn_close(&c);
+		atomic_store(&d.go, true);
+		pthread_join(th, NULL);
+		close(sv[1]);
+		close(wp[0]);
+		close(wp[1]);
+		if (peer_reads)
+			assert_true(d.got == len);
+	}
+	free(big);
 }
 
 /* Channels end a vanished peer within about the budget: TCP_USER_TIMEOUT
@@ -668,6 +738,7 @@ int main(void)
 		cmocka_unit_test(test_conn_recv_deadline),
 		cmocka_unit_test(test_conn_send_deadline),
 		cmocka_unit_test(test_conn_wake),
+		cmocka_unit_test(test_conn_wake_mid_frame),
 		cmocka_unit_test(test_tcp_tune),
 		cmocka_unit_test(test_host_memory),
 		cmocka_unit_test(test_codec_lz4),
