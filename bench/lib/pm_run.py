@@ -15,7 +15,14 @@ scenarios), runs `pmigrate migrate ... --json`, and then checks the result:
     is recorded as "gave_up" when the source still runs: the expected end);
   * with --verify, memory is dumped at the source's pause and at the
     destination's resume and compared (the dumps cost time inside the pause,
-    so verified runs are flagged and not used for timings).
+    so verified runs are flagged and not used for timings);
+  * with --digests, `pmigrate migrate --verify` compares memory digests
+    instead (no files: fit for 16 GiB; the engine leaves their time out of
+    total and downtime, so such runs still time the migration);
+  * --populated SIZE / --mem-backend KIND / --fill F shape the guest's
+    memory (a big VM that touched little), and the peak resident memory of
+    both VM processes (VmHWM) and their guest memory's resident and huge-page
+    bytes are recorded.
 
 Standard library only.
 """
@@ -82,6 +89,18 @@ def wait_state(a, sock, states, proc, timeout=30.0):
     return None
 
 
+def peak_rss_mib(pid):
+    """VmHWM of a process (ip netns exec execs into pmigrate: same pid)."""
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            for ln in f:
+                if ln.startswith("VmHWM:"):
+                    return round(int(ln.split()[1]) / 1024.0, 1)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def tail(path, n=400):
     try:
         with open(path, "rb") as f:
@@ -114,6 +133,12 @@ def main():
     p.add_argument("--warmup-s", type=float, default=2.0)
     p.add_argument("--check-s", type=float, default=1.5)
     p.add_argument("--verify", action="store_true")
+    p.add_argument("--digests", action="store_true", help="migrate --verify: compare memory digests")
+    p.add_argument("--populated", default="", help="source: how much memory was ever written")
+    p.add_argument("--mem-backend", default="", help="anon, memfd or hugetlb, both VMs")
+    p.add_argument("--fill", default="", help="source without an image: mixed, random, zero")
+    p.add_argument("--tool", default="", help="the name in the results (default pmigrate...)")
+    p.add_argument("--mode", default="", help="a label that tells configurations of one tool apart")
     p.add_argument("--timeout", type=float, default=300.0)
     p.add_argument("--tls", default="none", choices=("none", "x509", "psk"),
                    help="transport security; x509/psk use --tls-dir (tests/tls/mkcreds.sh layout)")
@@ -128,12 +153,14 @@ def main():
     src_log, dst_log, mig_log = w("src.log"), w("dst.log"), w("migrate.log")
     report = w("migrate.json")
     dump_src, dump_dst = w("src.dump"), w("dst.dump")
-    tool = "pmigrate-serial" if a.serial else ("pmigrate-barrier" if a.barrier else "pmigrate")
+    tool = a.tool or ("pmigrate-serial" if a.serial else ("pmigrate-barrier" if a.barrier else "pmigrate"))
     res = {"tool": tool, "channels": a.channels, "status": "error",
            "links_used": len(set(x.rsplit(":", 1)[0] for x in a.to.split(","))) if a.channels > 1 else 1,
            "verify": a.verify}
     if a.policy:
         res["policy"] = a.policy
+    if a.mode:
+        res["mode"] = a.mode
     procs = []
     try:
         dst_cmd = ns_prefix(a.dst_ns) + [a.bin, "vm", "--mem", a.mem, "--workload", a.workload,
@@ -142,6 +169,15 @@ def main():
                                          "--control", src_sock]
         if a.image:
             src_cmd += ["--mem-file", a.image]
+        if a.populated:
+            src_cmd += ["--populated", a.populated]
+            res["populated"] = a.populated
+        if a.fill:
+            src_cmd += ["--fill", a.fill]
+        if a.mem_backend:
+            src_cmd += ["--mem-backend", a.mem_backend]
+            dst_cmd += ["--mem-backend", a.mem_backend]
+        res["mem"] = a.mem
         if a.dirty:
             src_cmd += ["--dirty", a.dirty]
             dst_cmd += ["--dirty", a.dirty]
@@ -194,6 +230,9 @@ def main():
         if a.timeline:
             mig += ["--timeline", a.timeline]
             res["timeline"] = a.timeline
+        if a.digests:
+            mig += ["--verify"]
+            res["digests"] = True
         pw0 = (status(a, src_sock) or {}).get("pages_written")
         t0 = time.monotonic()
         with open(mig_log, "wb") as lf:
@@ -243,12 +282,17 @@ def main():
             res["rounds"] = rounds
         for k in ("dirty_method", "switchover_reason", "throttle_pct", "stale_pages", "setup_ms",
                   "verify_dump_ms", "write_rate_mbps", "write_rate_asked_mbps", "nrounds",
-                  "tls_records"):
+                  "tls_records", "unpopulated_pages", "dst_data_pages", "downtime_breakdown",
+                  "verified", "verify_ms", "verify_error", "guest_memory"):
             if k in rep:
                 res[k] = rep[k]
         if res["status"] == "completed":
             tt = res.get("total_time_ms") or res["wall_ms"]
             res["throughput_MBps"] = round(a.mem_bytes / 1e6 / (tt / 1000.0), 1)
+            # What the user waited for: the command's wall clock (minus the
+            # digests' time, a verification aid).
+            wall = res["wall_ms"] - ((res.get("verify_dump_ms") or 0) if a.digests else 0)
+            res["wall_throughput_MBps"] = round(a.mem_bytes / 1e6 / (wall / 1000.0), 1)
             # Alive: destination running and its heartbeat advancing.
             st1 = status(a, dst_sock)
             c1, gap = hb(st1)
@@ -270,6 +314,13 @@ def main():
                                       and c2 > c1)
             sst = status(a, src_sock)
             res["src_state"] = (sst or {}).get("state")
+            res["src_peak_rss_mib"] = peak_rss_mib(src.pid)
+            res["dst_peak_rss_mib"] = peak_rss_mib(dst.pid)
+            for side, st in (("src", sst), ("dst", st2)):
+                m = (st or {}).get("memory") or {}
+                if m.get("resident_bytes") is not None:
+                    res[side + "_guest_resident_mib"] = round(m["resident_bytes"] / 1048576.0, 1)
+                    res[side + "_guest_huge_mib"] = round((m.get("huge_bytes") or 0) / 1048576.0, 1)
             if a.verify:
                 ok = (os.path.exists(dump_src) and os.path.exists(dump_dst)
                       and filecmp.cmp(dump_src, dump_dst, shallow=False))

@@ -19,7 +19,7 @@ import subprocess
 import sys
 
 TOOLS_ORDER = ["iperf3", "loopcopy", "loopcopy-thp", "pmigrate", "pmigrate-barrier", "pmigrate-serial", "qemu-multifd", "qemu-precopy",
-               "pmvm", "qemu-kvm"]
+               "pmvm", "qemu-kvm", "pmigrate-scale", "pmigrate-full", "pmigrate-sparse"]
 SCEN_TITLE = {
     1: "Scenario 1: paused VM, incompressible memory, loopback",
     2: "Scenario 2: paused VM, incompressible memory, K shaped veth links (multi-NIC)",
@@ -28,8 +28,9 @@ SCEN_TITLE = {
     5: "Scenario 5: dirty-rate sweep, writes tracked by the guest itself (--dirty self)",
     6: "Scenario 6: where it does not converge: the non-convergence policies",
     "linux": "Scenario linux: a Linux guest, pmvm + pmigrate vs QEMU-KVM, inside the nested L1",
+    "scale": "Scenario scale: big VMs that touched 1/8 of their memory",
 }
-SCENARIOS = (1, 2, 3, 4, 5, 6, "linux")
+SCENARIOS = (1, 2, 3, 4, 5, 6, "linux", "scale")
 
 
 def scen_order(s):
@@ -82,6 +83,7 @@ def best_rows(runs):
             if cand:
                 best = min(cand, key=lambda r: r.get("total_time_ms") or float("inf"))
         verified = [r.get("memory_equal") for r in rs if r.get("verify")]
+        verified += [r.get("verified") for r in ok if r.get("digests")]
         row = {"scenario": k[0], "topology": k[1], "tool": k[2], "channels": k[3], "rate": k[4],
                "policy": k[5], "runs": len(rs), "ok": len(ok), "dead_guests": dead,
                "gave_up": sum(1 for r in rs if r.get("status") == "gave_up"),
@@ -96,7 +98,11 @@ def best_rows(runs):
             for f in ("total_time_ms", "downtime_ms", "guest_gap_ms", "rounds", "bytes_sent",
                       "throughput_MBps", "links_used", "gbit_s", "dirty_method", "achieved_dirty_MBps",
                       "dst_huge_kb", "dst_mem", "switchover_reason", "throttle_pct", "write_rate_mbps",
-                      "write_rate_asked_mbps", "loadavg", "timeline", "status", "src_alive"):
+                      "write_rate_asked_mbps", "loadavg", "timeline", "status", "src_alive",
+                      "wall_ms", "wall_throughput_MBps", "src_peak_rss_mib", "dst_peak_rss_mib",
+                      "src_guest_resident_mib", "dst_guest_resident_mib", "src_guest_huge_mib",
+                      "dst_guest_huge_mib", "unpopulated_pages", "dst_data_pages", "verified", "verify_ms",
+                      "downtime_breakdown", "populated", "mem"):
                 if best.get(f) is not None:
                     row[f] = best[f]
             # all timed values, to show the spread
@@ -184,6 +190,25 @@ def throughput_tables(rows, scen, md, ratios):
                            "speedup_vs_qemu_multifd": s_mf,
                            "speedup_vs_pmigrate_serial": s_ser, "speedup_vs_qemu_precopy": s_pre})
         md.append("")
+        walls = []
+        for n in chans:
+            pm = find(rs, tool="pmigrate", channels=n)
+            ip = find(rs, tool="iperf3", channels=n)
+            qm = find(rs, tool="qemu-multifd", channels=n)
+            if pm and pm.get("wall_ms"):
+                w = ratio((pm or {}).get("wall_throughput_MBps"), (ip or {}).get("throughput_MBps"))
+                walls.append("N=%d: %.2f s (%s MB/s, %s of iperf3%s)" % (
+                    n, pm["wall_ms"] / 1000.0, fmt(pm.get("wall_throughput_MBps"), 0),
+                    (fmt(w * 100, 0) + "%") if w else "–",
+                    (", %sx QEMU multifd's total-time" % fmt(ratio(secs(qm), pm["wall_ms"] / 1000.0), 2))
+                    if qm and secs(qm) else ""))
+                ratios.append({"scenario": scen, "topology": t, "channels": n,
+                               "pmigrate_wall_fraction_of_iperf3": w,
+                               "speedup_wall_vs_qemu_multifd": ratio(secs(qm), pm["wall_ms"] / 1000.0)})
+        if walls:
+            md.append("pmigrate's wall clock (the `pmigrate migrate` command, what a user waits for): "
+                      + "; ".join(walls) + ".")
+            md.append("")
         md.append("Baselines: pmigrate 1 channel `--serial`: %s; QEMU classic pre-copy: %s." % (
             cell_time(serial), cell_time(pre)))
         thp = [r for r in rs if r["tool"] == "loopcopy-thp" and r.get("throughput_MBps")]
@@ -200,6 +225,66 @@ def throughput_tables(rows, scen, md, ratios):
             md.append("Bare copy's memfd destination (MADV_HUGEPAGE, like pmigrate's) got %s MiB of 2 MiB pages."
                       % fmt(max(huge) // 1024, 0))
         md.append("")
+
+
+def gib(mode_size):
+    """'16G' -> 16.0 (GiB), '512M' -> 0.5."""
+    s = str(mode_size).upper()
+    try:
+        return float(s[:-1]) / (1024.0 if s.endswith("M") else 1.0) if s[-1] in "MG" else float(s) / 2**30
+    except (ValueError, IndexError):
+        return None
+
+
+def scale_tables(rows, md, ratios):
+    rs = [r for r in rows if r["scenario"] == "scale"]
+    paused = sorted((r for r in rs if r["tool"] == "pmigrate-scale"), key=lambda r: gib(r.get("mode")) or 0)
+    md.append("Paused, 1/8 populated (random bytes), every untouched page sent as one record per run, "
+              "memory digests compared (their time excluded):")
+    md.append("")
+    md.append("| guest | populated | total time | wall clock | MB sent | never-populated pages | downtime "
+              "| peak RSS source | peak RSS destination | destination guest memory (huge) | time per populated GiB | verified |")
+    md.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in paused:
+        pop = gib(r.get("populated"))
+        tpg = (r["total_time_ms"] / 1000.0 / pop) if r.get("total_time_ms") and pop else None
+        md.append("| %s | %s | %s | %s | %s | %s | %s ms | %s MiB | %s MiB | %s MiB (%s) | %s s | %s |" % (
+            r.get("mode"), r.get("populated", "?"),
+            ("%.2f s" % (r["total_time_ms"] / 1000.0)) if r.get("total_time_ms") else "failed",
+            ("%.2f s" % (r["wall_ms"] / 1000.0)) if r.get("wall_ms") else "–",
+            fmt((r.get("bytes_sent") or 0) / 1e6, 0), fmt(r.get("unpopulated_pages"), 0),
+            fmt(r.get("downtime_ms"), 1), fmt(r.get("src_peak_rss_mib"), 0), fmt(r.get("dst_peak_rss_mib"), 0),
+            fmt(r.get("dst_guest_resident_mib"), 0), fmt(r.get("dst_guest_huge_mib"), 0),
+            fmt(tpg, 2), {True: "yes", False: "NO", None: "–"}[r.get("memory_verified")]))
+        ratios.append({"scenario": "scale", "mode": r.get("mode"), "seconds_per_populated_gib": tpg,
+                       "dst_peak_rss_over_populated": ratio(r.get("dst_peak_rss_mib"), (pop or 0) * 1024)})
+    md.append("")
+    full = next((r for r in rs if r["tool"] == "pmigrate-full"), None)
+    sparse = next((r for r in rs if r["tool"] == "pmigrate-sparse"), None)
+    if full or sparse:
+        md.append("Live, a zipf workload inside the populated part, %s channels, verified:" % (
+            (full or sparse).get("channels")))
+        md.append("")
+        md.append("| VM | total time | downtime | guest-seen pause | MB sent | peak RSS destination | verified |")
+        md.append("|---|---|---|---|---|---|---|")
+        for r in (full, sparse):
+            if r:
+                md.append("| %s (%s populated) | %s | %s ms | %s ms | %s | %s MiB | %s |" % (
+                    r.get("mode"), r.get("populated"),
+                    ("%.2f s" % (r["total_time_ms"] / 1000.0)) if r.get("total_time_ms") else "failed",
+                    fmt(r.get("downtime_ms"), 1), fmt(r.get("guest_gap_ms"), 1),
+                    fmt((r.get("bytes_sent") or 0) / 1e6, 0), fmt(r.get("dst_peak_rss_mib"), 0),
+                    {True: "yes", False: "NO", None: "–"}[r.get("memory_verified")]))
+        md.append("")
+        t = ratio(secs(sparse), secs(full))
+        pop = gib((sparse or {}).get("populated"))
+        m = ratio((sparse or {}).get("dst_peak_rss_mib"), (pop or 0) * 1024)
+        if t or m:
+            md.append("The big VM took %s the time of the fully populated one (target at most 1.5x); its "
+                      "destination's peak RSS was %s of the populated size (target at most 1.10)." % (
+                          (fmt(t, 2) + "x") if t else "–", fmt(m, 2)))
+            md.append("")
+        ratios.append({"scenario": "scale", "sparse_over_full_time": t, "sparse_dst_peak_rss_over_populated": m})
 
 
 def live_tables(rows, scen, md, ratios):
@@ -510,6 +595,8 @@ def main():
             throughput_tables(rows, scen, md, ratios)
         elif scen in (5, 6):
             sweep_tables(out, rows, scen, md, ratios)
+        elif scen == "scale":
+            scale_tables(rows, md, ratios)
         else:
             live_tables(rows, scen, md, ratios)
     errs = [r for r in rows if r.get("first_error")]

@@ -7,7 +7,7 @@
 # It never asserts timings. PMIGRATE_BIN: the pmigrate executable (set by meson).
 set -u
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-N=10
+N=11
 if [[ $(id -u) != 0 ]] || ! command -v ip >/dev/null || ! command -v python3 >/dev/null; then
 	echo "1..0 # SKIP needs root, iproute2 and python3 (network namespaces)"
 	exit 0
@@ -42,7 +42,7 @@ check "results.json is valid JSON with results for every scenario" python3 - "$O
 import json, sys
 d = json.load(open(sys.argv[1]))
 scen = {r["scenario"] for r in d["best"]}
-assert {1, 2, 3, 4, 5, 6} <= scen, scen
+assert {1, 2, 3, 4, 5, 6, "scale"} <= scen, scen
 assert isinstance(d["runs"], list) and d["runs"]
 assert isinstance(d["ratios"], list)
 PY
@@ -74,6 +74,19 @@ assert pm, "no pmigrate run recorded"
 bad = [r for r in pm if (r["status"] != "completed" and not (r["status"] == "gave_up" and r.get("src_alive")))
        or r.get("guest_alive") is False]
 assert not bad, bad[:2]
+PY
+
+check "scale: untouched memory not sent as data, memory verified by digests, peak RSS of both sides" python3 - "$OUT/raw.jsonl" <<'PY'
+import json, sys
+runs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+sc = [r for r in runs if r.get("scenario") == "scale"]
+assert {r["tool"] for r in sc} >= {"pmigrate-scale", "pmigrate-full", "pmigrate-sparse"}, sc[:1]
+for r in sc:
+    assert r["status"] == "completed" and r.get("verified") is True, r
+    assert r.get("src_peak_rss_mib") and r.get("dst_peak_rss_mib"), r
+for r in sc:
+    if r["tool"] in ("pmigrate-scale", "pmigrate-sparse"):
+        assert (r.get("unpopulated_pages") or 0) > 0, r
 PY
 
 check "the sweep tracked with self, wrote timelines and the achieved rate" python3 - "$OUT/raw.jsonl" <<'PY'
