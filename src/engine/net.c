@@ -319,8 +319,6 @@ void pm_conn_close(struct pm_conn *c)
 	c->fd = -1;
 }
 
-#define CANCEL_GRACE_MS 1000.0   /* how long a send in progress may finish after a cancel */
-
 /* The deadline of an operation that starts now. */
 static double op_deadline(const struct pm_conn *c)
 {
@@ -334,27 +332,15 @@ static double op_deadline(const struct pm_conn *c)
 int pm_conn_wait(struct pm_conn *c, short events, double deadline, struct pm_err *err,
 		 const char *what)
 {
-	/* A send that can go on goes on after a cancel, for up to a second:
-	 * the frame in flight then ends whole and the peer reads the reason
-	 * that follows it, not a torn stream.  A send stuck that long is cut. */
-	bool sending = events & POLLOUT;
-	double grace = 0;
-
 	for (;;) {
 		struct pollfd p[2] = { { .fd = c->fd, .events = events },
 				       { .fd = c->wake_fd, .events = POLLIN } };
-		bool watch_wake = c->wake_fd >= 0 && !grace;
-		double until = deadline;
 		int ms = -1, n;
 
-		if (grace && (!until || grace < until))
-			until = grace;
-		if (until) {
-			double left = until - pm_now_ms();
+		if (deadline) {
+			double left = deadline - pm_now_ms();
 			if (left <= 0) {
 				unsigned budget = c->deadline ? 0 : c->timeout_ms;
-				if (grace && (!deadline || grace <= deadline))
-					return pm_err_set(err, ECANCELED, "%s: cancelled", what);
 				if (budget)
 					return pm_err_set(err, ETIMEDOUT, "%s: timed out after %u ms (peer silent)",
 							  what, budget);
@@ -362,18 +348,15 @@ int pm_conn_wait(struct pm_conn *c, short events, double deadline, struct pm_err
 			}
 			ms = (int)left + 1;
 		}
-		n = poll(p, watch_wake ? 2 : 1, ms);
+		n = poll(p, c->wake_fd >= 0 ? 2 : 1, ms);
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n < 0)
 			return pm_err_set(err, errno, "%s: poll: %s", what, strerror(errno));
+		if (n > 0 && c->wake_fd >= 0 && (p[1].revents & POLLIN))
+			return pm_err_set(err, ECANCELED, "%s: cancelled", what);
 		if (n > 0 && p[0].revents)
 			return 0;       /* ready, or an error the next call reports */
-		if (n > 0 && watch_wake && (p[1].revents & POLLIN)) {
-			if (!sending)
-				return pm_err_set(err, ECANCELED, "%s: cancelled", what);
-			grace = pm_now_ms() + CANCEL_GRACE_MS;
-		}
 	}
 }
 
