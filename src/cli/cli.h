@@ -12,6 +12,8 @@
 int cmd_vm(int argc, char **argv);
 int cmd_migrate(int argc, char **argv);
 int cmd_cancel(int argc, char **argv);
+int cmd_cont(int argc, char **argv);
+int cmd_quit(int argc, char **argv);
 int cmd_status(int argc, char **argv);
 int cmd_demo(int argc, char **argv);
 int cmd_timeline(int argc, char **argv);

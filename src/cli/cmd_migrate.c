@@ -264,6 +264,10 @@ int cmd_migrate(int argc, char **argv)
 	}
 	if (r) {
 		fprintf(stderr, "pmigrate migrate: %s\n", err.msg);
+		if (r == -EINPROGRESS)
+			fprintf(stderr, "pmigrate migrate: once you know: 'pmigrate cont --control %s' if the "
+				"destination does not run the VM, 'pmigrate quit --control %s' if it does\n",
+				control, control);
 		return r == -EINPROGRESS ? 3 : 1;
 	}
 	return timeline_failed ? 1 : 0;
@@ -273,9 +277,9 @@ bad:
 	return 2;
 }
 
-/* pmigrate cancel: stops the migration running out of the VM behind a
- * control socket; the VM keeps running there and the destination is told. */
-int cmd_cancel(int argc, char **argv)
+/* One control command without arguments: pmigrate NAME --control SOCKET. */
+static int simple_command(int argc, char **argv, const char *name, const char *command,
+			  const char *said)
 {
 	static const struct option opts[] = {
 		{ "control", required_argument, 0, 'c' }, { "help", no_argument, 0, 'h' }, { 0 } };
@@ -288,25 +292,46 @@ int cmd_cancel(int argc, char **argv)
 	while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
 		switch (o) {
 		case 'c': control = optarg; break;
-		case 'h': printf("usage: pmigrate cancel --control SOCKET\n"); return 0;
-		default: fprintf(stderr, "usage: pmigrate cancel --control SOCKET\n"); return 2;
+		case 'h': printf("usage: pmigrate %s --control SOCKET\n", name); return 0;
+		default: fprintf(stderr, "usage: pmigrate %s --control SOCKET\n", name); return 2;
 		}
 	}
 	if (!control || optind < argc) {
-		fprintf(stderr, "usage: pmigrate cancel --control SOCKET\n");
+		fprintf(stderr, "usage: pmigrate %s --control SOCKET\n", name);
 		return 2;
 	}
 	if (ctl_open(&c, control, &err)) {
-		fprintf(stderr, "pmigrate cancel: %s\n", err.msg);
+		fprintf(stderr, "pmigrate %s: %s\n", name, err.msg);
 		return 1;
 	}
-	ret = ctl_execute(&c, "migrate_cancel", NULL, &err);
+	ret = ctl_execute(&c, command, NULL, &err);
 	ctl_close(&c);
 	if (!ret) {
-		fprintf(stderr, "pmigrate cancel: %s\n", err.msg);
+		fprintf(stderr, "pmigrate %s: %s\n", name, err.msg);
 		return 1;
 	}
 	json_object_put(ret);
-	fprintf(stderr, "pmigrate cancel: the migration is being cancelled; the VM keeps running here\n");
+	fprintf(stderr, "pmigrate %s: %s\n", name, said);
 	return 0;
+}
+
+/* pmigrate cancel: stops the migration running out of the VM behind a
+ * control socket; the VM keeps running there and the destination is told. */
+int cmd_cancel(int argc, char **argv)
+{
+	return simple_command(argc, argv, "cancel", "migrate_cancel",
+			      "the migration is being cancelled; the VM keeps running here");
+}
+
+/* pmigrate cont / quit: resume a stopped VM (or one left paused by an
+ * unknown outcome: the destination does not run it), or end the VM process
+ * (it does). */
+int cmd_cont(int argc, char **argv)
+{
+	return simple_command(argc, argv, "cont", "cont", "the VM runs");
+}
+
+int cmd_quit(int argc, char **argv)
+{
+	return simple_command(argc, argv, "quit", "quit", "the VM process ends");
 }

@@ -13,6 +13,8 @@ static void usage(FILE *f)
 		"  vm        run a synthetic VM (or wait for one with --incoming)\n"
 		"  migrate   migrate the VM behind a control socket to a destination\n"
 		"  cancel    cancel the migration running out of a VM\n"
+		"  cont      resume a VM (after 'stop', or an unknown migration outcome)\n"
+		"  quit      end a VM process\n"
 		"  status    show a VM's state, heartbeat and last migration\n"
 		"  timeline  draw a migration's JSON report (migrate --json) as an SVG timeline\n"
 		"  version   print the version\n");
@@ -34,6 +36,10 @@ int main(int argc, char **argv)
 		return cmd_migrate(argc, argv);
 	if (!strcmp(cmd, "cancel"))
 		return cmd_cancel(argc, argv);
+	if (!strcmp(cmd, "cont"))
+		return cmd_cont(argc, argv);
+	if (!strcmp(cmd, "quit"))
+		return cmd_quit(argc, argv);
 	if (!strcmp(cmd, "status"))
 		return cmd_status(argc, argv);
 	if (!strcmp(cmd, "demo"))

@@ -65,9 +65,29 @@ check "DONE lost everywhere: source is paused (never two running copies)" hb_stu
 check "DONE lost everywhere: status says why" \
 	grep -q "outcome unknown" <<<"$(status_get s2 last_migration.error)"
 check "DONE lost everywhere: memory verified" same_memory "$T/s2.pause" "$T/d2.resume"
+check "DONE lost everywhere: migrate says how to decide" grep_file "$T/mig2.err" "pmigrate cont --control .*pmigrate quit --control"
 # Management saw the destination running: it drops the source.
-check "DONE lost everywhere: the source quits on request" quit_vm s2
+"$PM" quit --control "$T/s2.sock" >"$T/quit2.out" 2>&1
+check "DONE lost everywhere: pmigrate quit exits 0" rc_is 0 $? "quit"
+check "DONE lost everywhere: the source VM process ends" wait_exit s2 30
+check "DONE lost everywhere: it exits 0" rc_is 0 "${VMRC[s2]}" "source"
 check "vm d2 quits" quit_vm d2
+
+# --- DONE lost everywhere while the destination does NOT run the VM (its
+# state is refused after every END went out... here: the destination dies
+# right after END): the source stays paused in "unknown" until management
+# finds the destination gone and sends cont.
+start_vm s7 --mem 64M --workload random,rate=50MB/s || not_ok "start s7"
+start_vm d7 --mem 64M --incoming 127.0.0.1:0 --dump-on-resume "$T/d7.resume" || not_ok "start d7"
+start_fault f7 "$(incoming_of d7)" "dir=to-dest,frame=END,action=blackhole"
+migrate mig7 s7 --to "$FAULT_ADDR" --channels 1 --timeout 1000
+check "END lost: migrate exits 3 (outcome unknown)" rc_is 3 "$MIG_RC" "migrate"
+check "END lost: source state is unknown" state_is s7 unknown
+check "END lost: the destination did not resume" never_resumed d7
+"$PM" cont --control "$T/s7.sock" >"$T/cont7.out" 2>&1
+check "END lost: pmigrate cont exits 0" rc_is 0 $? "cont"
+source_runs "END lost, then cont" s7
+check "vm s7 quits" quit_vm s7
 
 # --- cancel: channel 3 of 4 stalls after 1 MB, so the migration waits (its
 # timeout is long) until the cancel.
