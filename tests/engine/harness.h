@@ -76,4 +76,34 @@ static inline void dest_join(struct dest_run *d)
 	pm_incoming_close(d->in);
 }
 
+/* Whether this kernel can make TLS 1.3 AES-GCM records (kTLS): the "tls"
+ * ULP on a connected TCP socket takes a transmit key. */
+#include <linux/tls.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include "engine/net.h"
+static inline bool ktls_usable(void)
+{
+	struct pm_err e = { 0 };
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof(ss);
+	struct tls12_crypto_info_aes_gcm_128 ci = { .info = { .version = TLS_1_3_VERSION,
+							      .cipher_type = TLS_CIPHER_AES_GCM_128 } };
+	char addr[80];
+	int l = pm_tcp_listen("127.0.0.1:0", &e), c, a;
+	bool ok;
+
+	getsockname(l, (struct sockaddr *)&ss, &sl);
+	pm_format_addr((struct sockaddr *)&ss, addr, sizeof(addr));
+	c = pm_tcp_connect(addr, NULL, 5000, &e);
+	a = accept(l, NULL, NULL);
+	ok = !setsockopt(c, IPPROTO_TCP, 31 /* TCP_ULP */, "tls", 4) &&
+	     !setsockopt(c, 282 /* SOL_TLS */, TLS_TX, &ci, sizeof(ci));
+	close(a);
+	close(c);
+	close(l);
+	return ok;
+}
+
 #endif

@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <netinet/in.h>
 #include <unistd.h>
 #include <cmocka.h>
 #include <openssl/err.h>
@@ -31,6 +32,7 @@
 #include "engine/protocol.h"
 #include "engine/tls.h"
 #include "fakevm.h"
+#include "harness.h"
 
 static char dir[64], x509[96], other[112], psk[96], psk_bad[96];
 
@@ -286,9 +288,10 @@ static void *send_main(void *a)
 	return NULL;
 }
 
-static void test_record_path(void **state)
+/* The record path, with OpenSSL's records (no_ktls) or the kernel's. */
+static void record_path(bool no_ktls)
 {
-	struct pm_tls_params sp = { .creds_dir = x509 }, cp = { .creds_dir = x509 };
+	struct pm_tls_params sp = { .creds_dir = x509, .no_ktls = no_ktls }, cp = { .creds_dir = x509, .no_ktls = no_ktls };
 	struct pm_err ce = { 0 }, se = { 0 }, e = { 0 };
 	struct pair p;
 	size_t len = 24u << 20;
@@ -301,6 +304,16 @@ static void test_record_path(void **state)
 		fail_msg("handshake: %s / %s", ce.msg, se.msg);
 	assert_string_equal(pm_tls_peer(&p.s), "CN=pmigrate-source,O=pmigrate tests");
 	assert_string_equal(pm_tls_peer(&p.c), "CN=pmigrate-destination,O=pmigrate tests");
+	/* Where the kernel has TLS, it makes every record of both ends. */
+	bool kernel = !no_ktls && ktls_usable();
+	if (!no_ktls && getenv("PM_EXPECT_KTLS"))
+		assert_true(kernel);    /* in the nested L1, whose kernel has TLS */
+	for (int tx = 0; tx < 2; tx++) {
+		assert_int_equal(pm_tls_kernel(&p.c, tx), kernel);
+		assert_int_equal(pm_tls_kernel(&p.s, tx), kernel);
+	}
+	if (!no_ktls)
+		print_message("# kernel TLS here: %s\n", kernel ? "yes (records by the kernel)" : "no");
 	struct sender s = { .conn = &p.c, .data = data, .len = len };
 	pthread_create(&th, NULL, send_main, &s);
 	/* Receive through every call the receivers use, in odd sizes. */
@@ -351,6 +364,9 @@ static void test_record_path(void **state)
 	free(data);
 	free(got);
 }
+
+static void test_record_path_userspace(void **state) { record_path(true); }
+static void test_record_path(void **state) { record_path(false); }
 
 /* Handshakes that must fail, and the words they fail with, on both ends. */
 static void expect_fail(const struct pm_tls_params *sp, const struct pm_tls_params *cp, const char *cwant,
@@ -473,7 +489,7 @@ static void test_bad_credentials(void **state)
 
 /* ------------------------------------------------------------ binding */
 
-struct dest {
+struct bdest {
 	struct pm_incoming *in;
 	struct fakevm *vm;
 	struct pm_report rep;
@@ -487,7 +503,7 @@ struct dest {
 
 static void dest_log(void *opaque, const char *msg)
 {
-	struct dest *d = opaque;
+	struct bdest *d = opaque;
 
 	pthread_mutex_lock(&d->mu);
 	if (d->nlog < 8)
@@ -495,9 +511,9 @@ static void dest_log(void *opaque, const char *msg)
 	pthread_mutex_unlock(&d->mu);
 }
 
-static void *dest_main(void *a)
+static void *bdest_main(void *a)
 {
-	struct dest *d = a;
+	struct bdest *d = a;
 
 	d->rc = pm_incoming_run(d->in, &d->vm->be, &d->rep, &d->err);
 	return NULL;
@@ -544,7 +560,7 @@ static void test_session_binding(void **state)
 {
 	const char *listen[] = { "127.0.0.1:0" };
 	uint64_t np = 64, gpa = 0;
-	struct dest d = { .vm = fakevm_new("dst", 1, &np, &gpa) };
+	struct bdest d = { .vm = fakevm_new("dst", 1, &np, &gpa) };
 	struct pm_incoming_params ip = { .listen = listen, .nlisten = 1, .timeout_ms = 20000,
 					 .tls = { .creds_dir = x509 }, .log = dest_log, .log_opaque = &d };
 	struct pm_err e = { 0 };
@@ -553,7 +569,7 @@ static void test_session_binding(void **state)
 	pthread_mutex_init(&d.mu, NULL);
 	assert_int_equal(pm_incoming_listen(&d.in, &ip, &e), 0);
 	snprintf(addr, sizeof(addr), "%s", pm_incoming_address(d.in, 0));
-	pthread_create(&d.th, NULL, dest_main, &d);
+	pthread_create(&d.th, NULL, bdest_main, &d);
 	/* The source binds session 0xaa with channel 0 of 2 ... */
 	assert_int_equal(hello_as(addr, x509, 0xaa, 0, reply, sizeof(reply)), 0);
 	assert_string_equal(reply, "HELLO_ACK");
@@ -590,7 +606,7 @@ static void test_insecure(void **state)
 	const char *any[] = { "0.0.0.0:0" }, *to[] = { "192.0.2.1:7000" };
 	struct pm_incoming *in = NULL;
 	struct pm_incoming_params ip = { .listen = any, .nlisten = 1 };
-	struct dest d = { 0 };
+	struct bdest d = { 0 };
 	struct pm_err e = { 0 };
 
 	pthread_mutex_init(&d.mu, NULL);
@@ -630,6 +646,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_ktls_keys),
+		cmocka_unit_test(test_record_path_userspace),
 		cmocka_unit_test(test_record_path),
 		cmocka_unit_test(test_handshake_failures),
 		cmocka_unit_test(test_bad_credentials),
