@@ -29,8 +29,9 @@ SCEN_TITLE = {
     6: "Scenario 6: where it does not converge: the non-convergence policies",
     "linux": "Scenario linux: a Linux guest, pmvm + pmigrate vs QEMU-KVM, inside the nested L1",
     "scale": "Scenario scale: big VMs that touched 1/8 of their memory",
+    "tls": "Scenario tls: TLS 1.3 (X.509, PSK) beside plain TCP, paused VM",
 }
-SCENARIOS = (1, 2, 3, 4, 5, 6, "linux", "scale")
+SCENARIOS = (1, 2, 3, 4, 5, 6, "tls", "linux", "scale")
 
 
 def scen_order(s):
@@ -95,7 +96,7 @@ def best_rows(runs):
         if errs:
             row["first_error"] = str(errs[0])[:300]
         if best:
-            for f in ("total_time_ms", "downtime_ms", "guest_gap_ms", "rounds", "bytes_sent",
+            for f in ("total_time_ms", "downtime_ms", "guest_gap_ms", "rounds", "bytes_sent", "tls_records",
                       "throughput_MBps", "links_used", "gbit_s", "dirty_method", "achieved_dirty_MBps",
                       "dst_huge_kb", "dst_mem", "switchover_reason", "throttle_pct", "write_rate_mbps",
                       "write_rate_asked_mbps", "loadavg", "timeline", "status", "src_alive",
@@ -364,6 +365,34 @@ def live_tables(rows, scen, md, ratios):
         md.append("")
 
 
+def tls_tables(rows, md, ratios):
+    """TLS beside plain TCP: the same paused migration, interleaved in every rep."""
+    rs = [r for r in rows if r["scenario"] == "tls"]
+    for t in sorted({r["topology"] for r in rs}):
+        plain = find(rs, topology=t, mode="none")
+        md.append("%s:" % ("Loopback (both ends' encryption, decryption and copies share the cores)"
+                           if t == "loopback" else "%s shaped links" % t))
+        md.append("")
+        md.append("| transport | records | ch | total time | MB/s | of plain | all runs (s) | load avg |")
+        md.append("|---|---|---|---|---|---|---|---|")
+        for mode, name in (("none", "plain TCP"), ("x509", "TLS 1.3, X.509"), ("psk", "TLS 1.3, PSK")):
+            r = find(rs, topology=t, mode=mode)
+            if not r:
+                continue
+            rel = ratio(r.get("throughput_MBps"), plain.get("throughput_MBps")) if plain and r is not plain else None
+            md.append("| %s | %s | %s | %s | %s | %s | %s | %s |" % (
+                name, r.get("tls_records", "-") if mode != "none" else "-", r["channels"], cell_time(r),
+                fmt(r.get("throughput_MBps")), fmt(rel, 2) if rel else ("1" if r is plain else "-"),
+                " ".join(fmt(x / 1000.0, 2) for x in r.get("all_total_ms") or [] if x),
+                fmt(r.get("loadavg"), 2)))
+            if rel:
+                ratios.append({"scenario": "tls", "topology": t, "mode": mode, "channels": r["channels"],
+                               "tls_vs_plain": round(rel, 3)})
+        md.append("")
+    md.append("\"of plain\": TLS throughput over plain TCP's, same run (above 1 would mean faster).")
+    md.append("")
+
+
 def mode_name(r):
     if r["tool"] == "pmigrate-serial":
         return "serial"
@@ -597,6 +626,8 @@ def main():
             sweep_tables(out, rows, scen, md, ratios)
         elif scen == "scale":
             scale_tables(rows, md, ratios)
+        elif scen == "tls":
+            tls_tables(rows, md, ratios)
         else:
             live_tables(rows, scen, md, ratios)
     errs = [r for r in rows if r.get("first_error")]

@@ -263,6 +263,11 @@ struct pm_incoming_params {
 };
 int pm_incoming_listen(struct pm_incoming **out, const struct pm_incoming_params *p,
 		       struct pm_err *err);
+/* Hands an already connected stream socket (one a management process
+ * passed in, say) to the destination as if it had been accepted, before
+ * pm_incoming_run(); the destination owns it from now on.  With adopted
+ * sockets, params.nlisten may be 0. */
+int pm_incoming_adopt(struct pm_incoming *in, int fd, struct pm_err *err);
 /* Actual bound address of listener i ("127.0.0.1:40123"). */
 const char *pm_incoming_address(const struct pm_incoming *in, unsigned i);
 /* Receives one migration into be; on success the VM has been resumed. */

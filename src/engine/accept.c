@@ -104,19 +104,27 @@ static struct pending *new_pending(struct pm_incoming *in, struct dst_ctx *c, st
 	return oldest;
 }
 
-static void accept_one(struct pm_incoming *in, struct dst_ctx *c, int lfd, struct pending *pend)
+/* A new connection (accepted, or adopted: fd < 0 accepts from lfd). */
+static void take(struct pm_incoming *in, struct dst_ctx *c, int lfd, int fd, struct pending *pend)
 {
 	struct sockaddr_storage ss;
 	socklen_t sl = sizeof(ss);
-	int fd = accept4(lfd, (struct sockaddr *)&ss, &sl, SOCK_CLOEXEC | SOCK_NONBLOCK);
 	struct pending *p;
 
+	if (fd < 0)
+		fd = accept4(lfd, (struct sockaddr *)&ss, &sl, SOCK_CLOEXEC | SOCK_NONBLOCK);
+	else if (getpeername(fd, (struct sockaddr *)&ss, &sl))
+		ss.ss_family = AF_UNSPEC;
 	if (fd < 0)
 		return;
 	p = new_pending(in, c, pend);
 	memset(p, 0, sizeof(*p));
-	pm_format_addr((struct sockaddr *)&ss, p->from, sizeof(p->from));
-	pm_tcp_tune(fd, in->timeout_ms);
+	if (ss.ss_family == AF_INET || ss.ss_family == AF_INET6)
+		pm_format_addr((struct sockaddr *)&ss, p->from, sizeof(p->from));
+	else
+		snprintf(p->from, sizeof(p->from), "an adopted socket");
+	if (ss.ss_family == AF_INET || ss.ss_family == AF_INET6)
+		pm_tcp_tune(fd, in->timeout_ms);
 	pm_conn_init(&p->conn, fd);
 	p->started = pm_now_ms();
 	/* One budget for the handshake and the HELLO, whatever the peer does. */
@@ -296,6 +304,9 @@ int dst_accept(struct pm_incoming *in, struct dst_ctx *c, struct pm_err *err)
 		r = pm_err_set(err, ENOMEM, "out of memory");
 		goto out;
 	}
+	for (unsigned i = 0; i < in->nadopted; i++)
+		take(in, c, -1, in->adopted[i], pend);
+	in->nadopted = 0;
 	while (!complete) {
 		double now = pm_now_ms(), next = b.bound ? b.deadline : 0;
 		unsigned n = 0, np = 0;
@@ -348,7 +359,7 @@ int dst_accept(struct pm_incoming *in, struct dst_ctx *c, struct pm_err *err)
 		}
 		for (unsigned i = 0; i < in->n && !complete; i++)
 			if (pfd[i].revents & POLLIN)
-				accept_one(in, c, in->lfd[i], pend);
+				take(in, c, in->lfd[i], -1, pend);
 	}
 out:
 	for (unsigned i = 0; pend && i < MAX_PENDING; i++)

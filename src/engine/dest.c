@@ -65,8 +65,8 @@ int pm_incoming_listen(struct pm_incoming **out, const struct pm_incoming_params
 {
 	struct pm_incoming *in;
 
-	if (!p->nlisten || p->nlisten > MAX_LISTEN)
-		return pm_err_set(err, EINVAL, "%u listening addresses (1..%u allowed)", p->nlisten, MAX_LISTEN);
+	if (p->nlisten > MAX_LISTEN)
+		return pm_err_set(err, EINVAL, "%u listening addresses (0..%u allowed)", p->nlisten, MAX_LISTEN);
 	in = calloc(1, sizeof(*in));
 	if (!in)
 		return pm_err_set(err, ENOMEM, "out of memory");
@@ -128,6 +128,17 @@ const char *pm_incoming_address(const struct pm_incoming *in, unsigned i)
 	return i < in->n ? in->addr[i] : NULL;
 }
 
+int pm_incoming_adopt(struct pm_incoming *in, int fd, struct pm_err *err)
+{
+	if (in->nadopted == MAX_ADOPTED) {
+		close(fd);
+		return pm_err_set(err, E2BIG, "more than %u adopted connections", MAX_ADOPTED);
+	}
+	fcntl(fd, F_SETFD, FD_CLOEXEC);
+	in->adopted[in->nadopted++] = fd;
+	return 0;
+}
+
 void pm_incoming_cancel(struct pm_incoming *in)
 {
 	if (in && write(in->cancel[1], "c", 1) < 0) {
@@ -155,6 +166,8 @@ void pm_incoming_close(struct pm_incoming *in)
 	close(in->cancel[1]);
 	for (unsigned i = 0; i < in->n; i++)
 		close(in->lfd[i]);
+	for (unsigned i = 0; i < in->nadopted; i++)
+		close(in->adopted[i]);
 	pm_tls_free(in->tls);
 	free(in);
 }

@@ -20,6 +20,7 @@ struct pm_codec;
 struct pm_tls;
 
 #define MAX_LISTEN 64
+#define MAX_ADOPTED 128
 
 struct pm_incoming {
 	int cancel[2];          /* pipe: a byte here cancels a run */
@@ -29,6 +30,8 @@ struct pm_incoming {
 	unsigned timeout_ms;
 	const char *dump_on_resume;
 	struct pm_tls *tls;     /* NULL: plain TCP */
+	int adopted[MAX_ADOPTED]; /* connected sockets handed in, not yet taken */
+	unsigned nadopted;
 	void (*log)(void *opaque, const char *msg);
 	void *log_opaque;
 	bool mptcp;             /* listening with Multipath TCP */

@@ -7,7 +7,7 @@
 # It never asserts timings. PMIGRATE_BIN: the pmigrate executable (set by meson).
 set -u
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-N=11
+N=12
 if [[ $(id -u) != 0 ]] || ! command -v ip >/dev/null || ! command -v python3 >/dev/null; then
 	echo "1..0 # SKIP needs root, iproute2 and python3 (network namespaces)"
 	exit 0
@@ -42,7 +42,7 @@ check "results.json is valid JSON with results for every scenario" python3 - "$O
 import json, sys
 d = json.load(open(sys.argv[1]))
 scen = {r["scenario"] for r in d["best"]}
-assert {1, 2, 3, 4, 5, 6, "scale"} <= scen, scen
+assert {1, 2, 3, 4, 5, 6, "scale", "tls"} <= scen, scen
 assert isinstance(d["runs"], list) and d["runs"]
 assert isinstance(d["ratios"], list)
 PY
@@ -60,9 +60,19 @@ check "summary.md has a table per scenario" python3 - "$OUT/summary.md" <<'PY'
 import sys
 s = open(sys.argv[1]).read()
 for h in ("## Scenario 1", "## Scenario 2", "## Scenario 3", "## Scenario 4", "## Scenario 5",
-          "## Scenario 6", "Highest asked rate that converged", "Timelines: ["):
+          "## Scenario 6", "## Scenario tls", "Highest asked rate that converged", "Timelines: ["):
     assert h in s, h
 assert s.count("|---|") >= 4
+PY
+
+check "scenario tls: plain, X.509 and PSK migrations, the TLS ones reporting their records" python3 - "$OUT/raw.jsonl" <<'PY'
+import json, sys
+runs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+t = [r for r in runs if r.get("scenario") == "tls"]
+assert {r.get("tls") for r in t} == {"none", "x509", "psk"}, t[:2]
+assert all(r["status"] == "completed" for r in t), [r for r in t if r["status"] != "completed"][:1]
+assert all(r.get("tls_records") in ("ktls", "userspace") for r in t if r.get("tls") != "none")
+assert any(r.get("memory_equal") for r in t if r.get("verify")), "no verified TLS run"
 PY
 
 check "every pmigrate migration completed with a live destination" python3 - "$OUT/raw.jsonl" <<'PY'
