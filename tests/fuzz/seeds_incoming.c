@@ -116,11 +116,10 @@ static void state(struct buf *in, unsigned nvcpus)
 
 static void end(struct buf *in, unsigned ch, struct pm_end *cnt, uint32_t final)
 {
-	uint8_t b[PM_END_LEN];
+	uint8_t b[PM_END_FAILOVER_LEN];
 
 	cnt->final_round = final;
-	pm_encode_end(b, cnt);
-	frame(in, ch, PM_FR_END, b, sizeof(b));
+	frame(in, ch, PM_FR_END, b, pm_encode_end(b, cnt, false));
 }
 
 size_t fuzz_make_seeds(struct seed *s, size_t max)
