@@ -144,7 +144,6 @@ def main():
                    help="transport security; x509/psk use --tls-dir (tests/tls/mkcreds.sh layout)")
     p.add_argument("--tls-dir", default="", help="x509/ (QEMU layout) and keys.psk")
     p.add_argument("--no-ktls", action="store_true", help="TLS records in userspace even with kTLS")
-    p.add_argument("--mode", default="", help="a label that sets this configuration apart in the report")
     a = p.parse_args()
 
     os.makedirs(a.workdir, exist_ok=True)
@@ -193,8 +192,6 @@ def main():
             tls_args += ["--no-ktls"]
         dst_cmd += tls_args
         res["tls"] = a.tls
-        if a.mode:
-            res["mode"] = a.mode
         if a.verify:
             dst_cmd += ["--dump-on-resume", dump_dst]
             src_cmd += ["--dump-at-pause", dump_src]
