@@ -255,17 +255,9 @@ int cmd_demo(int argc, char **argv)
 	json_object *v;
 	printf("  source      pid %d\n", src.pid);
 	json_object_put(sst);
-	st = wait_status(&dst, 60000, &err);
-	json_object *inc;
-	if (!st || !json_object_object_get_ex(st, "incoming", &inc) || !json_object_array_length(inc)) {
-		fprintf(stderr, "pmigrate demo: destination: %s\n", err.code ? err.msg : "not listening");
-		show_log(&dst, "destination");
-		goto out;
-	}
 	char to[128];
-	snprintf(to, sizeof(to), "%s", json_object_get_string(json_object_array_get_idx(inc, 0)));
-	json_object_put(st);
-	st = NULL;
+	if (!wait_listening(&dst, 60000, to, sizeof(to)))
+		goto out;
 	printf("  destination pid %d, listening on %s\n", dst.pid, to);
 	/* Let the workload run for a moment so memory is being dirtied; a KVM
 	 * guest first stamps all its spread pages (one sweep). */

@@ -21,6 +21,9 @@ void sleep_ms(unsigned ms);
 void show_log(const struct child *c, const char *who);
 /* Waits for the control socket to answer; fails early if the child died. */
 json_object *wait_status(struct child *c, unsigned timeout_ms, struct pm_err *err);
+/* Waits for the destination to listen; its first address goes in to.
+ * On failure it says why on stderr and returns false. */
+bool wait_listening(struct child *c, unsigned timeout_ms, char *to, size_t len);
 /* Reaps a child that has exited (then pid is 0). */
 bool child_exited(struct child *c);
 void stop_child(struct child *c);

@@ -74,6 +74,23 @@ json_object *wait_status(struct child *c, unsigned timeout_ms, struct pm_err *er
 	return NULL;
 }
 
+/* Waits for the destination to listen and puts its first address in to;
+ * on failure says why (with the child's log) and returns false. */
+bool wait_listening(struct child *c, unsigned timeout_ms, char *to, size_t len)
+{
+	struct pm_err err = { 0 };
+	json_object *st = wait_status(c, timeout_ms, &err), *inc;
+	bool ok = st && json_object_object_get_ex(st, "incoming", &inc) && json_object_array_length(inc);
+	if (ok)
+		snprintf(to, len, "%s", json_object_get_string(json_object_array_get_idx(inc, 0)));
+	else {
+		fprintf(stderr, "pmigrate demo: destination: %s\n", err.code ? err.msg : "not listening");
+		show_log(c, "destination");
+	}
+	json_object_put(st);
+	return ok;
+}
+
 /* Reaps a child that has exited (then pid is 0). */
 bool child_exited(struct child *c)
 {

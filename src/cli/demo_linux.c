@@ -241,17 +241,9 @@ int demo_linux(const struct demo_linux_opts *o, int argc, char **argv)
 		goto out;
 	printf("\n  source      pid %d: booted to the workload's first full memory check in %.1f s\n", src.pid,
 	       (now_ms() - t0) / 1e3);
-	st = wait_status(&dst, 30000, &err);
-	json_object *inc;
-	if (!st || !json_object_object_get_ex(st, "incoming", &inc) || !json_object_array_length(inc)) {
-		fprintf(stderr, "pmigrate demo: destination: %s\n", err.code ? err.msg : "not listening");
-		show_log(&dst, "destination");
-		goto out;
-	}
 	char to[128];
-	snprintf(to, sizeof(to), "%s", json_object_get_string(json_object_array_get_idx(inc, 0)));
-	json_object_put(st);
-	st = NULL;
+	if (!wait_listening(&dst, 30000, to, sizeof(to)))
+		goto out;
 	printf("  destination pid %d, listening on %s\n", dst.pid, to);
 
 	json_object *args = json_object_new_object();

@@ -27,14 +27,6 @@
 #include "engine/protocol.h"
 #include "engine/tls.h"
 
-double pm_now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
-
 int pm_parse_addr(const char *s, struct sockaddr_storage *ss, socklen_t *len,
 		  int allow_no_port, struct pm_err *err)
 {

@@ -11,6 +11,7 @@
 #include <sys/types.h>
 #include <sys/uio.h>
 #include <pmigrate/error.h>
+#include "engine/clock.h"
 
 /* "host:port", "[v6]:port"; with allow_no_port, "host" alone (port 0). */
 int pm_parse_addr(const char *s, struct sockaddr_storage *ss, socklen_t *len,
@@ -98,6 +99,5 @@ int pm_send_frame_until(struct pm_conn *c, uint32_t type, const void *body, uint
  * connection. */
 void pm_send_error_frame(struct pm_conn *c, int code, const char *msg);
 
-double pm_now_ms(void);
 
 #endif

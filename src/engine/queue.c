@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <time.h>
 #include "engine/queue.h"
+#include "engine/clock.h"
 
 int pm_queue_init(struct pm_queue *q, unsigned cap)
 {
@@ -70,13 +71,7 @@ int pm_queue_pop_timed(struct pm_queue *q, struct pm_task *t, unsigned timeout_m
 	struct timespec dl;
 	int r = 1;
 
-	clock_gettime(CLOCK_MONOTONIC, &dl);
-	dl.tv_sec += timeout_ms / 1000;
-	dl.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-	if (dl.tv_nsec >= 1000000000L) {
-		dl.tv_sec++;
-		dl.tv_nsec -= 1000000000L;
-	}
+	pm_deadline_after_ms(&dl, timeout_ms);
 	pthread_mutex_lock(&q->lock);
 	while (q->count == 0 && !q->closed)
 		if (pthread_cond_timedwait(&q->not_empty, &q->lock, &dl) == ETIMEDOUT && q->count == 0) {
@@ -108,13 +103,7 @@ bool pm_queue_wait_idle(struct pm_queue *q, unsigned timeout_ms)
 	struct timespec dl;
 	bool ok = true;
 
-	clock_gettime(CLOCK_MONOTONIC, &dl);
-	dl.tv_sec += timeout_ms / 1000;
-	dl.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-	if (dl.tv_nsec >= 1000000000L) {
-		dl.tv_sec++;
-		dl.tv_nsec -= 1000000000L;
-	}
+	pm_deadline_after_ms(&dl, timeout_ms);
 	pthread_mutex_lock(&q->lock);
 	while (q->pending && ok)
 		ok = pthread_cond_timedwait(&q->idle, &q->lock, &dl) != ETIMEDOUT || !q->pending;

@@ -296,13 +296,7 @@ static int barrier_wait(struct receiver *x, uint32_t round)
 	/* With failover a silent channel is given up after its own timeout,
 	 * and then no longer counts: outlast that. */
 	unsigned limit = c->failover ? 2 * c->timeout_ms : c->timeout_ms;
-	clock_gettime(CLOCK_MONOTONIC, &dl);
-	dl.tv_sec += limit / 1000;
-	dl.tv_nsec += (long)(limit % 1000) * 1000000L;
-	if (dl.tv_nsec >= 1000000000L) {
-		dl.tv_sec++;
-		dl.tv_nsec -= 1000000000L;
-	}
+	pm_deadline_after_ms(&dl, limit);
 	pthread_mutex_lock(&c->mu);
 	unsigned gen = c->barrier_gen;
 	c->barrier_count++;

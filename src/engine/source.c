@@ -122,13 +122,7 @@ static void *progress_main(void *arg)
 	pthread_mutex_lock(&c->prog_lock);
 	for (;;) {
 		struct timespec dl;
-		clock_gettime(CLOCK_MONOTONIC, &dl);
-		dl.tv_sec += iv / 1000;
-		dl.tv_nsec += (long)(iv % 1000) * 1000000L;
-		if (dl.tv_nsec >= 1000000000L) {
-			dl.tv_sec++;
-			dl.tv_nsec -= 1000000000L;
-		}
+		pm_deadline_after_ms(&dl, iv);
 		/* A condition variable, so the end of a migration never waits
 		 * for the rest of an interval. */
 		while (!c->prog_stop && pthread_cond_timedwait(&c->prog_cond, &c->prog_lock, &dl) != ETIMEDOUT)

@@ -374,12 +374,24 @@ int pmvm_create(struct pmvm *vm, const struct pmvm_config *c, struct pm_err *err
 	return 0;
 }
 
+/* The identity map of [0, top) and the GDT every vCPU starts with. */
+static int write_long_mode_tables(struct pmvm *vm, uint64_t low_end, uint64_t top, struct pm_err *err)
+{
+	uint64_t gdt[PMVM_GDT_ENTRIES];
+	int r = pmvm_build_page_tables(vm->mem, low_end, top, err);
+	if (r)
+		return r;
+	pmvm_build_gdt(gdt, PMVM_TSS_GPA);
+	memset(vm->mem + PMVM_GDT_GPA, 0, 4096);
+	memcpy(vm->mem + PMVM_GDT_GPA, gdt, sizeof(gdt));
+	return 0;
+}
+
 int pmvm_boot(struct pmvm *vm, const struct pmvm_config *c, const uint8_t *image,
 	      size_t image_len, struct pm_err *err)
 {
 	uint64_t low_end = vm->slots[0].npages * PM_PAGE_SIZE;
 	uint64_t top = vm->slots[vm->nslots - 1].gpa + vm->slots[vm->nslots - 1].npages * PM_PAGE_SIZE;
-	uint64_t gdt[PMVM_GDT_ENTRIES];
 	struct pmvm_bootinfo bi;
 	struct pmvm_image img;
 	int r;
@@ -390,12 +402,9 @@ int pmvm_boot(struct pmvm *vm, const struct pmvm_config *c, const uint8_t *image
 	/* The disk's registers are in the hole: map up to them. */
 	if (vm->disk && top < PMVM_VIRTIO_BLK_GPA + VIRTIO_MMIO_SIZE)
 		top = PMVM_VIRTIO_BLK_GPA + VIRTIO_MMIO_SIZE;
-	r = pmvm_build_page_tables(vm->mem, low_end, top, err);
+	r = write_long_mode_tables(vm, low_end, top, err);
 	if (r)
 		return r;
-	pmvm_build_gdt(gdt, PMVM_TSS_GPA);
-	memset(vm->mem + PMVM_GDT_GPA, 0, 4096);
-	memcpy(vm->mem + PMVM_GDT_GPA, gdt, sizeof(gdt));
 
 	memset(&bi, 0, sizeof(bi));
 	bi.magic = PMVM_BOOT_MAGIC;
@@ -437,7 +446,6 @@ int pmvm_boot_linux(struct pmvm *vm, const struct pmvm_linux_boot *b, struct pm_
 {
 	uint64_t low_end = vm->slots[0].npages * PM_PAGE_SIZE;
 	uint64_t top = vm->slots[vm->nslots - 1].gpa + vm->slots[vm->nslots - 1].npages * PM_PAGE_SIZE;
-	uint64_t gdt[PMVM_GDT_ENTRIES];
 	struct pmvm_linux_layout lay;
 	uint32_t sig, features;
 	int r;
@@ -447,12 +455,9 @@ int pmvm_boot_linux(struct pmvm *vm, const struct pmvm_linux_boot *b, struct pm_
 		return r;
 	/* The 64-bit entry wants long mode with an identity map of what the
 	 * kernel touches before it builds its own tables: pmvm's usual one. */
-	r = pmvm_build_page_tables(vm->mem, low_end, top, err);
+	r = write_long_mode_tables(vm, low_end, top, err);
 	if (r)
 		return r;
-	pmvm_build_gdt(gdt, PMVM_TSS_GPA);
-	memset(vm->mem + PMVM_GDT_GPA, 0, 4096);
-	memcpy(vm->mem + PMVM_GDT_GPA, gdt, sizeof(gdt));
 	cpuid_leaf1(vm, &sig, &features);
 	pmvm_mptable_write(vm->mem + PMVM_EBDA_GPA, (uint32_t)PMVM_EBDA_GPA, vm->nvcpus, sig, features);
 	vm->linux_guest = true;

@@ -152,24 +152,34 @@ static void set_mtrr_wb(struct pmvm_vcpu *v)
 	(void)ioctl(v->fd, KVM_SET_MSRS, &mtrr);
 }
 
-int pmvm_vcpu_boot(struct pmvm_vcpu *v, uint64_t entry, struct pm_err *err)
+/* Long mode with pmvm's identity map, the given registers, a clean FPU. */
+static int enter_long_mode(struct pmvm_vcpu *v, const struct kvm_regs *regs, struct pm_err *err)
 {
 	struct kvm_sregs sregs;
-	struct kvm_regs regs;
 	struct kvm_fpu fpu;
-	struct kvm_mp_state mp = { .mp_state = KVM_MP_STATE_RUNNABLE };
 
 	if (ioctl(v->fd, KVM_GET_SREGS, &sregs) < 0)
 		return pm_err_set(err, errno, "KVM_GET_SREGS vCPU %u: %s", v->index, strerror(errno));
 	pmvm_setup_long_mode_sregs(&sregs);
 	if (ioctl(v->fd, KVM_SET_SREGS, &sregs) < 0)
 		return pm_err_set(err, errno, "KVM_SET_SREGS vCPU %u: %s", v->index, strerror(errno));
-	pmvm_setup_regs(&regs, entry, v->index);
-	if (ioctl(v->fd, KVM_SET_REGS, &regs) < 0)
+	if (ioctl(v->fd, KVM_SET_REGS, regs) < 0)
 		return pm_err_set(err, errno, "KVM_SET_REGS vCPU %u: %s", v->index, strerror(errno));
 	pmvm_setup_fpu(&fpu);
 	if (ioctl(v->fd, KVM_SET_FPU, &fpu) < 0)
 		return pm_err_set(err, errno, "KVM_SET_FPU vCPU %u: %s", v->index, strerror(errno));
+	return 0;
+}
+
+int pmvm_vcpu_boot(struct pmvm_vcpu *v, uint64_t entry, struct pm_err *err)
+{
+	struct kvm_regs regs;
+	struct kvm_mp_state mp = { .mp_state = KVM_MP_STATE_RUNNABLE };
+
+	pmvm_setup_regs(&regs, entry, v->index);
+	int r = enter_long_mode(v, &regs, err);
+	if (r)
+		return r;
 	set_mtrr_wb(v);
 	/* With the in-kernel LAPIC, APs wait for INIT/SIPI; pmvm starts every
 	 * vCPU directly in long mode instead. */
@@ -184,28 +194,15 @@ int pmvm_vcpu_boot(struct pmvm_vcpu *v, uint64_t entry, struct pm_err *err)
 int pmvm_vcpu_boot_linux(struct pmvm_vcpu *v, uint64_t entry, uint64_t boot_params,
 			 struct pm_err *err)
 {
-	struct kvm_sregs sregs;
 	struct kvm_regs regs;
-	struct kvm_fpu fpu;
 
 	set_mtrr_wb(v);
 	if (v->index)
 		return 0;
-
-	if (ioctl(v->fd, KVM_GET_SREGS, &sregs) < 0)
-		return pm_err_set(err, errno, "KVM_GET_SREGS vCPU %u: %s", v->index, strerror(errno));
-	pmvm_setup_long_mode_sregs(&sregs);
-	if (ioctl(v->fd, KVM_SET_SREGS, &sregs) < 0)
-		return pm_err_set(err, errno, "KVM_SET_SREGS vCPU %u: %s", v->index, strerror(errno));
 	pmvm_setup_regs(&regs, entry, v->index);
 	regs.rdi = 0;
 	regs.rsi = boot_params;
-	if (ioctl(v->fd, KVM_SET_REGS, &regs) < 0)
-		return pm_err_set(err, errno, "KVM_SET_REGS vCPU %u: %s", v->index, strerror(errno));
-	pmvm_setup_fpu(&fpu);
-	if (ioctl(v->fd, KVM_SET_FPU, &fpu) < 0)
-		return pm_err_set(err, errno, "KVM_SET_FPU vCPU %u: %s", v->index, strerror(errno));
-	return 0;
+	return enter_long_mode(v, &regs, err);
 }
 
 /* ---- the run loop ---- */
