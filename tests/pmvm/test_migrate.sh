@@ -12,6 +12,8 @@
 #  4. a guest that writes 64 pages: after round 1 only those are sent again,
 #     not all memory (rounds overlap, so a chunk may go in round 2 instead of
 #     round 1: the check is on the total).
+#  5, 6. test 1 over TLS 1.3, X.509 and PSK (credentials made for the run
+#     with tests/tls/mkcreds.sh; skipped without the openssl command).
 # Every wait also watches the processes it depends on, so a dead VM fails
 # the test within a second instead of at a time limit.
 # Skipped (not passed) without /dev/kvm or without pmigrate.
@@ -19,7 +21,7 @@ PMVM=$1
 GUESTS=$2
 PMIGRATE=$3
 BIG=${PMVM_TEST_BIG_MEM:-256M}
-NTESTS=4
+NTESTS=6
 echo "1..$NTESTS"
 skip_all() {
 	for i in $(seq $NTESTS); do echo "ok $i # SKIP $1"; done
@@ -106,7 +108,7 @@ start_dest() {
 	for p in "$@"; do args+=(--param "$p"); done
 	"$PMVM" run --mem "$mem" --vcpus 2 --guest "$GUESTS/$guest" "${args[@]}" \
 		--control "$T/$tag-dst.sock" --serial "$T/$tag-dst.serial" \
-		--incoming 127.0.0.1:0,127.0.0.1:0,127.0.0.1:0,127.0.0.1:0 \
+		--incoming 127.0.0.1:0,127.0.0.1:0,127.0.0.1:0,127.0.0.1:0 ${DEST_TLS:-} \
 		${DUMPS:+--dump-on-resume "$T/$tag-dst.dump"} 2>"$T/$tag-dst.err" &
 	DST=$!
 	PIDS="$PIDS $DST"
@@ -120,7 +122,7 @@ start_dest() {
 }
 # migrate TAG: pmigrate migrate over 4 channels, report in $T/TAG-report.json.
 migrate() {
-	"$PMIGRATE" migrate --control "$T/$1-src.sock" --to "$TO" --channels 4 --timeout 20000 \
+	"$PMIGRATE" migrate --control "$T/$1-src.sock" --to "$TO" --channels 4 --timeout 20000 ${SRC_TLS:-} \
 		--json "$T/$1-report.json" >"$T/$1-migrate.out" 2>&1
 }
 report_field() { # TAG EXPR (python over the report dict r)
@@ -272,4 +274,47 @@ else
 	failed=1
 fi
 stop_pair
+# ---- 5, 6: live migration over TLS 1.3, X.509 and PSK ----
+MK=$(cd "$(dirname "$0")/../tls" && pwd)/mkcreds.sh
+tls_ok=1
+command -v openssl >/dev/null && "$MK" x509 "$T/x509" 2>"$T/mkcreds.err" && "$MK" psk "$T/keys.psk" || tls_ok=0
+tn=4
+for kind in x509 psk; do
+	tn=$((tn + 1))
+	if [ $tls_ok = 0 ]; then
+		echo "ok $tn # SKIP no openssl command to make credentials"
+		continue
+	fi
+	if [ $kind = x509 ]; then
+		DEST_TLS="--tls-creds $T/x509" SRC_TLS="--tls-creds $T/x509"
+	else
+		DEST_TLS="--tls-psk $T/keys.psk" SRC_TLS="--tls-psk $T/keys.psk"
+	fi
+	ok=1
+	DUMPS=1
+	start_source "tls$kind" 32M verifier.bin "^VERIFY OK 3$" || ok=0
+	[ $ok = 1 ] && { start_dest "tls$kind" 32M verifier.bin || ok=0; }
+	if [ $ok = 1 ] && ! migrate "tls$kind"; then
+		echo "# pmigrate migrate over TLS ($kind) failed"
+		ok=0
+	fi
+	if [ $ok = 1 ]; then
+		count_at_least "$T/tls$kind-dst.serial" '^VERIFY OK [0-9]+$' 3 120 "$DST" || ok=0
+		if grep -h "VERIFY FAIL" "$T/tls$kind-src.serial" "$T/tls$kind-dst.serial"; then ok=0; fi
+		if ! cmp "$T/tls$kind-src.dump" "$T/tls$kind-dst.dump"; then echo "# dumps differ"; ok=0; fi
+		got=$(report_field "tls$kind" 'r["tls"] + " " + r["tls_records"]')
+		echo "# report: tls $got"
+		case $got in "$kind "*) ;; *) echo "# the report does not say tls $kind"; ok=0 ;; esac
+	fi
+	if [ $ok = 1 ]; then
+		echo "ok $tn - verifier migrated live over TLS 1.3 ($kind), VERIFY OK continues, dumps equal"
+	else
+		diag "$T/tls$kind-src.err" "$T/tls$kind-dst.err" "$T/tls$kind-migrate.out"
+		echo "not ok $tn - live migration over TLS 1.3 ($kind)"
+		failed=1
+	fi
+	stop_pair
+	DUMPS=
+done
+DEST_TLS= SRC_TLS=
 exit $failed
