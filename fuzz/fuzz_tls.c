@@ -72,6 +72,19 @@ static void write_pem(const char *name, X509 *cert, EVP_PKEY *key)
 	fclose(f);
 }
 
+/* The credentials go when the process does. */
+static void remove_dir(void)
+{
+	static const char *const files[] = { "keys.psk", "ca-cert.pem", "server-cert.pem", "server-key.pem" };
+	char path[128];
+
+	for (unsigned i = 0; i < 4; i++) {
+		snprintf(path, sizeof(path), "%s/%s", dir, files[i]);
+		unlink(path);
+	}
+	rmdir(dir);
+}
+
 const char *fuzz_tls_dir(void)
 {
 	char path[128];
@@ -82,6 +95,7 @@ const char *fuzz_tls_dir(void)
 	snprintf(dir, sizeof(dir), "/tmp/pm-fuzz-tls.XXXXXX");
 	if (!mkdtemp(dir))
 		abort();
+	atexit(remove_dir);
 	snprintf(path, sizeof(path), "%s/keys.psk", dir);
 	if (!(f = fopen(path, "w")))
 		abort();
