@@ -149,7 +149,9 @@ static void usage(FILE *f)
 		"  --mem-backend KIND    anon (default: private, transparent huge pages), memfd\n"
 		"                        (shared), hugetlb (reserved huge pages, vm.nr_hugepages)\n"
 		"  --populated SIZE      how much of the memory the guest has written (default all);\n"
-		"                        the rest is untouched, as in a freshly booted guest\n"
+		"                        the rest is untouched, as in a freshly booted guest;\n"
+		"                        the host must have this much free (--incoming: what the\n"
+		"                        source populated, else all of --mem)\n"
 		"  --workload SPEC       idle | seq,rate=R | random,rate=R | zipf,rate=R,hot=P%%\n"
 		"                        [,threads=N][,seed=S][,span=all]; R like 200MB/s (default\n"
 		"                        idle); writes stay in the populated part unless span=all\n"
@@ -322,11 +324,6 @@ int cmd_vm(int argc, char **argv)
 	so.populated_bytes = (so.populated_bytes + PM_PAGE_SIZE - 1) & ~(uint64_t)(PM_PAGE_SIZE - 1);
 	if (so.populated_bytes > so.mem_bytes) {
 		fprintf(stderr, "pmigrate vm: --populated is larger than --mem\n");
-		return 2;
-	}
-	if (incoming && so.populated_bytes) {
-		fprintf(stderr, "pmigrate vm: --populated and --incoming exclude each other "
-			"(a destination's memory comes from the source)\n");
 		return 2;
 	}
 

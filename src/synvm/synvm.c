@@ -614,8 +614,12 @@ int synvm_create(struct synvm **out, const struct synvm_opts *o, struct pm_err *
 	if (o->workload.threads < 1 || o->workload.threads >= MAX_VCPUS)
 		return pm_err_set(err, EINVAL, "workload threads must be 1..%u", MAX_VCPUS - 1);
 	/* Before anything is allocated: a guest the host cannot hold is an
-	 * error now, not the OOM killer later. */
-	r = pm_check_guest_memory(o->mem_bytes, err);
+	 * error now, not the OOM killer later.  What it will hold is what it
+	 * writes (memory is mapped untouched): the populated part, unless the
+	 * workload spans all of it; a destination, what the source populated,
+	 * which --populated states there too. */
+	uint64_t need = o->populated_bytes && !o->workload.all ? o->populated_bytes : o->mem_bytes;
+	r = pm_check_guest_memory(need, err);
 	if (r)
 		return r;
 	vm = calloc(1, sizeof(*vm));

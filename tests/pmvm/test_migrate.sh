@@ -262,8 +262,12 @@ if [ $ok = 1 ]; then
 	nr=$(report_field r2 'len(r["rounds"])')
 	echo "# $nr rounds sent $sent pages in all: $(report_field r2 '", ".join(str(x["pages"] + x["zero_pages"] + x.get("unpopulated_pages", 0)) for x in r["rounds"])')" \
 		"(guest memory 8192 pages, working set 64)"
+	# A channel given up under a loaded host (failover) sends its chunks
+	# again whole: correct, but not what this checks, so not counted.
+	resent=$(report_field r2 'r.get("resent_pages", 0)')
+	[ "$resent" = 0 ] || echo "# $resent pages sent again after a lost channel: $(report_field r2 'r.get("lost_channels")')"
 	# Every page once, then per later round the working set and a little.
-	[ "$sent" -le $((8192 + (nr - 1) * 80)) ] || { echo "# more than the working set was sent again"; ok=0; }
+	[ "$((sent - resent))" -le $((8192 + (nr - 1) * 80)) ] || { echo "# more than the working set was sent again"; ok=0; }
 	wait_for "$T/r2-dst.serial" "^DIRTY 0 " 60 "$DST" || ok=0
 fi
 if [ $ok = 1 ]; then
