@@ -73,4 +73,10 @@ uint64_t pm_disk_bytes_written(const struct pm_disk *d);
 int pm_disk_next_data(int fd, uint64_t off, uint64_t size, uint64_t *data, uint64_t *hole,
 		      struct pm_err *err);
 
+/* Which file on which host booted when: a hash of the host's boot id and
+ * the file's device and inode (zeros when fd cannot be examined).  Two
+ * equal identities are the same file, so a destination can refuse to
+ * write into the source's own image. */
+void pm_disk_identity(int fd, uint8_t out[16]);
+
 #endif

@@ -106,6 +106,9 @@ struct pm_migrate_params {
 	 * the migration (the destination never runs it).  Its time is a
 	 * verification aid: excluded from downtime, reported as verify_ms. */
 	bool verify;
+	/* The VM's disks are on storage the destination shares: no block is
+	 * sent; each disk is flushed (fdatasync) once the VM is paused. */
+	bool shared_storage;
 	pm_progress_fn progress;
 	void *progress_opaque;
 	unsigned progress_interval_ms; /* 0: 250 */
@@ -121,6 +124,21 @@ struct pm_round_stat {
 	uint64_t bytes;             /* wire bytes */
 	double duration_ms;
 	bool final;                 /* the round sent while paused */
+	/* Disks: blocks dirty when the round began, blocks sent in it (data,
+	 * zero and unallocated) and their wire bytes (also in bytes). */
+	uint64_t disk_dirty_at_start, disk_blocks, disk_bytes;
+};
+
+/* One disk's share of a migration. */
+#define PM_REPORT_MAX_DISKS 16
+struct pm_disk_report {
+	char name[256];             /* the image (source), as the backend names it */
+	uint64_t size_bytes, block_bytes;
+	uint64_t blocks;            /* data blocks sent */
+	uint64_t zero_blocks;       /* allocated but zero: sent as a record, a hole there */
+	uint64_t unallocated_blocks; /* holes: sent as a record, a hole there */
+	uint64_t bytes;             /* wire bytes of its frames */
+	double busy_ms;             /* the workers' time on its chunks, summed over channels */
 };
 
 /* A timeline sample, taken by whichever thread is working when the sample
@@ -147,6 +165,7 @@ struct pm_downtime_breakdown {
 	double final_send_ms;       /* last dirty pages harvested and sent */
 	double state_ms;            /* device state saved and sent, END on every channel */
 	double dst_drain_ms;        /* destination: first END to every channel ended */
+	double dst_sync_ms;         /* destination: fsync of its disk images */
 	double dst_load_ms;         /* destination: load_state */
 	double dst_resume_ms;       /* destination: resume */
 	double network_ms;          /* the rest, until DONE arrived */
@@ -187,7 +206,6 @@ struct pm_report {
 	uint64_t channel_bytes[PM_MAX_CHANNELS];
 	char switchover_reason[64]; /* "converged", "max-rounds", "max-bytes", "no-progress" */
 	unsigned throttle_pct;
-	uint64_t stale_pages;       /* destination: pages skipped as older than what it had */
 	/* Transport: "none", "x509" or "psk"; and who made the records of the
 	 * bulk direction (source: sending, destination: receiving): "ktls"
 	 * (the kernel, on every channel), "userspace" (OpenSSL), "none". */
@@ -199,6 +217,13 @@ struct pm_report {
 	unsigned nlost;             /* channels lost (each loss once; PM_MAX_LOST kept) */
 	struct pm_lost_channel lost[PM_MAX_LOST];
 	uint64_t resent_pages;      /* pages sent again because their channel was lost */
+	uint64_t stale_pages;       /* destination: pages (and blocks) skipped as older than what it had */
+	/* Disks (docs/storage.md). */
+	unsigned ndisks;
+	struct pm_disk_report disks[PM_REPORT_MAX_DISKS];
+	bool shared_storage;        /* no block sent: the disks were flushed at the pause */
+	double disk_flush_ms;       /* source, shared storage: the flush, inside the pause */
+	double disk_sync_ms;        /* destination: fsync of every image before DONE */
 	/* Source: when the VM was paused (ms since start; 0: never), and the
 	 * guest's write rate asked and achieved from tracking start to the
 	 * pause (MB/s of pages x 4096; 0: the backend does not say). */
@@ -278,7 +303,8 @@ int pm_incoming_run(struct pm_incoming *in, struct pm_backend *be,
 void pm_incoming_cancel(struct pm_incoming *in);
 void pm_incoming_close(struct pm_incoming *in);
 
-/* Writes every region of be, in order, to path (for cmp-style checks). */
+/* Writes every region of be, in order, to path (for cmp-style checks), and
+ * each disk i to path.disk<i> (holes stay holes). */
 int pm_dump_memory(const struct pm_backend *be, const char *path, struct pm_err *err);
 
 const char *pm_compress_name(enum pm_compress c);

@@ -103,6 +103,8 @@ static void usage(FILE *f)
 		"  --barrier            drain all channels at every round end (QEMU-style baseline)\n"
 		"  --serial             one thread harvests and sends, no pipelining (baseline)\n"
 		"  --compress C         none (default), lz4, zstd\n"
+		"  --shared-storage     the disks are on storage the destination shares: send no\n"
+		"                       block, flush them at the pause\n"
 		"  --timeout MS         deadline of every wait on the network (default 30000)\n"
 		"  --tls-creds DIR      TLS 1.3 with X.509 (QEMU's layout: ca-cert.pem, client-cert.pem,\n"
 		"                       client-key.pem); the destination's certificate must name --to\n"
@@ -142,7 +144,7 @@ int cmd_migrate(int argc, char **argv)
 		{ "no-ktls", no_argument, 0, 'k' },
 		{ "verify", no_argument, 0, 'V' },
 		{ "no-failover", no_argument, 0, 'O' }, { "no-reconnect", no_argument, 0, 'R' },
-		{ "mptcp", no_argument, 0, 'M' },
+		{ "mptcp", no_argument, 0, 'M' }, { "shared-storage", no_argument, 0, 'G' },
 		{ "help", no_argument, 0, 'h' }, { 0 } };
 	const char *control = NULL, *json_path = NULL, *timeline_path = NULL;
 	json_object *args = json_object_new_object();
@@ -219,6 +221,7 @@ int cmd_migrate(int argc, char **argv)
 		case 'I': json_object_object_add(args, "insecure", json_object_new_boolean(1)); break;
 		case 'k': json_object_object_add(args, "no_ktls", json_object_new_boolean(1)); break;
 		case 'B': json_object_object_add(args, "barrier", json_object_new_boolean(1)); break;
+		case 'G': json_object_object_add(args, "shared_storage", json_object_new_boolean(1)); break;
 		case 'S': json_object_object_add(args, "serial", json_object_new_boolean(1)); break;
 		case 'V': json_object_object_add(args, "verify", json_object_new_boolean(1)); break;
 		case 'O': json_object_object_add(args, "failover", json_object_new_boolean(0)); break;

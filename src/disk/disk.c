@@ -152,6 +152,41 @@ int pm_disk_next_data(int fd, uint64_t off, uint64_t size, uint64_t *data, uint6
 	return 0;
 }
 
+static uint64_t mix(uint64_t x)
+{
+	x ^= x >> 30;
+	x *= 0xbf58476d1ce4e5b9ull;
+	x ^= x >> 27;
+	x *= 0x94d049bb133111ebull;
+	return x ^ (x >> 31);
+}
+
+void pm_disk_identity(int fd, uint8_t out[16])
+{
+	char boot[64] = "";
+	struct stat st;
+	uint64_t h1 = 0x6a09e667f3bcc908ull, h2 = 0xbb67ae8584caa73bull;
+	int bfd;
+
+	memset(out, 0, 16);
+	if (fd < 0 || fstat(fd, &st))
+		return;
+	bfd = open("/proc/sys/kernel/random/boot_id", O_RDONLY | O_CLOEXEC);
+	if (bfd >= 0) {
+		if (read(bfd, boot, sizeof(boot) - 1) < 0)
+			boot[0] = '\0';
+		close(bfd);
+	}
+	for (size_t i = 0; boot[i]; i++) {
+		h1 = mix(h1 ^ (uint8_t)boot[i]);
+		h2 = mix(h2 + (uint8_t)boot[i]);
+	}
+	h1 = mix(h1 ^ (uint64_t)st.st_dev) ^ mix((uint64_t)st.st_ino);
+	h2 = mix(h2 ^ (uint64_t)st.st_ino) ^ mix((uint64_t)st.st_dev + 1);
+	memcpy(out, &h1, 8);
+	memcpy(out + 8, &h2, 8);
+}
+
 /* ---- the engine's view ---- */
 
 static int bd_dirty_start(void *dev, struct pm_err *err)

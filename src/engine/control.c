@@ -327,7 +327,7 @@ static const char *const migrate_args[] = {
 	"to", "bind", "channels", "downtime_ms", "max_rounds", "max_bytes_factor", "timeout_ms",
 	"chunk_pages", "barrier", "serial", "verify", "compress", "compress_level", "policy",
 	"tls_creds", "tls_psk", "tls_hostname", "insecure", "no_ktls",
-	"failover", "reconnect", "mptcp", NULL,
+	"failover", "reconnect", "mptcp", "shared_storage", NULL,
 };
 
 /* A misspelt argument would silently fall back to a default: refuse it. */
@@ -424,6 +424,8 @@ static void cmd_migrate(struct pm_control *c, int fd, json_object *args)
 		r = get_bool(args, "mptcp", &p->mptcp, why, sizeof(why));
 	p->no_failover = !failover;
 	p->no_reconnect = !reconnect;
+	if (!r)
+		r = get_bool(args, "shared_storage", &p->shared_storage, why, sizeof(why));
 	const char *str;
 	if (!r && (get_string(args, "compress", &str, why, sizeof(why)) ||
 		   (str && pm_compress_parse(str, &p->compress)))) {

@@ -192,8 +192,20 @@ static int check_layout(struct dst_ctx *c, struct pm_err *err)
 		r = pm_recv_buf(conn, body, h.len, err, "receiving LAYOUT");
 	if (!r)
 		r = pm_decode_layout(body, h.len, &src, err);
+	if (!r && src.ndisks && !(c->features & PM_FEAT_DISKS))
+		r = pm_err_set(err, EPROTO, "LAYOUT lists disks but the source did not announce DISKS");
 	if (!r)
 		r = pm_layout_check(&src, &c->layout, err);
+	/* Writing into the source's own image would corrupt it while the
+	 * source VM still runs on it. */
+	for (unsigned d = 0; !r && d < src.ndisks && !c->shared_storage; d++) {
+		static const uint8_t none[16];
+		if (memcmp(src.disk[d].identity, none, 16) &&
+		    !memcmp(src.disk[d].identity, c->layout.disk[d].identity, 16))
+			r = pm_err_set(err, EINVAL, "disk %u: the destination's image %s is the source's own file; "
+				       "give the destination its own image, or migrate with --shared-storage", d,
+				       c->be->disks[d].name ? c->be->disks[d].name : "");
+	}
 	if (!r)
 		r = pm_send_frame(conn, PM_FR_LAYOUT_ACK, NULL, 0, err);
 	return r;
@@ -434,6 +446,19 @@ static int check_complete(struct dst_ctx *c, struct pm_err *err)
 
 	if (!c->have_state)
 		return pm_err_set(err, EPROTO, "every channel ended but no device state arrived");
+	for (unsigned d = c->ndisks; d-- > 0 && !c->shared_storage;) {
+		const struct pm_blockdev *bd = &c->be->disks[d];
+		uint64_t n = pm_disk_nblocks(bd->size, bd->block_size);
+		for (uint64_t b = n; b-- > 0;)
+			if (!c->page_round[c->disk_base[d] + b]) {
+				missing++;
+				first = b;
+			}
+		if (missing)
+			return pm_err_set(err, EPROTO, "incomplete migration: %llu of %llu blocks of disk %u never "
+					  "arrived (the first is block %llu); not resuming", (unsigned long long)missing,
+					  (unsigned long long)n, d, (unsigned long long)first);
+	}
 	for (uint64_t g = c->total_pages; g-- > 0;)
 		if (!c->page_round[g]) {
 			missing++;
@@ -550,7 +575,12 @@ static int resume_vm(struct dst_ctx *c, struct pm_done *d, struct pm_report *rep
 	int r;
 
 	d->data_pages = data_pages(c);
-	r = be->ops->load_state(be->vm, c->state, c->state_len, err);
+	/* An acknowledged migration never loses a write: images first. */
+	r = dst_disks_sync(c, err);
+	d->sync_us = (uint64_t)((pm_now_ms() - t) * 1e3);
+	t = pm_now_ms();
+	if (!r)
+		r = be->ops->load_state(be->vm, c->state, c->state_len, err);
 	d->load_us = (uint64_t)((pm_now_ms() - t) * 1e3);
 	t = pm_now_ms();
 	if (!r && c->in->dump_on_resume)
@@ -562,6 +592,7 @@ static int resume_vm(struct dst_ctx *c, struct pm_done *d, struct pm_report *rep
 	d->resume_us = (uint64_t)((pm_now_ms() - t) * 1e3);
 	rep->downtime_breakdown.dst_drain_ms = d->drain_us / 1e3;
 	rep->downtime_breakdown.dst_load_ms = d->load_us / 1e3;
+	rep->downtime_breakdown.dst_sync_ms = d->sync_us / 1e3;
 	rep->downtime_breakdown.dst_resume_ms = d->resume_us / 1e3;
 	rep->verify_dump_ms = d->dump_us / 1e3;
 	return r;
@@ -585,6 +616,20 @@ static void fill_report(struct dst_ctx *c, struct pm_report *rep)
 		rep->mptcp = c->rx[i].conn.fd >= 0 && pm_fd_is_mptcp(c->rx[i].conn.fd);
 	rep->nlost = c->nlost;
 	memcpy(rep->lost, c->lost, sizeof(rep->lost));
+	rep->ndisks = c->ndisks < PM_REPORT_MAX_DISKS ? c->ndisks : PM_REPORT_MAX_DISKS;
+	rep->shared_storage = c->ndisks && c->shared_storage;
+	rep->disk_sync_ms = c->disk_sync_ms;
+	for (unsigned d = 0; d < rep->ndisks; d++) {
+		const struct pm_blockdev *bd = &c->be->disks[d];
+		struct pm_disk_report *dr = &rep->disks[d];
+		snprintf(dr->name, sizeof(dr->name), "%s", bd->name ? bd->name : "");
+		dr->size_bytes = bd->size;
+		dr->block_bytes = bd->block_size;
+		dr->blocks = atomic_load(&c->disk_rx[d].blocks);
+		dr->zero_blocks = atomic_load(&c->disk_rx[d].zero);
+		dr->unallocated_blocks = atomic_load(&c->disk_rx[d].unalloc);
+		dr->bytes = atomic_load(&c->disk_rx[d].bytes);
+	}
 	for (unsigned i = 0; c->rx && i < c->nch; i++) {
 		struct receiver *x = &c->rx[i];
 		rep->pages_sent += x->data;
@@ -607,6 +652,7 @@ static void ctx_free(struct dst_ctx *c)
 	free(c->verify);
 	free(c->page_round);
 	free(c->has_data);
+	dst_disks_free(c);
 	pm_rangelock_destroy(&c->lock);
 	pthread_mutex_destroy(&c->mu);
 	pthread_cond_destroy(&c->cond);
@@ -648,12 +694,10 @@ int pm_incoming_run(struct pm_incoming *in, struct pm_backend *be, struct pm_rep
 		c->region_base[i] = c->total_pages;
 		c->total_pages += be->regions[i].npages;
 	}
-	c->page_round = calloc(c->total_pages, sizeof(*c->page_round));
 	c->has_data = calloc((c->total_pages + 63) / 64, sizeof(*c->has_data));
-	if (be->ndisks)     /* until disks travel with memory */
-		r = pm_err_set(err, ENOTSUP, "the VM has %u disk%s; this engine does not migrate disks yet",
-			       be->ndisks, be->ndisks > 1 ? "s" : "");
-	else if (!c->page_round || !c->has_data)
+	if (be->ndisks > PM_MAX_DISKS)
+		r = pm_err_set(err, EINVAL, "VM has %u disks (at most %u)", be->ndisks, PM_MAX_DISKS);
+	else if (!c->has_data)
 		r = pm_err_set(err, ENOMEM, "out of memory");
 	else if (pipe2(c->notify, O_CLOEXEC | O_NONBLOCK) || pipe2(c->stop, O_CLOEXEC | O_NONBLOCK))
 		r = pm_err_set(err, errno, "pipe: %s", strerror(errno));
@@ -661,6 +705,13 @@ int pm_incoming_run(struct pm_incoming *in, struct pm_backend *be, struct pm_rep
 		r = scan_populated(c, err);
 	if (!r)
 		r = dst_accept(in, c, err);
+	if (!r) {
+		/* Units: pages, then the disks' blocks unless they are shared. */
+		c->shared_storage = c->features & PM_FEAT_SHARED_STORAGE;
+		r = dst_disks_init(c, err);
+		if (!r && !(c->page_round = calloc(c->total_units, sizeof(*c->page_round))))
+			r = pm_err_set(err, ENOMEM, "out of memory");
+	}
 	if (!r) {
 		t0 = c->t0 = pm_now_ms();
 		rep->channels = c->nch;

@@ -64,6 +64,7 @@ struct receiver {
 	size_t cbuf_cap;
 	struct iovec *iov;
 	uint64_t stale, zero, unpop, data;
+	uint64_t dblocks, dzero;        /* disk blocks: with data, and zero or unallocated */
 	uint32_t max_round;
 	uint8_t *rbuf;                  /* receive buffer for headers and small runs */
 	size_t roff, rlen;
@@ -76,7 +77,18 @@ struct dst_ctx {
 	struct pm_layout layout;
 	uint64_t region_base[PM_MAX_REGIONS];
 	uint64_t total_pages;
-	uint32_t *page_round;           /* round of the copy each page holds; 0 = none */
+	/* Round of the copy each unit holds (0 = none): memory's pages, then
+	 * every disk's blocks (block b of disk d is unit disk_base[d] + b). */
+	uint32_t *page_round;
+	uint64_t total_units;
+	/* Disks (disk_recv.c). */
+	unsigned ndisks;
+	bool shared_storage;            /* nothing of them comes: they are the source's */
+	uint64_t disk_base[PM_MAX_DISKS];
+	_Atomic uint64_t *disk_data[PM_MAX_DISKS]; /* blocks holding data in the image here */
+	uint8_t *zeros;                 /* for file systems that cannot punch holes */
+	struct { _Atomic uint64_t blocks, zero, unalloc, bytes; } disk_rx[PM_MAX_DISKS];
+	double disk_sync_ms;
 	/* Pages whose destination memory holds data (1 bit each, atomic): a
 	 * zero or unpopulated run gives back only these, so untouched memory
 	 * stays untouched.  Regions without a pm_guestmem are not tracked. */
@@ -115,9 +127,22 @@ struct dst_ctx {
 	uint64_t verify_chunks;
 };
 
+/* disk_recv.c */
+/* Units for the disks (after the layout and features are known), and
+ * which blocks of each image hold data now. */
+int dst_disks_init(struct dst_ctx *c, struct pm_err *err);
+void dst_disks_free(struct dst_ctx *c);
+/* A BLOCKS frame whose fixed part was validated: payload, then the round
+ * rule and pwrite/punch under the range lock. */
+int rx_apply_blocks(struct receiver *x, const struct pm_pages *pg);
+/* fsync of every image (before DONE). */
+int dst_disks_sync(struct dst_ctx *c, struct pm_err *err);
+
 /* recv.c */
 /* Marks a page as holding data (or not) at the destination. */
 void rx_set_data(struct dst_ctx *c, uint64_t g, bool on);
+/* Reads exactly len bytes of the channel (buffered), holding no lock. */
+int rx_read(struct receiver *x, void *buf, size_t len, const char *what);
 int rx_init(struct receiver *x, struct dst_ctx *c, unsigned idx, struct pm_err *err);
 void rx_free(struct receiver *x);
 void *rx_main(void *arg);

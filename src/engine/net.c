@@ -7,6 +7,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <sys/sendfile.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -501,6 +502,57 @@ int pm_send_all(struct pm_conn *c, struct iovec *iov, int iovcnt, struct pm_err 
 int pm_recv_all(struct pm_conn *c, struct iovec *iov, int iovcnt, struct pm_err *err, const char *what)
 {
 	return io_all(c, iov, iovcnt, 0, op_deadline(c), err, what);
+}
+
+bool pm_conn_can_sendfile(const struct pm_conn *c)
+{
+	return c->fd >= 0;
+}
+
+int pm_send_file(struct pm_conn *c, const void *head, size_t head_len, int fd, uint64_t off,
+		 size_t len, struct pm_err *err, const char *what)
+{
+	double deadline = op_deadline(c);
+	const uint8_t *h = head;
+	bool moved = false;
+	off_t o = (off_t)off;
+
+	while (head_len || len) {
+		ssize_t n;
+
+		if (head_len)   /* MSG_MORE: the header rides with the payload */
+			n = send(c->fd, h, head_len, MSG_NOSIGNAL | MSG_DONTWAIT | (len ? MSG_MORE : 0));
+		else
+			n = sendfile(c->fd, fd, &o, len > 0x7ffff000 ? 0x7ffff000 : len);
+		if (n < 0) {
+			int e = errno, r;
+			if (e == EINTR)
+				continue;
+			if (e == EAGAIN || e == EWOULDBLOCK) {
+				r = conn_wait(c, POLLOUT, deadline, err, what);
+				if (!r)
+					continue;
+			} else {
+				r = io_error(e, err, what);
+			}
+			if (moved)
+				c->torn = true;
+			return r;
+		}
+		if (n == 0 && !head_len) {
+			if (moved)
+				c->torn = true;
+			return pm_err_set(err, EIO, "%s: the file ended %zu bytes early", what, len);
+		}
+		moved = true;
+		if (head_len) {
+			h += n;
+			head_len -= n;
+		} else {
+			len -= n;
+		}
+	}
+	return 0;
 }
 
 int pm_send_buf(struct pm_conn *c, const void *buf, size_t len, struct pm_err *err, const char *what)

@@ -89,6 +89,16 @@ ssize_t pm_recv_some(struct pm_conn *c, void *buf, size_t len, struct pm_err *er
 ssize_t pm_recv_nowait(struct pm_conn *c, struct iovec *iov, int iovcnt, struct pm_err *err,
 		       const char *what);
 
+/* A frame whose payload comes from a file: head (the frame header and
+ * fixed part) then len bytes of fd at off, sent by sendfile() -- the
+ * kernel moves page-cache pages into the socket, no copy through user
+ * space.  Everything or an error ("file ended early" if fd is shorter). */
+int pm_send_file(struct pm_conn *c, const void *head, size_t head_len, int fd, uint64_t off,
+		 size_t len, struct pm_err *err, const char *what);
+/* True when payloads can go by pm_send_file (plain TCP; a TLS session
+ * without kernel TLS cannot). */
+bool pm_conn_can_sendfile(const struct pm_conn *c);
+
 /* Sends a frame: header + body. */
 int pm_send_frame(struct pm_conn *c, uint32_t type, const void *body, uint32_t len, struct pm_err *err);
 /* The same by an absolute deadline, without reading the connection's

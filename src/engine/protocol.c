@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <stdbool.h>
 #include <string.h>
+#include <pmigrate/disk.h>
 #include "engine/protocol.h"
 
 const char *pm_frame_name(uint32_t type)
@@ -14,6 +15,7 @@ const char *pm_frame_name(uint32_t type)
 		[PM_FR_END] = "END", [PM_FR_DONE] = "DONE", [PM_FR_ERROR] = "ERROR",
 		[PM_FR_VERIFY] = "VERIFY",
 		[PM_FR_ACK] = "ACK", [PM_FR_LOST] = "LOST", [PM_FR_PING] = "PING",
+		[PM_FR_BLOCKS] = "BLOCKS",
 	};
 	if (type < sizeof(names) / sizeof(names[0]) && names[type])
 		return names[type];
@@ -45,9 +47,17 @@ int pm_check_hdr(const struct pm_frame_hdr *h, unsigned chunk_pages, struct pm_e
 		return 0;
 	case PM_FR_LAYOUT:
 		if (h->len < PM_LAYOUT_FIXED_LEN ||
-		    h->len > PM_LAYOUT_FIXED_LEN + PM_MAX_REGIONS * PM_LAYOUT_REGION_LEN)
+		    h->len > PM_LAYOUT_FIXED_LEN + PM_MAX_REGIONS * PM_LAYOUT_REGION_LEN +
+			     PM_MAX_DISKS * PM_LAYOUT_DISK_LEN)
 			goto bad_range;
 		return 0;
+	case PM_FR_BLOCKS: {
+		uint64_t run = (uint64_t)chunk_pages * PM_PAGE_SIZE;
+		max = PM_BLOCKS_FIXED_LEN + (run > PM_MAX_BLOCK_SIZE ? run : PM_MAX_BLOCK_SIZE);
+		if (h->len < PM_BLOCKS_FIXED_LEN || h->len > max)
+			goto bad_range;
+		return 0;
+	}
 	case PM_FR_DONE:
 		max = PM_DONE_LEN;
 		if (h->len != max)
@@ -164,13 +174,22 @@ int pm_decode_hello(const uint8_t *in, size_t len, struct pm_hello *h, struct pm
 
 size_t pm_layout_len(const struct pm_layout *l)
 {
-	return PM_LAYOUT_FIXED_LEN + (size_t)l->nregions * PM_LAYOUT_REGION_LEN;
+	return PM_LAYOUT_FIXED_LEN + (size_t)l->nregions * PM_LAYOUT_REGION_LEN +
+	       (size_t)l->ndisks * PM_LAYOUT_DISK_LEN;
 }
 
 void pm_encode_layout(uint8_t *out, const struct pm_layout *l)
 {
 	pm_put32(out, l->nregions);
-	pm_put32(out + 4, 0);
+	pm_put32(out + 4, l->ndisks);
+	for (uint32_t i = 0; i < l->ndisks; i++) {
+		uint8_t *d = out + PM_LAYOUT_FIXED_LEN + l->nregions * PM_LAYOUT_REGION_LEN + i * PM_LAYOUT_DISK_LEN;
+		pm_put32(d, l->disk[i].id);
+		pm_put32(d + 4, l->disk[i].block_size);
+		pm_put64(d + 8, l->disk[i].size);
+		memcpy(d + 16, l->disk[i].identity, 16);
+		pm_put64(d + 32, 0);
+	}
 	for (uint32_t i = 0; i < l->nregions; i++) {
 		uint8_t *r = out + PM_LAYOUT_FIXED_LEN + i * PM_LAYOUT_REGION_LEN;
 		pm_put32(r, l->region[i].id);
@@ -185,13 +204,34 @@ int pm_decode_layout(const uint8_t *in, size_t len, struct pm_layout *l, struct 
 	if (len < PM_LAYOUT_FIXED_LEN)
 		return pm_err_set(err, EPROTO, "LAYOUT is truncated (%zu bytes)", len);
 	l->nregions = pm_get32(in);
+	l->ndisks = pm_get32(in + 4);
 	if (l->nregions == 0 || l->nregions > PM_MAX_REGIONS)
 		return pm_err_set(err, EPROTO, "LAYOUT has %u regions (1..%u allowed)", l->nregions, PM_MAX_REGIONS);
+	if (l->ndisks > PM_MAX_DISKS)
+		return pm_err_set(err, EPROTO, "LAYOUT has %u disks (at most %u)", l->ndisks, PM_MAX_DISKS);
 	if (len != pm_layout_len(l))
-		return pm_err_set(err, EPROTO, "LAYOUT of %u regions has length %zu, expected %zu",
-				  l->nregions, len, pm_layout_len(l));
-	if (pm_get32(in + 4))
-		return pm_err_set(err, EPROTO, "LAYOUT reserved field is not zero");
+		return pm_err_set(err, EPROTO, "LAYOUT of %u regions and %u disks has length %zu, expected %zu",
+				  l->nregions, l->ndisks, len, pm_layout_len(l));
+	for (uint32_t i = 0; i < l->ndisks; i++) {
+		const uint8_t *d = in + PM_LAYOUT_FIXED_LEN + l->nregions * PM_LAYOUT_REGION_LEN +
+				   i * PM_LAYOUT_DISK_LEN;
+		uint32_t bs = pm_get32(d + 4);
+		l->disk[i].id = pm_get32(d);
+		l->disk[i].block_size = bs;
+		l->disk[i].size = pm_get64(d + 8);
+		memcpy(l->disk[i].identity, d + 16, 16);
+		if (pm_get64(d + 32))
+			return pm_err_set(err, EPROTO, "LAYOUT disk %u reserved field is not zero", i);
+		if (l->disk[i].id != i)
+			return pm_err_set(err, EPROTO, "LAYOUT disk %u has id %u (ids must be 0..n-1 in order)",
+					  i, l->disk[i].id);
+		if (bs < PM_MIN_BLOCK_SIZE || bs > PM_MAX_BLOCK_SIZE || (bs & (bs - 1)))
+			return pm_err_set(err, EPROTO, "LAYOUT disk %u has block size %u (a power of two, 4 KiB..1 MiB)",
+					  i, bs);
+		if (l->disk[i].size == 0 || l->disk[i].size % 512 || l->disk[i].size > (1ull << 50))
+			return pm_err_set(err, EPROTO, "LAYOUT disk %u has size %llu (a multiple of 512 up to 1 PiB)",
+					  i, (unsigned long long)l->disk[i].size);
+	}
 	for (uint32_t i = 0; i < l->nregions; i++) {
 		const uint8_t *r = in + PM_LAYOUT_FIXED_LEN + i * PM_LAYOUT_REGION_LEN;
 		l->region[i].id = pm_get32(r);
@@ -221,6 +261,13 @@ void pm_layout_of(const struct pm_backend *be, struct pm_layout *l)
 		l->region[i].gpa = be->regions[i].gpa;
 		l->region[i].npages = be->regions[i].npages;
 	}
+	l->ndisks = be->ndisks;
+	for (unsigned i = 0; i < be->ndisks && i < PM_MAX_DISKS; i++) {
+		l->disk[i].id = i;
+		l->disk[i].block_size = be->disks[i].block_size;
+		l->disk[i].size = be->disks[i].size;
+		pm_disk_identity(be->disks[i].fd, l->disk[i].identity);
+	}
 }
 
 int pm_layout_check(const struct pm_layout *src, const struct pm_layout *dst, struct pm_err *err)
@@ -239,6 +286,94 @@ int pm_layout_check(const struct pm_layout *src, const struct pm_layout *dst, st
 			return pm_err_set(err, EINVAL, "memory region %u: source at 0x%llx, destination at 0x%llx",
 					  i, (unsigned long long)src->region[i].gpa,
 					  (unsigned long long)dst->region[i].gpa);
+	}
+	if (src->ndisks != dst->ndisks)
+		return pm_err_set(err, EINVAL, "source has %u disk%s, destination has %u (give it --disk FILE "
+				  "for each)", src->ndisks, src->ndisks == 1 ? "" : "s", dst->ndisks);
+	for (uint32_t i = 0; i < src->ndisks; i++) {
+		if (src->disk[i].size != dst->disk[i].size)
+			return pm_err_set(err, EINVAL, "disk %u: source has %llu bytes, destination has %llu%s", i,
+					  (unsigned long long)src->disk[i].size, (unsigned long long)dst->disk[i].size,
+					  dst->disk[i].size < src->disk[i].size ? " (destination disk is smaller)" : "");
+		if (src->disk[i].block_size != dst->disk[i].block_size)
+			return pm_err_set(err, EINVAL, "disk %u: source tracks %u-byte blocks, destination %u "
+					  "(give the destination's --disk block=%u)", i, src->disk[i].block_size,
+					  dst->disk[i].block_size, src->disk[i].block_size);
+	}
+	return 0;
+}
+
+uint32_t pm_disk_chunk_blocks(uint32_t block_size, unsigned chunk_pages)
+{
+	uint64_t n = (uint64_t)chunk_pages * PM_PAGE_SIZE / block_size;
+
+	return n ? (uint32_t)n : 1;
+}
+
+uint64_t pm_disk_nblocks(uint64_t size, uint32_t block_size)
+{
+	return (size + block_size - 1) / block_size;
+}
+
+uint64_t pm_disk_run_bytes(uint64_t size, uint32_t block_size, uint64_t first, uint64_t n)
+{
+	uint64_t start = first * block_size, end = (first + n) * block_size;
+
+	if (end > size)
+		end = size;
+	return end > start ? end - start : 0;
+}
+
+int pm_decode_blocks(const uint8_t *in, uint32_t body_len, const struct pm_layout *l,
+		     unsigned chunk_pages, struct pm_pages *p, struct pm_err *err)
+{
+	uint64_t raw, nblocks;
+	uint32_t per;
+
+	p->region = pm_get32(in);
+	p->npages = pm_get32(in + 4);
+	p->first = pm_get64(in + 8);
+	p->round = pm_get32(in + 16);
+	p->encoding = pm_get16(in + 20);
+	p->payload_len = pm_get32(in + 24);
+	if (pm_get16(in + 22) || pm_get32(in + 28))
+		return pm_err_set(err, EPROTO, "BLOCKS frame has non-zero reserved fields");
+	if (p->region >= l->ndisks)
+		return pm_err_set(err, EPROTO, "BLOCKS frame names disk %u, the layout has %u", p->region, l->ndisks);
+	per = pm_disk_chunk_blocks(l->disk[p->region].block_size, chunk_pages);
+	nblocks = pm_disk_nblocks(l->disk[p->region].size, l->disk[p->region].block_size);
+	if (p->npages == 0 || p->npages > per)
+		return pm_err_set(err, EPROTO, "BLOCKS frame covers %u blocks (1..%u allowed)", p->npages, per);
+	if (p->first >= nblocks || p->npages > nblocks - p->first)
+		return pm_err_set(err, EPROTO, "BLOCKS frame [%llu, +%u) is outside disk %u of %llu blocks",
+				  (unsigned long long)p->first, p->npages, p->region, (unsigned long long)nblocks);
+	if (p->round == 0)
+		return pm_err_set(err, EPROTO, "BLOCKS frame has round 0 (rounds start at 1)");
+	if ((uint64_t)body_len != PM_BLOCKS_FIXED_LEN + (uint64_t)p->payload_len)
+		return pm_err_set(err, EPROTO, "BLOCKS frame payload length %u does not match frame length %u",
+				  p->payload_len, body_len);
+	raw = pm_disk_run_bytes(l->disk[p->region].size, l->disk[p->region].block_size, p->first, p->npages);
+	switch (p->encoding) {
+	case PM_ENC_RAW:
+		if (p->payload_len != raw)
+			return pm_err_set(err, EPROTO, "raw BLOCKS frame of %u blocks carries %u bytes, not %llu",
+					  p->npages, p->payload_len, (unsigned long long)raw);
+		break;
+	case PM_ENC_ZERO:
+	case PM_ENC_UNALLOCATED:
+		if (p->payload_len != 0)
+			return pm_err_set(err, EPROTO, "%s BLOCKS frame carries %u bytes of payload",
+					  p->encoding == PM_ENC_ZERO ? "zero" : "unallocated", p->payload_len);
+		break;
+	case PM_ENC_LZ4:
+	case PM_ENC_ZSTD:
+		if (p->payload_len == 0 || p->payload_len > raw)
+			return pm_err_set(err, EPROTO, "compressed BLOCKS frame of %u blocks has payload %u "
+					  "(1..%llu: larger goes raw)", p->npages, p->payload_len,
+					  (unsigned long long)raw);
+		break;
+	default:
+		return pm_err_set(err, EPROTO, "BLOCKS frame has unknown encoding %u", p->encoding);
 	}
 	return 0;
 }
@@ -417,13 +552,14 @@ void pm_encode_done(uint8_t out[PM_DONE_LEN], const struct pm_done *d)
 	pm_put64(out + 24, d->resume_us);
 	pm_put64(out + 32, d->data_pages);
 	pm_put64(out + 40, d->verify_us);
+	pm_put64(out + 48, d->sync_us);
 }
 
 int pm_decode_done(const uint8_t *in, size_t len, struct pm_done *d, struct pm_err *err)
 {
 	if (len != PM_DONE_LEN)
 		return pm_err_set(err, EPROTO, "DONE of %zu bytes (expected %u)", len, PM_DONE_LEN);
-	if (pm_get64(in + 48) || pm_get64(in + 56))
+	if (pm_get64(in + 56))
 		return pm_err_set(err, EPROTO, "DONE has non-zero reserved bytes");
 	d->dump_us = pm_get64(in);
 	d->drain_us = pm_get64(in + 8);
@@ -431,5 +567,6 @@ int pm_decode_done(const uint8_t *in, size_t len, struct pm_done *d, struct pm_e
 	d->resume_us = pm_get64(in + 24);
 	d->data_pages = pm_get64(in + 32);
 	d->verify_us = pm_get64(in + 40);
+	d->sync_us = pm_get64(in + 48);
 	return 0;
 }

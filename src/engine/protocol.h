@@ -38,6 +38,8 @@ enum pm_frame_type {
 	PM_FR_ACK = 13,         /* D->S: PAGES frames applied on this channel so far */
 	PM_FR_LOST = 14,        /* D->S: this side lost channel N */
 	PM_FR_PING = 15,        /* S->D: an idle channel is alive */
+	/* Far from the others: a run of disk blocks (feature DISKS). */
+	PM_FR_BLOCKS = 20,
 };
 
 enum pm_encoding {
@@ -46,6 +48,7 @@ enum pm_encoding {
 	PM_ENC_LZ4 = 2,
 	PM_ENC_ZSTD = 3,
 	PM_ENC_UNPOPULATED = 4, /* never written at the source: no payload, no memory */
+	PM_ENC_UNALLOCATED = 4, /* BLOCKS: a hole in the source's image: no payload, a hole here */
 };
 
 /* Feature flags carried in HELLO. */
@@ -54,8 +57,11 @@ enum pm_encoding {
 #define PM_FEAT_ZSTD     (1u << 2)
 #define PM_FEAT_DRAIN    (1u << 3)   /* one ROUND_END before the pause, barrier-free */
 #define PM_FEAT_FAILOVER (1u << 4)   /* a lost channel's work moves to the others */
+/* High bits, clear of the memory features others add at the bottom. */
+#define PM_FEAT_DISKS    (1u << 8)   /* LAYOUT lists disks; their blocks go in BLOCKS frames */
+#define PM_FEAT_SHARED_STORAGE (1u << 9) /* with DISKS: the disks are shared, no block is sent */
 #define PM_FEAT_KNOWN    (PM_FEAT_BARRIER | PM_FEAT_LZ4 | PM_FEAT_ZSTD | PM_FEAT_DRAIN | \
-			  PM_FEAT_FAILOVER)
+			  PM_FEAT_FAILOVER | PM_FEAT_DISKS | PM_FEAT_SHARED_STORAGE)
 
 struct pm_frame_hdr {
 	uint32_t type;
@@ -77,6 +83,10 @@ struct pm_hello {
 
 #define PM_LAYOUT_FIXED_LEN 8u
 #define PM_LAYOUT_REGION_LEN 24u
+#define PM_LAYOUT_DISK_LEN 40u
+#define PM_MAX_DISKS 16u
+#define PM_MIN_BLOCK_SIZE 4096u
+#define PM_MAX_BLOCK_SIZE (1u << 20)
 struct pm_layout {
 	uint32_t nregions;
 	struct {
@@ -84,9 +94,19 @@ struct pm_layout {
 		uint64_t gpa;
 		uint64_t npages;
 	} region[PM_MAX_REGIONS];
+	uint32_t ndisks;
+	struct {
+		uint32_t id;
+		uint32_t block_size;
+		uint64_t size;          /* bytes */
+		uint8_t identity[16];   /* which file on which host (pm_disk_identity) */
+	} disk[PM_MAX_DISKS];
 };
 
 #define PM_PAGES_FIXED_LEN 32u
+#define PM_BLOCKS_FIXED_LEN 32u
+/* PAGES: a run of pages of a region.  BLOCKS: the same fields for a run of
+ * blocks of a disk (region: the disk, npages: blocks, first: a block). */
 struct pm_pages {
 	uint32_t region;
 	uint32_t npages;
@@ -127,6 +147,7 @@ struct pm_done {
 	uint64_t resume_us;     /* resume */
 	uint64_t data_pages;    /* pages holding data at the destination (UINT64_MAX: unknown) */
 	uint64_t verify_us;     /* comparing memory digests (excluded from downtime) */
+	uint64_t sync_us;       /* fsync of every disk image (0 without disks) */
 };
 
 /* Little-endian helpers. */
@@ -169,11 +190,23 @@ void pm_layout_of(const struct pm_backend *be, struct pm_layout *l);
 /* Source layout must fit the destination's regions exactly. */
 int pm_layout_check(const struct pm_layout *src, const struct pm_layout *dst, struct pm_err *err);
 
+/* Disks: blocks in a disk's chunk (at least one, else as many as fit in
+ * chunk_pages pages), blocks of a disk, and the bytes of blocks
+ * [first, first + n) (the last block may be cut short by the size). */
+uint32_t pm_disk_chunk_blocks(uint32_t block_size, unsigned chunk_pages);
+uint64_t pm_disk_nblocks(uint64_t size, uint32_t block_size);
+uint64_t pm_disk_run_bytes(uint64_t size, uint32_t block_size, uint64_t first, uint64_t n);
+
 void pm_encode_pages(uint8_t out[PM_PAGES_FIXED_LEN], const struct pm_pages *p);
 /* Validates region, range, round, encoding and payload length against the
  * layout and the frame's body length. */
 int pm_decode_pages(const uint8_t *in, uint32_t body_len, const struct pm_layout *l,
 		    unsigned chunk_pages, struct pm_pages *p, struct pm_err *err);
+
+/* BLOCKS (same wire layout as PAGES): validates disk, range, round,
+ * encoding and payload length against the layout's disks. */
+int pm_decode_blocks(const uint8_t *in, uint32_t body_len, const struct pm_layout *l,
+		     unsigned chunk_pages, struct pm_pages *p, struct pm_err *err);
 
 /* Text from the network, made safe to print: bytes outside printable ASCII
  * become \xNN, a backslash \\; always NUL-terminated (cap >= 1). */

@@ -88,7 +88,7 @@ static int rx_readv(struct receiver *x, struct iovec *iov, int n, const char *wh
 	}
 }
 
-static int rx_read(struct receiver *x, void *buf, size_t len, const char *what)
+int rx_read(struct receiver *x, void *buf, size_t len, const char *what)
 {
 	struct iovec iov = { buf, len };
 
@@ -398,6 +398,30 @@ static int handle_frame(struct receiver *x, const struct pm_frame_hdr *h)
 		if (!c->failover)
 			return pm_err_set(&x->err, EPROTO, "PING on channel %u without failover", x->idx);
 		return 0;
+	case PM_FR_BLOCKS: {
+		struct pm_pages pg;
+		if (!(c->features & PM_FEAT_DISKS) || c->shared_storage)
+			return pm_err_set(&x->err, EPROTO, "BLOCKS frame on channel %u %s", x->idx,
+					  c->shared_storage ? "with shared storage" : "without disks negotiated");
+		r = rx_read(x, fb, PM_BLOCKS_FIXED_LEN, "receiving blocks");
+		if (r)
+			return r;
+		r = pm_decode_blocks(fb, h->len, &c->layout, c->chunk_pages, &pg, &x->err);
+		if (r)
+			return r;
+		if (pg.round > PM_MAX_ROUNDS)
+			return pm_err_set(&x->err, EPROTO, "BLOCKS frame has round %u (at most %u)",
+					  pg.round, PM_MAX_ROUNDS);
+		r = rx_apply_blocks(x, &pg);
+		if (r)
+			return r;
+		x->got.frames++;
+		x->got.pages += pg.npages;
+		x->got.payload_bytes += pg.payload_len;
+		if (pg.round > x->max_round)
+			x->max_round = pg.round;
+		return 0;
+	}
 	case PM_FR_ROUND_END:
 		if (!(c->features & (PM_FEAT_BARRIER | PM_FEAT_DRAIN)))
 			return pm_err_set(&x->err, EPROTO, "ROUND_END on channel %u without barrier or drain mode", x->idx);
@@ -625,6 +649,13 @@ void *rx_main(void *arg)
 int rx_init(struct receiver *x, struct dst_ctx *c, unsigned idx, struct pm_err *err)
 {
 	size_t run = (size_t)c->chunk_pages * PM_PAGE_SIZE;
+	/* A disk's run may be larger: one block of up to 1 MiB. */
+	for (unsigned d = 0; d < c->layout.ndisks; d++) {
+		size_t dr = (size_t)pm_disk_chunk_blocks(c->layout.disk[d].block_size, c->chunk_pages) *
+			    c->layout.disk[d].block_size;
+		if (dr > run)
+			run = dr;
+	}
 	enum pm_compress comp = c->features & PM_FEAT_ZSTD ? PM_COMPRESS_ZSTD :
 				c->features & PM_FEAT_LZ4 ? PM_COMPRESS_LZ4 : PM_COMPRESS_NONE;
 

@@ -11,6 +11,7 @@
 #include <stdbool.h>
 #include <unistd.h>
 #include <pmigrate/guestmem.h>
+#include <pmigrate/disk.h>
 #include <pmigrate/migrate.h>
 #include "engine/report.h"
 
@@ -56,10 +57,10 @@ int pm_nonconverge_parse(const char *s, enum pm_nonconverge *out)
 	return 0;
 }
 
-int pm_dump_memory(const struct pm_backend *be, const char *path, struct pm_err *err)
+/* A dump file: guest memory and disks are secret, so private, never
+ * through a symlink someone planted, never into a FIFO or device. */
+static int dump_open(const char *path, struct pm_err *err)
 {
-	/* Guest memory is secret: private, never through a symlink someone
-	 * planted, never into a FIFO or device. */
 	int fd = open(path, O_WRONLY | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0600);
 	struct stat st;
 
@@ -76,6 +77,55 @@ int pm_dump_memory(const struct pm_backend *be, const char *path, struct pm_err 
 		close(fd);
 		return pm_err_set(err, e, "cannot create memory dump %s: %s", path, strerror(e));
 	}
+	return fd;
+}
+
+/* Disk i of be to PATH.disk<i>: its data ranges, holes left holes. */
+static int dump_disk(const struct pm_backend *be, unsigned i, const char *path, struct pm_err *err)
+{
+	const struct pm_blockdev *bd = &be->disks[i];
+	char name[4096 + 16];
+	uint8_t *buf;
+	uint64_t off = 0;
+	int fd, r = 0;
+
+	snprintf(name, sizeof(name), "%s.disk%u", path, i);
+	fd = dump_open(name, err);
+	if (fd < 0)
+		return fd;
+	buf = malloc(1u << 20);
+	if (!buf || ftruncate(fd, (off_t)bd->size))
+		r = pm_err_set(err, buf ? errno : ENOMEM, "writing disk dump %s: %s", name,
+			       strerror(buf ? errno : ENOMEM));
+	while (!r && off < bd->size) {
+		uint64_t data, hole;
+		r = pm_disk_next_data(bd->fd, off, bd->size, &data, &hole, err);
+		if (r || data >= bd->size)
+			break;
+		for (uint64_t o = data; !r && o < hole;) {
+			size_t k = hole - o < (1u << 20) ? hole - o : (1u << 20);
+			ssize_t n = pread(bd->fd, buf, k, (off_t)o);
+			if (n > 0 && pwrite(fd, buf, n, (off_t)o) != n)
+				n = -1;
+			if (n <= 0)
+				r = pm_err_set(err, n < 0 ? errno : EIO, "writing disk dump %s: %s", name,
+					       n < 0 ? strerror(errno) : "the image ended early");
+			o += n > 0 ? (uint64_t)n : 0;
+		}
+		off = hole;
+	}
+	free(buf);
+	if (close(fd) && !r)
+		r = pm_err_set(err, errno, "writing disk dump %s: %s", name, strerror(errno));
+	return r;
+}
+
+int pm_dump_memory(const struct pm_backend *be, const char *path, struct pm_err *err)
+{
+	int fd = dump_open(path, err);
+
+	if (fd < 0)
+		return fd;
 	for (unsigned i = 0; i < be->nregions; i++) {
 		const uint8_t *p = be->regions[i].host;
 		uint64_t left = be->regions[i].npages * PM_PAGE_SIZE;
@@ -94,6 +144,11 @@ int pm_dump_memory(const struct pm_backend *be, const char *path, struct pm_err 
 	}
 	if (close(fd))
 		return pm_err_set(err, errno, "writing memory dump %s: %s", path, strerror(errno));
+	for (unsigned i = 0; i < be->ndisks; i++) {
+		int r = dump_disk(be, i, path, err);
+		if (r)
+			return r;
+	}
 	return 0;
 }
 
@@ -111,6 +166,110 @@ static json_object *round_json(const struct pm_round_stat *s)
 	json_object_object_add(o, "duration_ms", json_object_new_double(s->duration_ms));
 	json_object_object_add(o, "final", json_object_new_boolean(s->final));
 	return o;
+}
+
+static double jd(json_object *o, const char *k);
+static uint64_t ju(json_object *o, const char *k);
+static void js(json_object *o, const char *k, char *buf, size_t len);
+
+/* Disks: a list, and per round the blocks (docs/control.md). */
+static void disks_json(const struct pm_report *r, json_object *o, json_object *rounds)
+{
+	json_object *a = json_object_new_array();
+
+	for (unsigned i = 0; i < r->ndisks && i < PM_REPORT_MAX_DISKS; i++) {
+		const struct pm_disk_report *d = &r->disks[i];
+		json_object *e = json_object_new_object();
+		json_object_object_add(e, "name", json_object_new_string(d->name));
+		json_object_object_add(e, "size_bytes", json_object_new_int64((int64_t)d->size_bytes));
+		json_object_object_add(e, "block_bytes", json_object_new_int64((int64_t)d->block_bytes));
+		json_object_object_add(e, "blocks", json_object_new_int64((int64_t)d->blocks));
+		json_object_object_add(e, "zero_blocks", json_object_new_int64((int64_t)d->zero_blocks));
+		json_object_object_add(e, "unallocated_blocks", json_object_new_int64((int64_t)d->unallocated_blocks));
+		json_object_object_add(e, "bytes", json_object_new_int64((int64_t)d->bytes));
+		json_object_object_add(e, "busy_ms", json_object_new_double(d->busy_ms));
+		json_object_array_add(a, e);
+	}
+	json_object_object_add(o, "disks", a);
+	json_object_object_add(o, "shared_storage", json_object_new_boolean(r->shared_storage));
+	if (r->disk_flush_ms > 0)
+		json_object_object_add(o, "disk_flush_ms", json_object_new_double(r->disk_flush_ms));
+	if (r->role && !strcmp(r->role, "destination"))
+		json_object_object_add(o, "disk_sync_ms", json_object_new_double(r->disk_sync_ms));
+	for (size_t i = 0; i < json_object_array_length(rounds); i++) {
+		json_object *e = json_object_array_get_idx(rounds, i), *v;
+		unsigned k = json_object_object_get_ex(e, "round", &v) ? json_object_get_int(v) : 0;
+		if (!k || k > PM_MAX_ROUNDS)
+			continue;
+		const struct pm_round_stat *s = &r->rounds[k - 1];
+		json_object_object_add(e, "disk_dirty_at_start", json_object_new_int64((int64_t)s->disk_dirty_at_start));
+		json_object_object_add(e, "disk_blocks", json_object_new_int64((int64_t)s->disk_blocks));
+		json_object_object_add(e, "disk_bytes", json_object_new_int64((int64_t)s->disk_bytes));
+	}
+}
+
+static void disks_from_json(json_object *o, struct pm_report *r)
+{
+	json_object *a, *v, *rounds;
+
+	r->shared_storage = json_object_object_get_ex(o, "shared_storage", &v) && json_object_get_boolean(v);
+	r->disk_flush_ms = jd(o, "disk_flush_ms");
+	r->disk_sync_ms = jd(o, "disk_sync_ms");
+	if (json_object_object_get_ex(o, "disks", &a) && json_object_is_type(a, json_type_array))
+		for (size_t i = 0; i < json_object_array_length(a) && i < PM_REPORT_MAX_DISKS; i++) {
+			json_object *e = json_object_array_get_idx(a, i);
+			struct pm_disk_report *d = &r->disks[i];
+			js(e, "name", d->name, sizeof(d->name));
+			d->size_bytes = ju(e, "size_bytes");
+			d->block_bytes = ju(e, "block_bytes");
+			d->blocks = ju(e, "blocks");
+			d->zero_blocks = ju(e, "zero_blocks");
+			d->unallocated_blocks = ju(e, "unallocated_blocks");
+			d->bytes = ju(e, "bytes");
+			d->busy_ms = jd(e, "busy_ms");
+			r->ndisks = i + 1;
+		}
+	if (json_object_object_get_ex(o, "rounds", &rounds) && json_object_is_type(rounds, json_type_array))
+		for (size_t i = 0; i < json_object_array_length(rounds) && i < PM_MAX_ROUNDS; i++) {
+			json_object *e = json_object_array_get_idx(rounds, i);
+			r->rounds[i].disk_dirty_at_start = ju(e, "disk_dirty_at_start");
+			r->rounds[i].disk_blocks = ju(e, "disk_blocks");
+			r->rounds[i].disk_bytes = ju(e, "disk_bytes");
+		}
+}
+
+static void disks_print(const struct pm_report *r, FILE *f)
+{
+	for (unsigned i = 0; i < r->ndisks && i < PM_REPORT_MAX_DISKS; i++) {
+		const struct pm_disk_report *d = &r->disks[i];
+		if (r->shared_storage) {
+			fprintf(f, "disk %-7u %s: %.0f MiB, shared storage: nothing sent\n", i, d->name,
+				d->size_bytes / 1048576.0);
+			continue;
+		}
+		fprintf(f, "disk %-7u %s: %.0f MiB in %llu KiB blocks; %.1f MB sent: %llu data blocks, "
+			"%llu zero, %llu unallocated (holes)%s", i, d->name, d->size_bytes / 1048576.0,
+			(unsigned long long)(d->block_bytes >> 10), d->bytes / 1e6, (unsigned long long)d->blocks,
+			(unsigned long long)d->zero_blocks, (unsigned long long)d->unallocated_blocks,
+			d->busy_ms > 0 ? "" : "\n");
+		if (d->busy_ms > 0)
+			fprintf(f, ", %.0f ms of channel time\n", d->busy_ms);
+	}
+	if (r->shared_storage && r->disk_flush_ms > 0)
+		fprintf(f, "disk flush   %.1f ms at the pause (shared storage)\n", r->disk_flush_ms);
+	if (r->ndisks && r->role && !strcmp(r->role, "destination") && !r->shared_storage)
+		fprintf(f, "disk sync    %.1f ms (fsync before DONE)\n", r->disk_sync_ms);
+}
+
+/* "12.3 disk fsync + " when the destination synced disk images. */
+static const char *dk_sync_text(const struct pm_downtime_breakdown *b, const struct pm_report *r)
+{
+	static __thread char buf[48];
+
+	if (!r->ndisks || r->shared_storage)
+		return "";
+	snprintf(buf, sizeof(buf), "%.1f disk fsync + ", b->dst_sync_ms);
+	return buf;
 }
 
 static const char *const phase_names[] = { "precopy", "paused", "completing", "done" };
@@ -223,6 +382,8 @@ char *pm_report_to_json(const struct pm_report *r)
 		json_object_object_add(o, "write_rate_asked_mbps", json_object_new_double(r->write_rate_asked_mbps));
 		json_object_object_add(o, "write_rate_mbps", json_object_new_double(r->write_rate_mbps));
 	}
+	if (r->ndisks)
+		disks_json(r, o, rounds);
 	if (r->nsamples)
 		json_object_object_add(o, "timeline", timeline_json(r));
 	const struct pm_downtime_breakdown *b = &r->downtime_breakdown;
@@ -232,6 +393,7 @@ char *pm_report_to_json(const struct pm_report *r)
 	json_object_object_add(bd, "final_send_ms", json_object_new_double(b->final_send_ms));
 	json_object_object_add(bd, "state_ms", json_object_new_double(b->state_ms));
 	json_object_object_add(bd, "dst_drain_ms", json_object_new_double(b->dst_drain_ms));
+	json_object_object_add(bd, "dst_sync_ms", json_object_new_double(b->dst_sync_ms));
 	json_object_object_add(bd, "dst_load_ms", json_object_new_double(b->dst_load_ms));
 	json_object_object_add(bd, "dst_resume_ms", json_object_new_double(b->dst_resume_ms));
 	json_object_object_add(bd, "network_ms", json_object_new_double(b->network_ms));
@@ -258,17 +420,25 @@ char *pm_report_to_json(const struct pm_report *r)
 
 void pm_report_print(const struct pm_report *r, FILE *f)
 {
-	fprintf(f, "%-6s %12s %12s %10s %12s %12s %10s\n", "round", "dirty@start", "pages sent",
+	bool dk = r->ndisks && !r->shared_storage;
+
+	fprintf(f, "%-6s %12s %12s %10s %12s %12s %10s", "round", "dirty@start", "pages sent",
 		"zero", "unpopulated", "MB sent", "ms");
+	if (dk)
+		fprintf(f, " %12s %12s", "disk dirty", "blocks sent");
+	fputc('\n', f);
 	for (unsigned i = 0; i < r->nrounds && i < PM_MAX_ROUNDS; i++) {
 		const struct pm_round_stat *s = &r->rounds[i];
 		if (!s->round)
 			continue;
-		fprintf(f, "%-6u %12llu %12llu %10llu %12llu %12.1f %10.1f%s\n", s->round,
+		fprintf(f, "%-6u %12llu %12llu %10llu %12llu %12.1f %10.1f", s->round,
 			(unsigned long long)s->dirty_at_start, (unsigned long long)s->pages,
 			(unsigned long long)s->zero_pages, (unsigned long long)s->unpopulated_pages,
-			s->bytes / 1e6, s->duration_ms,
-			s->final ? "  (paused)" : "");
+			s->bytes / 1e6, s->duration_ms);
+		if (dk)
+			fprintf(f, " %12llu %12llu", (unsigned long long)s->disk_dirty_at_start,
+				(unsigned long long)s->disk_blocks);
+		fprintf(f, "%s\n", s->final ? "  (paused)" : "");
 	}
 	fprintf(f, "status       %s%s%s\n",
 		!r->status ? "completed" : r->status == PM_UNKNOWN ? "UNKNOWN" : "FAILED",
@@ -308,11 +478,11 @@ void pm_report_print(const struct pm_report *r, FILE *f)
 	const struct pm_downtime_breakdown *b = &r->downtime_breakdown;
 	if (!r->status && r->downtime_ms > 0)
 		fprintf(f, "pause        %.1f stop + %.1f sync + %.1f last pages + %.1f state/END | destination "
-			"%.1f drain + %.1f load + %.1f resume | %.1f wire = %.1f ms\n",
+			"%.1f drain + %s%.1f load + %.1f resume | %.1f wire = %.1f ms\n",
 			b->pause_ms, b->final_sync_ms, b->final_send_ms, b->state_ms, b->dst_drain_ms,
-			b->dst_load_ms, b->dst_resume_ms, b->network_ms,
+			dk_sync_text(b, r), b->dst_load_ms, b->dst_resume_ms, b->network_ms,
 			b->pause_ms + b->final_sync_ms + b->final_send_ms + b->state_ms + b->dst_drain_ms +
-			b->dst_load_ms + b->dst_resume_ms + b->network_ms);
+			b->dst_sync_ms + b->dst_load_ms + b->dst_resume_ms + b->network_ms);
 	if (r->mem.resident_bytes)
 		fprintf(f, "memory       %.0f MiB resident here, %.0f MiB on huge pages%s\n",
 			r->mem.resident_bytes / 1048576.0, r->mem.huge_bytes / 1048576.0,
@@ -323,6 +493,7 @@ void pm_report_print(const struct pm_report *r, FILE *f)
 		fprintf(f, "verify       %s (memory digests compared in %.1f ms, outside the downtime)%s%s\n",
 			r->verified ? "memory at resume == memory at pause" : "FAILED",
 			r->verify_ms, r->verify_error[0] ? ": " : "", r->verify_error);
+	disks_print(r, f);
 }
 
 static double jd(json_object *o, const char *k)
@@ -383,6 +554,7 @@ int pm_report_from_json(const char *text, struct pm_report *r)
 		b->final_send_ms = jd(bd, "final_send_ms");
 		b->state_ms = jd(bd, "state_ms");
 		b->dst_drain_ms = jd(bd, "dst_drain_ms");
+		b->dst_sync_ms = jd(bd, "dst_sync_ms");
 		b->dst_load_ms = jd(bd, "dst_load_ms");
 		b->dst_resume_ms = jd(bd, "dst_resume_ms");
 		b->network_ms = jd(bd, "network_ms");
@@ -447,6 +619,7 @@ int pm_report_from_json(const char *text, struct pm_report *r)
 			s->final = json_object_object_get_ex(e, "final", &v) && json_object_get_boolean(v);
 		}
 	}
+	disks_from_json(o, r);
 	json_object_put(o);
 	return 0;
 }

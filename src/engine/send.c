@@ -207,6 +207,13 @@ static int process_chunk(struct worker *w, struct pm_task t)
 	struct pm_range lr;
 	int r;
 
+	if (ch->disk) {
+		double t0 = pm_now_ms();
+		r = src_send_disk_chunk(w, t);
+		atomic_fetch_add(&c->disk[ch->region].busy_us, (uint64_t)((pm_now_ms() - t0) * 1e3));
+		return r;
+	}
+
 	if (ll)
 		pm_range_rdlock(ll, &lr, g, g + ch->npages);
 	r = send_chunk(w, t);
@@ -269,6 +276,16 @@ void *src_worker_main(void *arg)
 int src_worker_init(struct worker *w, struct src_ctx *c, unsigned idx, struct pm_err *err)
 {
 	size_t run = (size_t)c->chunk_pages * PM_PAGE_SIZE;
+	uint32_t dblocks = 0;
+
+	/* A disk chunk's run may be larger (one block of up to 1 MiB). */
+	for (unsigned i = 0; i < c->ndisks; i++) {
+		size_t r = (size_t)c->disk[i].chunk_blocks * c->disk[i].bd->block_size;
+		if (r > run)
+			run = r;
+		if (c->disk[i].chunk_blocks > dblocks)
+			dblocks = c->disk[i].chunk_blocks;
+	}
 
 	w->c = c;
 	w->idx = idx;
@@ -280,6 +297,17 @@ int src_worker_init(struct worker *w, struct src_ctx *c, unsigned idx, struct pm
 	w->iov = calloc(2 * c->chunk_pages, sizeof(*w->iov));
 	if (!w->hdrs || !w->iov)
 		return pm_err_set(err, ENOMEM, "out of memory");
+	if (c->ndisks) {
+		w->dhead = malloc((size_t)(dblocks + 1) * (PM_FRAME_HDR_LEN + PM_BLOCKS_FIXED_LEN));
+		if (!w->dhead)
+			return pm_err_set(err, ENOMEM, "out of memory");
+	}
+	/* Disk data read through user space (compressed, or no sendfile). */
+	if (c->ndisks && c->p->compress == PM_COMPRESS_NONE) {
+		w->snap = malloc(run);
+		if (!w->snap)
+			return pm_err_set(err, ENOMEM, "out of memory");
+	}
 	if (c->p->compress != PM_COMPRESS_NONE) {
 		w->cbuf_cap = pm_codec_bound(c->p->compress, run) * 2;
 		w->cbuf = malloc(w->cbuf_cap);
@@ -299,4 +327,5 @@ void src_worker_free(struct worker *w)
 	free(w->snap);
 	free(w->hdrs);
 	free(w->iov);
+	free(w->dhead);
 }

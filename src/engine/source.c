@@ -265,10 +265,6 @@ static int setup(struct src_ctx *c, struct pm_err *err)
 	if (c->chunk_pages > PM_MAX_CHUNK_PAGES || c->chunk_pages % 64)
 		return pm_err_set(err, EINVAL, "chunk of %u pages: must be a multiple of 64 up to %u",
 				  c->chunk_pages, PM_MAX_CHUNK_PAGES);
-	/* Until disks travel with memory, a VM with one must not look migrated. */
-	if (be->ndisks)
-		return pm_err_set(err, ENOTSUP, "the VM has %u disk%s; this engine does not migrate disks yet",
-				  be->ndisks, be->ndisks > 1 ? "s" : "");
 	if (!be->nregions || be->nregions > PM_MAX_REGIONS)
 		return pm_err_set(err, EINVAL, "VM has %u memory regions (1..%u supported)",
 				  be->nregions, PM_MAX_REGIONS);
@@ -293,6 +289,14 @@ static int setup(struct src_ctx *c, struct pm_err *err)
 		c->vm_pages += be->regions[i].npages;
 		c->nchunks += (be->regions[i].npages + c->chunk_pages - 1) / c->chunk_pages;
 	}
+	c->mem_chunks = c->nchunks;
+	r = src_disks_setup(c, err);
+	if (r)
+		return r;
+	/* Disks share the chunk table (and so the queue and rounds); with
+	 * shared storage nothing of them is sent. */
+	for (unsigned i = 0; i < c->ndisks && !p->shared_storage; i++)
+		c->nchunks += c->disk[i].nchunks;
 	c->chunks = calloc(c->nchunks, sizeof(*c->chunks));
 	c->chunk_lock = calloc(c->nchunks, sizeof(*c->chunk_lock));
 	c->chunk_round = calloc(c->nchunks, sizeof(*c->chunk_round));
@@ -319,6 +323,13 @@ static int setup(struct src_ctx *c, struct pm_err *err)
 			uint64_t n = be->regions[i].npages - f;
 			c->chunks[k] = (struct chunk_ref){ .region = i, .first = f,
 				.npages = n < c->chunk_pages ? n : c->chunk_pages };
+			pthread_mutex_init(&c->chunk_lock[k++], NULL);
+		}
+	for (unsigned i = 0; i < c->ndisks && !p->shared_storage; i++)
+		for (uint64_t f = 0; f < c->disk[i].nblocks; f += c->disk[i].chunk_blocks) {
+			uint64_t n = c->disk[i].nblocks - f;
+			c->chunks[k] = (struct chunk_ref){ .region = i, .first = f, .disk = true,
+				.npages = n < c->disk[i].chunk_blocks ? n : c->disk[i].chunk_blocks };
 			pthread_mutex_init(&c->chunk_lock[k++], NULL);
 		}
 	for (unsigned i = 0; i < c->nch; i++) {
@@ -377,6 +388,13 @@ static int phase_connect(struct src_ctx *c, struct pm_err *err)
 	if (r)
 		return r;
 	c->tracking = true;
+	for (unsigned i = 0; i < c->ndisks && !c->p->shared_storage; i++) {
+		const struct pm_blockdev *bd = c->disk[i].bd;
+		r = bd->ops->dirty_start(bd->dev, err);
+		if (r)
+			return r;
+		c->disks_tracked = i + 1;
+	}
 	c->t_track = pm_now_ms();
 	if (c->be->ops->write_stats)
 		c->be->ops->write_stats(c->be->vm, &c->written0, &c->write_asked);
@@ -419,6 +437,10 @@ static int count_dirty(struct src_ctx *c, uint64_t *dirty, struct pm_err *err)
 				c->chunk_dirty[g / 64] |= 1ull << (g % 64);
 			}
 	}
+	/* Disk chunks: every round visits them (a clean one's harvest is a
+	 * few words of bitmap). */
+	for (uint64_t g = c->mem_chunks; g < c->nchunks; g++)
+		c->chunk_dirty[g / 64] |= 1ull << (g % 64);
 	return 0;
 }
 
@@ -547,8 +569,26 @@ static int round_barrier(struct src_ctx *c, uint32_t round)
 	return atomic_load(&c->failed) ? -1 : 0;
 }
 
+/* Dirty blocks of every disk at the start of round r; dirty_bytes becomes
+ * their bytes (memory's are added by the caller). */
+static int disks_dirty(struct src_ctx *c, unsigned r, struct pm_err *err)
+{
+	c->dirty_bytes = 0;
+	for (unsigned i = 0; i < c->ndisks && !c->p->shared_storage; i++) {
+		struct src_disk *d = &c->disk[i];
+		uint64_t n;
+		int e = d->bd->ops->dirty_count(d->bd->dev, &n, err);
+		if (e)
+			return e;
+		d->dirty_at[r] = n;
+		c->dirty_bytes += n * d->bd->block_size;
+	}
+	return 0;
+}
+
 /* Decides at the start of a round whether to switch over now: 1 yes (reason
- * in the report), 0 no, or -errno when policy abort gives up. */
+ * in the report), 0 no, or -errno when policy abort gives up.  dirty is in
+ * bytes, memory's and the disks'. */
 static int decide(struct src_ctx *c, uint64_t dirty, struct pm_err *err)
 {
 	const struct pm_migrate_params *p = c->p;
@@ -556,9 +596,11 @@ static int decide(struct src_ctx *c, uint64_t dirty, struct pm_err *err)
 	unsigned max_rounds = p->max_rounds ? p->max_rounds : 30;
 	double factor = p->max_bytes_factor > 0 ? p->max_bytes_factor : 8.0;
 	/* Before any round measured the link (all sent so far was tiny),
-	 * assume a slow one: 100 MB/s. */
+	 * assume a slow one: 100 MB/s.  Dirty disk blocks weigh in by their
+	 * bytes, as dirty pages do (dirty is in bytes). */
 	double bw = c->bw > 0 ? c->bw : 100e3;
-	double expect_ms = dirty * (double)PM_PAGE_SIZE / bw;
+	double expect_ms = dirty / bw;
+	uint64_t vm_bytes = c->vm_pages * PM_PAGE_SIZE + (p->shared_storage ? 0 : src_disks_bytes(c));
 	char *reason = c->rep->switchover_reason;
 	size_t rlen = sizeof(c->rep->switchover_reason);
 	const char *why = NULL;
@@ -574,7 +616,7 @@ static int decide(struct src_ctx *c, uint64_t dirty, struct pm_err *err)
 	c->prev_dirty = dirty;
 	if (c->round > max_rounds)
 		why = "max-rounds";
-	else if (total_bytes(c) > factor * c->vm_pages * PM_PAGE_SIZE)
+	else if (total_bytes(c) > factor * vm_bytes)
 		why = "max-bytes";
 	else if (c->no_progress >= 2)
 		why = "no-progress";
@@ -582,9 +624,9 @@ static int decide(struct src_ctx *c, uint64_t dirty, struct pm_err *err)
 		return 0;
 	if (p->policy == PM_NC_ABORT)
 		return pm_err_set(err, ETIMEDOUT,
-				  "migration does not converge (%s: %llu pages dirty, about %.0f ms to send "
+				  "migration does not converge (%s: %.1f MB dirty, about %.0f ms to send "
 				  "at the measured rate, target %u ms); gave up, the VM keeps running here",
-				  why, (unsigned long long)dirty, expect_ms, downtime);
+				  why, dirty / 1e6, expect_ms, downtime);
 	if (p->policy == PM_NC_THROTTLE && strcmp(why, "max-rounds") && c->be->ops->throttle) {
 		unsigned t = atomic_load(&c->throttle);
 		if (t < 99) {
@@ -630,7 +672,11 @@ static int round_start(struct src_ctx *c, struct pm_err *err)
 		return r;
 	c->dirty_at[c->round] = dirty;
 	atomic_store(&c->dirty_at_start, dirty);
-	r = decide(c, dirty, err);
+	r = disks_dirty(c, c->round, err);
+	if (r)
+		return r;
+	c->dirty_bytes += dirty * PM_PAGE_SIZE;
+	r = decide(c, c->dirty_bytes, err);
 	if (r)
 		return r;
 	return c->round >= PM_MAX_ROUNDS;
@@ -655,6 +701,8 @@ static int phase_precopy(struct src_ctx *c, struct pm_err *err)
 		} else {
 			c->dirty_at[1] = c->vm_pages;
 			atomic_store(&c->dirty_at_start, c->vm_pages);
+			for (unsigned i = 0; i < c->ndisks && !c->p->shared_storage; i++)
+				c->disk[i].dirty_at[1] = c->disk[i].nblocks;
 		}
 		atomic_store(&c->cur_round, c->round);
 		c->round_start[c->round] = pm_now_ms() - c->t0;
@@ -689,6 +737,24 @@ static int final_passes(struct src_ctx *c, struct pm_err *err)
 		if (run_pass(c, c->round) || wait_idle(c))
 			return worker_error(c, err);
 	}
+}
+
+/* Shared storage: with the VM paused, what it wrote reaches the storage
+ * the destination reads. */
+static int flush_disks(struct src_ctx *c, struct pm_err *err)
+{
+	double t = pm_now_ms();
+
+	for (unsigned i = 0; i < c->ndisks; i++) {
+		const struct pm_blockdev *bd = c->disk[i].bd;
+		int r = bd->ops->flush ? bd->ops->flush(bd->dev, err) :
+			fdatasync(bd->fd) ? pm_err_set(err, errno, "disk %s: fdatasync: %s", bd->name,
+						       strerror(errno)) : 0;
+		if (r)
+			return r;
+	}
+	c->rep->disk_flush_ms = pm_now_ms() - t;
+	return 0;
 }
 
 /* Lets what is in flight finish while the VM still runs (the pause should
@@ -743,6 +809,10 @@ static int phase_switchover(struct src_ctx *c, struct pm_err *err)
 	r = be->ops->dirty_sync(be->vm, err);
 	if (!r)
 		r = count_dirty(c, &c->dirty_at[c->round], err);
+	if (!r)
+		r = disks_dirty(c, c->round, err);
+	if (!r && c->p->shared_storage)
+		r = flush_disks(c, err);
 	if (r)
 		return r;
 	atomic_store(&c->dirty_at_start, c->dirty_at[c->round]);
@@ -818,10 +888,11 @@ static void done_received(struct src_ctx *c, const struct pm_done *d)
 	c->rep->verify_ms += d->verify_us / 1e3;
 	c->rep->verified = c->p->verify;
 	bd->dst_drain_ms = d->drain_us / 1e3;
+	bd->dst_sync_ms = d->sync_us / 1e3;
 	bd->dst_load_ms = d->load_us / 1e3;
 	bd->dst_resume_ms = d->resume_us / 1e3;
-	bd->network_ms = pm_now_ms() - c->t_end_sent - excluded - bd->dst_drain_ms - bd->dst_load_ms -
-			 bd->dst_resume_ms;
+	bd->network_ms = pm_now_ms() - c->t_end_sent - excluded - bd->dst_drain_ms - bd->dst_sync_ms -
+			 bd->dst_load_ms - bd->dst_resume_ms;
 	if (bd->network_ms < 0)
 		bd->network_ms = 0;
 	c->rep->dst_data_pages = d->data_pages;
@@ -1072,6 +1143,28 @@ static void fill_report(struct src_ctx *c)
 	rep->nlost = c->nevents;
 	memcpy(rep->lost, c->events, sizeof(rep->lost));
 	pthread_mutex_unlock(&c->lost_lock);
+	for (unsigned r = 1; r <= nrounds && r <= PM_MAX_ROUNDS; r++) {
+		struct pm_round_stat *s = &rep->rounds[r - 1];
+		s->disk_blocks = atomic_load(&c->acc[r].dblocks) + atomic_load(&c->acc[r].dzero) +
+				 atomic_load(&c->acc[r].dunalloc);
+		s->disk_bytes = atomic_load(&c->acc[r].dbytes);
+		for (unsigned i = 0; i < c->ndisks; i++)
+			s->disk_dirty_at_start += c->disk[i].dirty_at[r];
+	}
+	rep->ndisks = c->ndisks < PM_REPORT_MAX_DISKS ? c->ndisks : PM_REPORT_MAX_DISKS;
+	rep->shared_storage = c->ndisks && c->p->shared_storage;
+	for (unsigned i = 0; i < rep->ndisks; i++) {
+		const struct src_disk *d = &c->disk[i];
+		struct pm_disk_report *dr = &rep->disks[i];
+		snprintf(dr->name, sizeof(dr->name), "%s", d->bd->name ? d->bd->name : "");
+		dr->size_bytes = d->bd->size;
+		dr->block_bytes = d->bd->block_size;
+		dr->blocks = atomic_load(&d->blocks);
+		dr->zero_blocks = atomic_load(&d->zero);
+		dr->unallocated_blocks = atomic_load(&d->unalloc);
+		dr->bytes = atomic_load(&d->bytes);
+		dr->busy_ms = atomic_load(&d->busy_us) / 1e3;
+	}
 	pm_timeline_report(&c->tl, rep);
 	bool kernel = c->nch > 0;
 	for (unsigned i = 0; i < c->nch; i++)
@@ -1168,6 +1261,9 @@ static int conclude(struct src_ctx *c, int r, struct pm_err *err)
 	if (c->tracking)
 		be->ops->dirty_stop(be->vm);
 	c->tracking = false;
+	for (unsigned i = 0; i < c->disks_tracked; i++)
+		c->disk[i].bd->ops->dirty_stop(c->disk[i].bd->dev);
+	c->disks_tracked = 0;
 	if (atomic_load(&c->throttle) && be->ops->throttle)
 		be->ops->throttle(be->vm, 0);
 	teardown(c, done ? NULL : err);
@@ -1241,6 +1337,7 @@ static void ctx_free(struct src_ctx *c)
 		pthread_mutex_destroy(&c->chunk_lock[i]);
 	if (c->q.slots)
 		pm_queue_destroy(&c->q);
+	src_disks_free(c);
 	free(c->chunks);
 	free(c->chunk_lock);
 	free(c->chunk_round);

@@ -20,11 +20,24 @@
 struct pm_codec;
 struct pm_tls;
 
-/* A chunk of guest memory: the unit a worker harvests and sends. */
+/* A chunk of guest memory, or of a disk: the unit a worker harvests and
+ * sends.  For a disk, region is the disk and npages/first count blocks. */
 struct chunk_ref {
 	uint32_t region;
 	uint32_t npages;
 	uint64_t first;
+	bool disk;
+};
+
+/* A disk being migrated (disk_send.c). */
+struct src_disk {
+	const struct pm_blockdev *bd;
+	const uint8_t *map;             /* read-only mapping, to tell zero blocks (NULL: none) */
+	uint64_t nblocks;
+	uint32_t chunk_blocks, nchunks;
+	uint64_t dirty_at[PM_MAX_ROUNDS + 2]; /* dirty blocks at each round's start */
+	_Atomic uint64_t blocks, zero, unalloc, bytes;
+	_Atomic uint64_t busy_us;       /* workers' time on this disk's chunks */
 };
 
 /* A chunk sent on a channel and not yet acknowledged: if the channel is
@@ -51,6 +64,7 @@ struct worker {
 	uint8_t *snap;                  /* stable copy of the run being compressed */
 	size_t cbuf_cap;
 	uint8_t (*hdrs)[PM_FRAME_HDR_LEN + PM_PAGES_FIXED_LEN];
+	uint8_t *dhead;                 /* a disk chunk's header-only frames */
 	struct iovec *iov;
 	struct pm_end sent;             /* what END will count */
 	bool io_failed;                 /* the last error was the channel's, not the VM's */
@@ -80,7 +94,8 @@ struct worker {
 };
 
 struct round_acc {
-	_Atomic uint64_t pages, zero, unpop, bytes;
+	_Atomic uint64_t pages, zero, unpop, bytes; /* bytes: all wire bytes, disks' too */
+	_Atomic uint64_t dblocks, dzero, dunalloc, dbytes; /* disk blocks and their wire bytes */
 };
 
 /* The lifecycle's phases, in order.  docs/engine.md draws them. */
@@ -119,6 +134,13 @@ struct src_ctx {
 	uint32_t region_chunk0[PM_MAX_REGIONS]; /* first chunk of each region */
 	uint64_t region_base[PM_MAX_REGIONS]; /* global page number of each region */
 	uint64_t vm_pages;
+	/* Disks: their chunks follow memory's in chunks[] (from mem_chunks). */
+	uint32_t mem_chunks;
+	unsigned ndisks;
+	bool disk_copy;                 /* read and send instead of sendfile (a benchmark's switch) */
+	unsigned disks_tracked;         /* disks whose dirty tracking runs (the first n) */
+	struct src_disk disk[PM_MAX_DISKS];
+	uint64_t dirty_bytes;           /* at the current round's start, memory and disks */
 	uint8_t session[16];
 	struct pm_queue q;
 	struct worker *w;
@@ -197,6 +219,15 @@ void src_run_task(struct worker *w, struct pm_task t);
 /* Allocates the buffers of a worker; frees them. */
 int src_worker_init(struct worker *w, struct src_ctx *c, unsigned idx, struct pm_err *err);
 void src_worker_free(struct worker *w);
+/* disk_send.c */
+/* Checks the backend's disks and maps them for zero checks. */
+int src_disks_setup(struct src_ctx *c, struct pm_err *err);
+void src_disks_free(struct src_ctx *c);
+/* Harvests one disk chunk and sends its dirty blocks. */
+int src_send_disk_chunk(struct worker *w, struct pm_task t);
+/* Bytes of all disks (their full size). */
+uint64_t src_disks_bytes(const struct src_ctx *c);
+
 /* source.c: a timeline sample if one is due (always with force). */
 void src_sample(struct src_ctx *c, bool force);
 

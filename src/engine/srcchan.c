@@ -327,7 +327,9 @@ static uint32_t features(const struct src_ctx *c)
 	return (p->barrier ? PM_FEAT_BARRIER : PM_FEAT_DRAIN) |
 	       (p->compress == PM_COMPRESS_LZ4 ? PM_FEAT_LZ4 : 0) |
 	       (p->compress == PM_COMPRESS_ZSTD ? PM_FEAT_ZSTD : 0) |
-	       (c->failover ? PM_FEAT_FAILOVER : 0);
+	       (c->failover ? PM_FEAT_FAILOVER : 0) |
+	       (c->ndisks ? PM_FEAT_DISKS : 0) |
+	       (c->ndisks && p->shared_storage ? PM_FEAT_SHARED_STORAGE : 0);
 }
 
 /* HELLO / HELLO_ACK on a fresh connection of channel w. */
