@@ -27,6 +27,7 @@
 static const char *const frame_names[] = {
 	"?", "HELLO", "HELLO_ACK", "LAYOUT", "LAYOUT_ACK", "PAGES", "ROUND_END", "ROUND_ACK",
 	"STATE", "END", "DONE", "ERROR", "ACK", "LOST", "PING",
+	[20] = "BLOCKS",
 };
 #define NFRAMES (sizeof(frame_names) / sizeof(frame_names[0]))
 
@@ -100,7 +101,7 @@ static void logf_(struct fp_proxy *p, const char *fmt, ...)
 
 static const char *fname(uint32_t t)
 {
-	return t < NFRAMES ? frame_names[t] : "frame";
+	return t < NFRAMES && frame_names[t] ? frame_names[t] : "frame";
 }
 
 static int send_all(int fd, const uint8_t *b, size_t n)
@@ -519,7 +520,7 @@ int fp_parse_rule(const char *s, struct fp_rule *r, char *why, size_t wl)
 				goto bad;
 		} else if (!strcmp(t, "frame")) {
 			unsigned f;
-			for (f = 1; f < NFRAMES && strcasecmp(v, frame_names[f]); f++)
+			for (f = 1; f < NFRAMES && (!frame_names[f] || strcasecmp(v, frame_names[f])); f++)
 				;
 			if (f == NFRAMES)
 				goto bad;

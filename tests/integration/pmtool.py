@@ -31,6 +31,9 @@ MAGIC = 0x47494D50
 HELLO, HELLO_ACK, LAYOUT, LAYOUT_ACK, PAGES, ROUND_END, ROUND_ACK, STATE, END, DONE, ERROR = range(1, 12)
 PAGE = 4096
 CHUNK = 512
+BLOCKS = 20
+FEAT_DISKS, FEAT_SHARED = 1 << 8, 1 << 9
+DISK_BLOCK = 65536
 
 
 def get(path):
@@ -91,6 +94,28 @@ def layout(npages, nregions=1):
     for i in range(nregions):
         b += struct.pack("<IIQQ", i, 0, 0, npages)
     return b
+
+
+def layout_disk(npages, disk_bytes, block=DISK_BLOCK):
+    return (struct.pack("<IIIIQQ", 1, 1, 0, 0, 0, npages) +
+            struct.pack("<IIQ16sQ", 0, block, disk_bytes, b"\0" * 16, 0))
+
+
+def disk_handshake(s, npages, disk_bytes, features=FEAT_DISKS):
+    s.sendall(frame(HELLO, hello(features=features)))
+    expect(s, HELLO_ACK)
+    s.sendall(frame(LAYOUT, layout_disk(npages, disk_bytes)))
+    expect(s, LAYOUT_ACK)
+
+
+def all_memory_zero(s, npages):
+    """Every page as zero runs; returns (frames, pages)."""
+    n = 0
+    for first in range(0, npages, CHUNK):
+        k = min(CHUNK, npages - first)
+        s.sendall(frame(PAGES, pages_hdr(0, k, first, 1, 1, 0)))
+        n += 1
+    return n, npages
 
 
 def pages_hdr(region, npages, first, rnd, enc, payload_len):
@@ -218,6 +243,41 @@ def speak(addr, case, mem):
             handshake(s, npages)
             msg = b"\x1b[2J\x1b]0;owned\x07evil\nline"
             s.sendall(frame(ERROR, struct.pack("<II", 5, len(msg)) + msg))
+        elif case.startswith("blocks-") or case.startswith("disk-"):
+            # A destination with a 1 MiB disk (16 blocks of 64 KiB).
+            dbytes, nblk = 1 << 20, 16
+            feats = FEAT_DISKS | (FEAT_SHARED if case == "blocks-shared" else 0)
+            if case == "blocks-unannounced":
+                s.sendall(frame(HELLO, hello()))
+                expect(s, HELLO_ACK)
+                s.sendall(frame(LAYOUT, layout_disk(npages, dbytes)))
+                expect(s, LAYOUT_ACK)
+            else:
+                disk_handshake(s, npages, dbytes, feats)
+            if case == "blocks-out-of-range":
+                s.sendall(frame(BLOCKS, pages_hdr(0, 1, nblk, 1, 4, 0)))
+            elif case == "blocks-bad-disk":
+                s.sendall(frame(BLOCKS, pages_hdr(2, 1, 0, 1, 4, 0)))
+            elif case == "blocks-raw-length":
+                s.sendall(frame(BLOCKS, pages_hdr(0, 1, 0, 1, 0, 100) + b"x" * 100))
+            elif case == "blocks-shared":
+                s.sendall(frame(BLOCKS, pages_hdr(0, 1, 0, 1, 4, 0)))
+            elif case in ("disk-incomplete", "blocks-stale"):
+                frames, units = all_memory_zero(s, npages)
+                payload = 0
+                if case == "blocks-stale":
+                    # Block 0 of round 2, then an older copy from round 1:
+                    # the older one must be discarded.
+                    new, old = b"N" * DISK_BLOCK, b"O" * DISK_BLOCK
+                    s.sendall(frame(BLOCKS, pages_hdr(0, 1, 0, 2, 0, DISK_BLOCK) + new))
+                    s.sendall(frame(BLOCKS, pages_hdr(0, 1, 0, 1, 0, DISK_BLOCK) + old))
+                    s.sendall(frame(BLOCKS, pages_hdr(0, nblk - 1, 1, 1, 4, 0)))
+                    frames, units, payload = frames + 3, units + 2 + nblk - 1, 2 * DISK_BLOCK
+                else:
+                    s.sendall(frame(BLOCKS, pages_hdr(0, 2, 3, 1, 4, 0)))
+                    frames, units = frames + 1, units + 2
+                s.sendall(frame(STATE, b"\0" * 16))
+                s.sendall(frame(END, struct.pack("<IIQQQ", 2, 0, frames, units, payload)))
         elif case == "end-mismatch":
             # One valid zero page, then an END that claims more; no STATE.
             handshake(s, npages)

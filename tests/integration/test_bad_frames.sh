@@ -90,6 +90,37 @@ for c in "${cases[@]}"; do
 	fi
 done
 
+# The same for a destination with a 1 MiB disk (BLOCKS frames, disks in
+# LAYOUT).  blocks-stale gets as far as loading the state (which is
+# garbage): by then every unit arrived and its image must hold the newer of
+# the two copies of block 0 that came in the wrong order.
+dcases=(
+	"blocks-out-of-range|BLOCKS frame \[16, \+1\) is outside disk 0 of 16 blocks|outside disk 0"
+	"blocks-bad-disk|BLOCKS frame names disk 2, the layout has 1|disk 2"
+	"blocks-raw-length|raw BLOCKS frame of 1 blocks carries 100 bytes, not 65536|carries 100 bytes"
+	"blocks-unannounced|LAYOUT lists disks but the source did not announce DISKS|did not announce"
+	"blocks-shared|BLOCKS frame on channel 0 with shared storage|shared storage"
+	"disk-incomplete|incomplete migration: 14 of 16 blocks of disk 0 never arrived|14 of 16 blocks"
+	"blocks-stale|synthetic VM state has 16 bytes|synthetic VM state"
+)
+for c in "${dcases[@]}"; do
+	IFS='|' read -r name phrase answer <<<"$c"
+	if ! start_vm "$name" --mem $MEM --incoming 127.0.0.1:0 --timeout 2000 --dump-on-resume "$T/$name.resume" \
+		--disk "$T/$name.img,size=1M"; then
+		not_ok "$name: start the destination"
+		continue
+	fi
+	"${TOOL[@]}" speak "$(incoming_of "$name")" "$name" $MEM >"$T/$name.speak" 2>&1
+	check "$name: destination exits non-zero" exited_nonzero "$name" 20
+	check "$name: destination says what was wrong (/$phrase/)" \
+		grep_file "$T/$name.err" "incoming migration failed: .*$phrase"
+	check "$name: destination never resumed" never_resumed "$name"
+	check "$name: destination answered with an ERROR frame (/$answer/)" \
+		grep_file "$T/$name.speak" "(^ERROR: |destination refused: ).*$answer"
+done
+check "blocks-stale: block 0 holds the newer copy (round 2), the older one was discarded" \
+	"$PY" -c 'import sys; b = open(sys.argv[1], "rb").read(65536); sys.exit(b != b"N" * 65536)' "$T/blocks-stale.img"
+
 # Text from the network reaches the terminal escaped.
 if start_vm escape --mem $MEM --incoming 127.0.0.1:0 --timeout 2000; then
 	"${TOOL[@]}" speak "$(incoming_of escape)" error-escape $MEM >"$T/escape.speak" 2>&1
