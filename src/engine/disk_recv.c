@@ -107,6 +107,56 @@ static int make_hole(struct dst_ctx *c, int fd, uint64_t off, uint64_t len)
 	return 0;
 }
 
+static bool zero_span(const uint8_t *p, size_t len)
+{
+	if (len == PM_PAGE_SIZE)
+		return pm_page_is_zero(p);
+	for (size_t i = 0; i < len; i++)
+		if (p[i])
+			return false;
+	return true;
+}
+
+/* Blocks [b, b + n) from buf (len bytes): the pages that hold data are
+ * written, zero pages are left as holes (punched where the block held
+ * data here) -- so a block the source had partly allocated is partly
+ * allocated here too, not filled with zeros. */
+static int write_data(struct dst_ctx *c, unsigned d, const struct pm_blockdev *bd, uint64_t b, uint32_t n,
+		      const uint8_t *buf, size_t len)
+{
+	uint32_t bs = bd->block_size;
+	uint64_t base = b * bs;
+	size_t o = 0;
+	int r = 0;
+
+	for (uint32_t i = 0; i < n && !r; i++) {
+		size_t end = (size_t)(i + 1) * bs < len ? (size_t)(i + 1) * bs : len;
+		bool had = has_data(c, d, b + i), any = false;
+
+		for (o = (size_t)i * bs; o < end && !r;) {
+			size_t k = end - o < PM_PAGE_SIZE ? end - o : PM_PAGE_SIZE;
+			bool z = zero_span(buf + o, k);
+			size_t e = o + k;
+			/* A span of pages of the same kind. */
+			while (e < end) {
+				size_t k2 = end - e < PM_PAGE_SIZE ? end - e : PM_PAGE_SIZE;
+				if (zero_span(buf + e, k2) != z)
+					break;
+				e += k2;
+			}
+			if (!z)
+				r = write_all(bd->fd, buf + o, e - o, base + o);
+			else if (had)
+				r = make_hole(c, bd->fd, base + o, e - o);
+			any |= !z;
+			o = e;
+		}
+		if (!r)
+			set_data(c, d, b + i, any);
+	}
+	return r;
+}
+
 int rx_apply_blocks(struct receiver *x, const struct pm_pages *pg)
 {
 	struct dst_ctx *c = x->c;
@@ -148,9 +198,7 @@ int rx_apply_blocks(struct receiver *x, const struct pm_pages *pg)
 			j++;
 		len = pm_disk_run_bytes(bd->size, bs, b, j - k);
 		if (data) {
-			r = write_all(bd->fd, x->run + (size_t)k * bs, len, off);
-			for (uint32_t i = k; !r && i < j; i++)
-				set_data(c, d, pg->first + i, true);
+			r = write_data(c, d, bd, pg->first + k, j - k, x->run + (size_t)k * bs, len);
 			if (off < lo)
 				lo = off;
 			if (off + len > hi)
