@@ -32,6 +32,13 @@ struct fuzz_frames_result fuzz_frames_last;
 static uint8_t *fz_mem[FUZZ_NREGIONS];
 static uint32_t fz_round[FUZZ_REGION0_PAGES + FUZZ_REGION1_PAGES];
 static struct pm_codec *fz_codec;
+static uint8_t *fz_disk;                /* exactly FUZZ_DISK_BYTES */
+static uint32_t fz_block_round[FUZZ_DISK_BLOCKS];
+
+uint8_t *fuzz_frames_disk(void)
+{
+	return fz_disk;
+}
 
 uint8_t *fuzz_frames_memory(unsigned region)
 {
@@ -47,7 +54,8 @@ static void fz_init(void)
 		if (!fz_mem[i])
 			abort();
 	}
-	if (pm_codec_new(&fz_codec, PM_COMPRESS_ZSTD, 0))
+	fz_disk = malloc(FUZZ_DISK_BYTES);
+	if (!fz_disk || pm_codec_new(&fz_codec, PM_COMPRESS_ZSTD, 0))
 		abort();
 }
 
@@ -60,6 +68,45 @@ static void fz_layout(struct pm_layout *l)
 		l->region[i].gpa = fz_gpa[i];
 		l->region[i].npages = fz_npages[i];
 	}
+	l->ndisks = 1;
+	l->disk[0].block_size = FUZZ_DISK_BLOCK;
+	l->disk[0].size = FUZZ_DISK_BYTES;
+}
+
+/* Applies a validated BLOCKS run like disk_recv.c: the round rule per
+ * block, bytes clipped at the disk's size, zero/unallocated as zeros. */
+static int fz_apply_blocks(const struct pm_pages *pg, const uint8_t *payload)
+{
+	size_t raw = pm_disk_run_bytes(FUZZ_DISK_BYTES, FUZZ_DISK_BLOCK, pg->first, pg->npages);
+	uint8_t *run = NULL;
+	const uint8_t *src = payload;
+
+	if (pg->encoding == PM_ENC_LZ4 || pg->encoding == PM_ENC_ZSTD) {
+		run = malloc(raw ? raw : 1);
+		if (!run)
+			abort();
+		if (pm_codec_decompress(fz_codec, pg->encoding, payload, pg->payload_len, run, raw)) {
+			free(run);
+			return -1;
+		}
+		src = run;
+	}
+	for (uint32_t k = 0; k < pg->npages; k++) {
+		uint64_t b = pg->first + k;
+		size_t len = pm_disk_run_bytes(FUZZ_DISK_BYTES, FUZZ_DISK_BLOCK, b, 1);
+		if (fz_block_round[b] >= pg->round) {
+			fuzz_frames_last.stale_blocks++;
+			continue;
+		}
+		if (pg->encoding == PM_ENC_ZERO || pg->encoding == PM_ENC_UNALLOCATED)
+			memset(fz_disk + b * FUZZ_DISK_BLOCK, 0, len);
+		else
+			memcpy(fz_disk + b * FUZZ_DISK_BLOCK, src + (size_t)k * FUZZ_DISK_BLOCK, len);
+		fz_block_round[b] = pg->round;
+		fuzz_frames_last.blocks_applied++;
+	}
+	free(run);
+	return 0;
 }
 
 /* Applies a validated run like dest.c's apply_pages(); payload has exactly
@@ -113,6 +160,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	fz_init();
 	fz_layout(&mine);
 	memset(fz_round, 0, sizeof(fz_round));
+	memset(fz_block_round, 0, sizeof(fz_block_round));
 	memset(&fuzz_frames_last, 0, sizeof(fuzz_frames_last));
 
 	while (size - pos >= PM_FRAME_HDR_LEN) {
@@ -129,7 +177,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		if (pm_check_hdr(&h, chunk_pages, &err))
 			break;
 		/* The fixed part a receiver reads before deciding anything. */
-		size_t need = h.type == PM_FR_PAGES ? PM_PAGES_FIXED_LEN : h.len;
+		size_t need = h.type == PM_FR_PAGES ? PM_PAGES_FIXED_LEN :
+			      h.type == PM_FR_BLOCKS ? PM_BLOCKS_FIXED_LEN : h.len;
 		if (avail < need)
 			break;
 		switch (h.type) {
@@ -160,6 +209,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			if (avail < h.len)
 				goto out;
 			if (fz_apply(&pg, body + PM_PAGES_FIXED_LEN))
+				goto out;
+			break;
+		}
+		case PM_FR_BLOCKS: {
+			struct pm_pages pg;
+			/* recv.c: only with DISKS negotiated and not shared. */
+			if ((fuzz_frames_last.features & (PM_FEAT_DISKS | PM_FEAT_SHARED_STORAGE)) != PM_FEAT_DISKS)
+				goto out;
+			if (pm_decode_blocks(body, h.len, &mine, chunk_pages, &pg, &err))
+				goto out;
+			if (pg.round > PM_MAX_ROUNDS || avail < h.len)
+				goto out;
+			if (fz_apply_blocks(&pg, body + PM_BLOCKS_FIXED_LEN))
 				goto out;
 			break;
 		}

@@ -46,17 +46,23 @@ static void frame(struct buf *b, uint32_t type, const void *body, uint32_t len)
 		put(b, body, len);
 }
 
-static void pages(struct buf *b, struct pm_pages pg, const void *payload)
+/* A PAGES or BLOCKS frame (the same fixed part). */
+static void pages_of(struct buf *b, uint32_t type, struct pm_pages pg, const void *payload)
 {
 	uint8_t fixed[PM_PAGES_FIXED_LEN];
 
 	pm_encode_pages(fixed, &pg);
 	uint8_t h[PM_FRAME_HDR_LEN];
-	pm_encode_hdr(h, PM_FR_PAGES, PM_PAGES_FIXED_LEN + pg.payload_len);
+	pm_encode_hdr(h, type, PM_PAGES_FIXED_LEN + pg.payload_len);
 	put(b, h, sizeof(h));
 	put(b, fixed, sizeof(fixed));
 	if (pg.payload_len)
 		put(b, payload, pg.payload_len);
+}
+
+static void pages(struct buf *b, struct pm_pages pg, const void *payload)
+{
+	pages_of(b, PM_FR_PAGES, pg, payload);
 }
 
 static void pattern(uint8_t *p, size_t len, unsigned seed)
@@ -65,16 +71,17 @@ static void pattern(uint8_t *p, size_t len, unsigned seed)
 		p[i] = (uint8_t)((i / 16 + seed) % 13);
 }
 
-/* HELLO, LAYOUT, raw/zero/lz4/zstd runs, a stale run, ROUND_END, STATE,
- * END, ERROR, DONE: 12 frames. */
+/* HELLO, LAYOUT, raw/zero/lz4/zstd runs, a stale run, blocks (raw with a
+ * short last block, unallocated, a stale copy), ROUND_END, STATE, END,
+ * ERROR, DONE: 15 frames. */
 static struct buf valid_stream(void)
 {
 	struct buf b = { 0 };
 	struct pm_hello h = { .magic = PM_PROTO_MAGIC, .version = PM_PROTO_VERSION, .channel = 0,
-			      .nchannels = 1, .features = PM_FEAT_LZ4 | PM_FEAT_ZSTD | PM_FEAT_BARRIER,
+			      .nchannels = 1, .features = PM_FEAT_LZ4 | PM_FEAT_ZSTD | PM_FEAT_BARRIER | PM_FEAT_DISKS,
 			      .chunk_pages = 64, .page_size = PM_PAGE_SIZE };
-	uint8_t hb[PM_HELLO_LEN], lb[PM_LAYOUT_FIXED_LEN + 2 * PM_LAYOUT_REGION_LEN];
-	struct pm_layout l = { .nregions = 2 };
+	uint8_t hb[PM_HELLO_LEN], lb[PM_LAYOUT_FIXED_LEN + 2 * PM_LAYOUT_REGION_LEN + PM_LAYOUT_DISK_LEN];
+	struct pm_layout l = { .nregions = 2, .ndisks = 1 };
 	static uint8_t raw[4 * PM_PAGE_SIZE], comp[8 * PM_PAGE_SIZE];
 	struct pm_codec *lz, *zs;
 
@@ -83,6 +90,7 @@ static struct buf valid_stream(void)
 	frame(&b, PM_FR_HELLO, hb, sizeof(hb));
 	l.region[0] = (typeof(l.region[0])){ .id = 0, .gpa = 0, .npages = FUZZ_REGION0_PAGES };
 	l.region[1] = (typeof(l.region[1])){ .id = 1, .gpa = FUZZ_REGION1_GPA, .npages = FUZZ_REGION1_PAGES };
+	l.disk[0] = (typeof(l.disk[0])){ .id = 0, .block_size = FUZZ_DISK_BLOCK, .size = FUZZ_DISK_BYTES };
 	pm_encode_layout(lb, &l);
 	frame(&b, PM_FR_LAYOUT, lb, sizeof(lb));
 
@@ -109,13 +117,23 @@ static struct buf valid_stream(void)
 	memset(raw, 0xee, PM_PAGE_SIZE);
 	pages(&b, (struct pm_pages){ .region = 0, .first = 0, .npages = 1, .round = 1,
 				     .encoding = PM_ENC_RAW, .payload_len = PM_PAGE_SIZE }, raw);
+	/* Blocks 19 and the 512-byte block 20; the rest unallocated; then
+	 * an older copy of block 19 (stale). */
+	pattern(raw, FUZZ_DISK_BLOCK + 512, 4);
+	pages_of(&b, PM_FR_BLOCKS, (struct pm_pages){ .region = 0, .first = 19, .npages = 2, .round = 2,
+				     .encoding = PM_ENC_RAW, .payload_len = FUZZ_DISK_BLOCK + 512 }, raw);
+	pages_of(&b, PM_FR_BLOCKS, (struct pm_pages){ .region = 0, .first = 0, .npages = 19, .round = 1,
+				     .encoding = PM_ENC_UNALLOCATED }, NULL);
+	memset(raw, 0xee, FUZZ_DISK_BLOCK);
+	pages_of(&b, PM_FR_BLOCKS, (struct pm_pages){ .region = 0, .first = 19, .npages = 1, .round = 1,
+				     .encoding = PM_ENC_RAW, .payload_len = FUZZ_DISK_BLOCK }, raw);
 	uint8_t rb[PM_ROUND_LEN] = { 0 };
 	pm_put32(rb, 1);
 	frame(&b, PM_FR_ROUND_END, rb, sizeof(rb));
 	uint8_t state[100];
 	memset(state, 0x5a, sizeof(state));
 	frame(&b, PM_FR_STATE, state, sizeof(state));
-	struct pm_end end = { .final_round = 2, .frames = 5, .pages = 14, .payload_bytes = 3 * PM_PAGE_SIZE };
+	struct pm_end end = { .final_round = 2, .frames = 8, .pages = 36, .payload_bytes = 3 * PM_PAGE_SIZE };
 	uint8_t eb[PM_END_FAILOVER_LEN];
 	frame(&b, PM_FR_END, eb, pm_encode_end(eb, &end, false));
 	uint8_t err[PM_ERROR_FIXED_LEN + 20];
@@ -146,13 +164,21 @@ static void test_valid_stream(void **state)
 	uint8_t expect[4 * PM_PAGE_SIZE];
 
 	LLVMFuzzerTestOneInput(b.p, b.len);
-	assert_int_equal(fuzz_frames_last.frames, 12);
+	assert_int_equal(fuzz_frames_last.frames, 15);
 	assert_true(fuzz_frames_last.layout_ok);
 	assert_true(fuzz_frames_last.end_ok);
 	assert_int_equal(fuzz_frames_last.state_len, 100);
-	assert_int_equal(fuzz_frames_last.features, PM_FEAT_LZ4 | PM_FEAT_ZSTD | PM_FEAT_BARRIER);
+	assert_int_equal(fuzz_frames_last.features, PM_FEAT_LZ4 | PM_FEAT_ZSTD | PM_FEAT_BARRIER | PM_FEAT_DISKS);
 	assert_true(fuzz_frames_last.pages_applied == 13);
 	assert_true(fuzz_frames_last.stale_pages == 1);
+	assert_true(fuzz_frames_last.blocks_applied == 21);
+	assert_true(fuzz_frames_last.stale_blocks == 1);
+	/* What landed on the disk: blocks 19 and 20 (512 bytes), zeros before. */
+	uint8_t *dk = fuzz_frames_disk();
+	pattern(expect, FUZZ_DISK_BLOCK + 512, 4);
+	assert_memory_equal(dk + 19 * FUZZ_DISK_BLOCK, expect, FUZZ_DISK_BLOCK + 512);
+	for (size_t i = 0; i < 19 * FUZZ_DISK_BLOCK; i++)
+		assert_int_equal(dk[i], 0);
 	/* What landed in memory. */
 	uint8_t *r0 = fuzz_frames_memory(0), *r1 = fuzz_frames_memory(1);
 	pattern(expect, 2 * PM_PAGE_SIZE, 1);
@@ -191,11 +217,11 @@ static void test_truncations(void **state)
 		memcpy(copy, b.p, len);
 		LLVMFuzzerTestOneInput(copy, len);
 		assert_true(fuzz_frames_last.frames >= prev);
-		assert_true(fuzz_frames_last.frames <= 12);
+		assert_true(fuzz_frames_last.frames <= 15);
 		prev = fuzz_frames_last.frames;
 		free(copy);
 	}
-	assert_int_equal(prev, 12);
+	assert_int_equal(prev, 15);
 	free(b.p);
 }
 
@@ -210,7 +236,7 @@ static void test_byte_flips(void **state)
 			memcpy(copy, b.p, b.len);
 			copy[i] ^= masks[m];
 			LLVMFuzzerTestOneInput(copy, b.len);
-			assert_true(fuzz_frames_last.frames <= 12);
+			assert_true(fuzz_frames_last.frames <= 15);
 		}
 	free(copy);
 	free(b.p);
@@ -278,7 +304,8 @@ static int write_corpus(const char *dir)
 	struct buf b = valid_stream();
 	char path[4096];
 	size_t cut[] = { b.len, PM_FRAME_HDR_LEN + PM_HELLO_LEN,
-			 2 * PM_FRAME_HDR_LEN + PM_HELLO_LEN + PM_LAYOUT_FIXED_LEN + 2 * PM_LAYOUT_REGION_LEN };
+			 2 * PM_FRAME_HDR_LEN + PM_HELLO_LEN + PM_LAYOUT_FIXED_LEN + 2 * PM_LAYOUT_REGION_LEN +
+			 PM_LAYOUT_DISK_LEN };
 
 	for (size_t i = 0; i < sizeof(cut) / sizeof(cut[0]); i++) {
 		snprintf(path, sizeof(path), "%s/seed-%zu", dir, i);

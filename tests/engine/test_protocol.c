@@ -114,6 +114,7 @@ static void test_frame_names(void **state)
 	assert_string_equal(pm_frame_name(PM_FR_ACK), "ACK");
 	assert_string_equal(pm_frame_name(PM_FR_LOST), "LOST");
 	assert_string_equal(pm_frame_name(PM_FR_PING), "PING");
+	assert_string_equal(pm_frame_name(PM_FR_BLOCKS), "BLOCKS");
 	assert_string_equal(pm_frame_name(0), "unknown");
 	assert_string_equal(pm_frame_name(PM_FR_VERIFY), "VERIFY");
 	assert_string_equal(pm_frame_name(16), "unknown");
@@ -171,11 +172,18 @@ static void test_check_hdr_ranges(void **state)
 {
 	struct pm_err e = { 0 };
 
-	/* LAYOUT: 8 .. 8 + 64 * 24. */
+	/* LAYOUT: 8 .. 8 + 64 * 24 + 16 * 40 (regions, disks). */
 	assert_rejected(check(PM_FR_LAYOUT, 7, 512, &e), e, "out of range");
 	assert_int_equal(check(PM_FR_LAYOUT, 8, 512, &e), 0);
-	assert_int_equal(check(PM_FR_LAYOUT, 8 + 64 * 24, 512, &e), 0);
-	assert_rejected(check(PM_FR_LAYOUT, 8 + 64 * 24 + 1, 512, &e), e, "LAYOUT");
+	assert_int_equal(check(PM_FR_LAYOUT, 8 + 64 * 24 + 16 * 40, 512, &e), 0);
+	assert_rejected(check(PM_FR_LAYOUT, 8 + 64 * 24 + 16 * 40 + 1, 512, &e), e, "LAYOUT");
+	/* BLOCKS: 32 .. 32 + the larger of a chunk and the largest block (1 MiB). */
+	assert_rejected(check(PM_FR_BLOCKS, 31, 512, &e), e, "BLOCKS");
+	assert_int_equal(check(PM_FR_BLOCKS, 32, 512, &e), 0);
+	assert_int_equal(check(PM_FR_BLOCKS, 32 + 512 * 4096, 512, &e), 0);
+	assert_rejected(check(PM_FR_BLOCKS, 32 + 512 * 4096 + 1, 512, &e), e, "out of range");
+	assert_int_equal(check(PM_FR_BLOCKS, 32 + (1 << 20), 64, &e), 0);
+	assert_rejected(check(PM_FR_BLOCKS, 32 + (1 << 20) + 1, 64, &e), e, "out of range");
 	/* PAGES: 32 .. 32 + chunk * 4096, chunk from the HELLO. */
 	assert_rejected(check(PM_FR_PAGES, 31, 512, &e), e, "PAGES");
 	assert_int_equal(check(PM_FR_PAGES, 32, 512, &e), 0);
@@ -380,7 +388,8 @@ static void test_layout_rejects(void **state)
 	assert_rejected(pm_decode_layout(b, 7, &d, &e), e, "truncated (7 bytes)");
 	/* Length that does not match the region count. */
 	pm_err_clear(&e);
-	assert_rejected(pm_decode_layout(b, len - 1, &d, &e), e, "LAYOUT of 2 regions has length 55, expected 56");
+	assert_rejected(pm_decode_layout(b, len - 1, &d, &e), e,
+			"LAYOUT of 2 regions and 0 disks has length 55, expected 56");
 	pm_err_clear(&e);
 	assert_rejected(pm_decode_layout(b, len + 24, &d, &e), e, "expected 56");
 	pm_err_clear(&e);
@@ -435,9 +444,6 @@ static void test_layout_reserved(void **state)
 	uint8_t b[PM_LAYOUT_FIXED_LEN + 2 * PM_LAYOUT_REGION_LEN];
 
 	pm_encode_layout(b, &l);
-	pm_put32(b + 4, 1);
-	assert_rejected(pm_decode_layout(b, sizeof(b), &d, &e), e, "reserved");
-	pm_encode_layout(b, &l);
 	pm_put32(b + 8 + 24 + 4, 0x80);
 	pm_err_clear(&e);
 	assert_rejected(pm_decode_layout(b, sizeof(b), &d, &e), e, "reserved");
@@ -486,6 +492,188 @@ static void test_layout_of_backend(void **state)
 	assert_int_equal(l.region[1].id, 1);
 	assert_true(l.region[1].gpa == 0x40000000);
 	assert_true(l.region[1].npages == 8);
+}
+
+/* ---------------------------------------------------------------- disks */
+
+static struct pm_layout with_disks(void)
+{
+	struct pm_layout l = two_regions();
+
+	l.ndisks = 2;
+	l.disk[0] = (typeof(l.disk[0])){ .id = 0, .block_size = 65536, .size = 4u << 20 };
+	l.disk[1] = (typeof(l.disk[1])){ .id = 1, .block_size = 4096, .size = (1u << 20) + 512 };
+	for (int i = 0; i < 16; i++)
+		l.disk[1].identity[i] = (uint8_t)(i + 1);
+	return l;
+}
+
+static void test_layout_disks(void **state)
+{
+	struct pm_layout l = with_disks(), d;
+	struct pm_err e = { 0 };
+	uint8_t b[PM_LAYOUT_FIXED_LEN + 2 * PM_LAYOUT_REGION_LEN + 2 * PM_LAYOUT_DISK_LEN];
+	size_t len = pm_layout_len(&l);
+	const uint8_t *d1 = b + 8 + 2 * 24 + 40;
+
+	assert_int_equal(len, sizeof(b));
+	pm_encode_layout(b, &l);
+	assert_int_equal(pm_get32(b + 4), 2);                   /* ndisks */
+	assert_int_equal(pm_get32(d1), 1);
+	assert_int_equal(pm_get32(d1 + 4), 4096);
+	assert_true(pm_get64(d1 + 8) == (1u << 20) + 512);
+	assert_int_equal(d1[16], 1);
+	assert_true(pm_get64(d1 + 32) == 0);
+	assert_int_equal(pm_decode_layout(b, len, &d, &e), 0);
+	assert_int_equal(d.ndisks, 2);
+	assert_int_equal(d.disk[0].block_size, 65536);
+	assert_true(d.disk[1].size == (1u << 20) + 512);
+	assert_memory_equal(d.disk[1].identity, l.disk[1].identity, 16);
+
+	/* Each rule of a disk entry. */
+	l = with_disks();
+	l.disk[1].id = 0;
+	pm_encode_layout(b, &l);
+	assert_rejected(pm_decode_layout(b, len, &d, &e), e, "disk 1 has id 0");
+	l = with_disks();
+	l.disk[0].block_size = 65536 + 4096;
+	pm_encode_layout(b, &l);
+	pm_err_clear(&e);
+	assert_rejected(pm_decode_layout(b, len, &d, &e), e, "block size 69632");
+	l.disk[0].block_size = 2048;
+	pm_encode_layout(b, &l);
+	pm_err_clear(&e);
+	assert_rejected(pm_decode_layout(b, len, &d, &e), e, "block size 2048");
+	l.disk[0].block_size = 2u << 20;
+	pm_encode_layout(b, &l);
+	pm_err_clear(&e);
+	assert_rejected(pm_decode_layout(b, len, &d, &e), e, "a power of two, 4 KiB..1 MiB");
+	l = with_disks();
+	l.disk[0].size = 0;
+	pm_encode_layout(b, &l);
+	pm_err_clear(&e);
+	assert_rejected(pm_decode_layout(b, len, &d, &e), e, "disk 0 has size 0");
+	l.disk[0].size = 1000;
+	pm_encode_layout(b, &l);
+	pm_err_clear(&e);
+	assert_rejected(pm_decode_layout(b, len, &d, &e), e, "multiple of 512");
+	l.disk[0].size = (1ull << 50) + 512;
+	pm_encode_layout(b, &l);
+	pm_err_clear(&e);
+	assert_rejected(pm_decode_layout(b, len, &d, &e), e, "up to 1 PiB");
+	l = with_disks();
+	pm_encode_layout(b, &l);
+	pm_put32(b + 8 + 2 * 24 + 36, 1);
+	pm_err_clear(&e);
+	assert_rejected(pm_decode_layout(b, len, &d, &e), e, "disk 0 reserved");
+	/* The count and the length must agree; at most 16 disks. */
+	pm_encode_layout(b, &l);
+	pm_put32(b + 4, 1);
+	pm_err_clear(&e);
+	assert_rejected(pm_decode_layout(b, len, &d, &e), e, "2 regions and 1 disks has length 136, expected 96");
+	pm_put32(b + 4, 17);
+	pm_err_clear(&e);
+	assert_rejected(pm_decode_layout(b, len, &d, &e), e, "17 disks (at most 16)");
+
+	/* Destination against source. */
+	struct pm_layout s = with_disks(), t = with_disks();
+	pm_err_clear(&e);
+	assert_int_equal(pm_layout_check(&s, &t, &e), 0);
+	t.ndisks = 1;
+	assert_rejected(pm_layout_check(&s, &t, &e), e, "source has 2 disks, destination has 1");
+	t = with_disks();
+	t.disk[0].size = 2u << 20;
+	pm_err_clear(&e);
+	assert_rejected(pm_layout_check(&s, &t, &e), e,
+			"disk 0: source has 4194304 bytes, destination has 2097152 (destination disk is smaller)");
+	t = with_disks();
+	t.disk[1].block_size = 8192;
+	pm_err_clear(&e);
+	assert_rejected(pm_layout_check(&s, &t, &e), e, "disk 1: source tracks 4096-byte blocks, destination 8192");
+}
+
+static int decode_blocks_of(const struct pm_pages *p, uint32_t body_len, const struct pm_layout *l,
+			    unsigned chunk, struct pm_pages *out, struct pm_err *e)
+{
+	uint8_t b[PM_BLOCKS_FIXED_LEN];
+
+	pm_encode_pages(b, p);
+	pm_err_clear(e);
+	return pm_decode_blocks(b, body_len, l, chunk, out, e);
+}
+
+static void test_blocks(void **state)
+{
+	struct pm_layout l = with_disks();
+	struct pm_pages p, d;
+	struct pm_err e = { 0 };
+
+	/* Helpers: chunk blocks, block counts, run bytes with a short last block. */
+	assert_int_equal(pm_disk_chunk_blocks(65536, 512), 32);
+	assert_int_equal(pm_disk_chunk_blocks(4096, 512), 512);
+	assert_int_equal(pm_disk_chunk_blocks(1 << 20, 64), 1);
+	assert_true(pm_disk_nblocks((1u << 20) + 512, 4096) == 257);
+	assert_true(pm_disk_run_bytes((1u << 20) + 512, 4096, 255, 2) == 4096 + 512);
+	assert_true(pm_disk_run_bytes(4u << 20, 65536, 63, 1) == 65536);
+	assert_true(pm_disk_run_bytes(4u << 20, 65536, 64, 1) == 0);
+
+	/* A raw run of disk 0, then the short last block of disk 1. */
+	p = (struct pm_pages){ .region = 0, .npages = 32, .first = 32, .round = 2, .encoding = PM_ENC_RAW,
+			       .payload_len = 32 * 65536 };
+	assert_int_equal(decode_blocks_of(&p, 32 + 32 * 65536, &l, 512, &d, &e), 0);
+	assert_true(d.first == 32 && d.npages == 32 && d.round == 2 && d.region == 0);
+	p = (struct pm_pages){ .region = 1, .npages = 2, .first = 255, .round = 1, .encoding = PM_ENC_RAW,
+			       .payload_len = 4096 + 512 };
+	assert_int_equal(decode_blocks_of(&p, 32 + 4096 + 512, &l, 512, &d, &e), 0);
+	p.payload_len = 2 * 4096;
+	assert_rejected(decode_blocks_of(&p, 32 + 2 * 4096, &l, 512, &d, &e), e,
+			"raw BLOCKS frame of 2 blocks carries 8192 bytes, not 4608");
+	/* Zero and unallocated runs carry nothing. */
+	p = (struct pm_pages){ .region = 0, .npages = 5, .first = 0, .round = 1, .encoding = PM_ENC_UNALLOCATED };
+	assert_int_equal(decode_blocks_of(&p, 32, &l, 512, &d, &e), 0);
+	p.encoding = PM_ENC_ZERO;
+	assert_int_equal(decode_blocks_of(&p, 32, &l, 512, &d, &e), 0);
+	p.payload_len = 1;
+	assert_rejected(decode_blocks_of(&p, 33, &l, 512, &d, &e), e, "zero BLOCKS frame carries 1 bytes");
+	p.encoding = PM_ENC_UNALLOCATED;
+	assert_rejected(decode_blocks_of(&p, 33, &l, 512, &d, &e), e, "unallocated BLOCKS frame carries");
+	/* Compressed: 1 .. the raw size (larger goes raw). */
+	p = (struct pm_pages){ .region = 0, .npages = 2, .first = 0, .round = 1, .encoding = PM_ENC_LZ4,
+			       .payload_len = 1000 };
+	assert_int_equal(decode_blocks_of(&p, 1032, &l, 512, &d, &e), 0);
+	p.payload_len = 2 * 65536 + 1;
+	assert_rejected(decode_blocks_of(&p, 32 + 2 * 65536 + 1, &l, 512, &d, &e), e, "larger goes raw");
+	p.payload_len = 0;
+	assert_rejected(decode_blocks_of(&p, 32, &l, 512, &d, &e), e, "compressed BLOCKS frame");
+	/* Disk, count, range, round, length, encoding, reserved. */
+	p = (struct pm_pages){ .region = 2, .npages = 1, .first = 0, .round = 1, .encoding = PM_ENC_ZERO };
+	assert_rejected(decode_blocks_of(&p, 32, &l, 512, &d, &e), e, "names disk 2, the layout has 2");
+	p.region = 0;
+	p.npages = 33;
+	assert_rejected(decode_blocks_of(&p, 32, &l, 512, &d, &e), e, "covers 33 blocks (1..32 allowed)");
+	p.npages = 0;
+	assert_rejected(decode_blocks_of(&p, 32, &l, 512, &d, &e), e, "covers 0 blocks");
+	p.npages = 2;
+	p.first = 63;
+	assert_rejected(decode_blocks_of(&p, 32, &l, 512, &d, &e), e, "[63, +2) is outside disk 0 of 64 blocks");
+	p.first = ~0ull;
+	assert_rejected(decode_blocks_of(&p, 32, &l, 512, &d, &e), e, "outside disk 0");
+	p.first = 0;
+	p.round = 0;
+	assert_rejected(decode_blocks_of(&p, 32, &l, 512, &d, &e), e, "round 0");
+	p.round = 1;
+	assert_rejected(decode_blocks_of(&p, 40, &l, 512, &d, &e), e, "does not match frame length 40");
+	p.encoding = 9;
+	assert_rejected(decode_blocks_of(&p, 32, &l, 512, &d, &e), e, "unknown encoding 9");
+	uint8_t b[PM_BLOCKS_FIXED_LEN];
+	p.encoding = PM_ENC_ZERO;
+	pm_encode_pages(b, &p);
+	pm_put16(b + 22, 1);
+	pm_err_clear(&e);
+	assert_rejected(pm_decode_blocks(b, 32, &l, 512, &d, &e), e, "reserved");
+	/* A layout without disks takes no BLOCKS at all. */
+	struct pm_layout nodisk = two_regions();
+	assert_rejected(decode_blocks_of(&p, 32, &nodisk, 512, &d, &e), e, "the layout has 0");
 }
 
 /* ---------------------------------------------------------------- PAGES */
@@ -775,6 +963,8 @@ int main(void)
 		cmocka_unit_test(test_layout_reserved),
 		cmocka_unit_test(test_layout_check),
 		cmocka_unit_test(test_layout_of_backend),
+		cmocka_unit_test(test_layout_disks),
+		cmocka_unit_test(test_blocks),
 		cmocka_unit_test(test_pages_roundtrip),
 		cmocka_unit_test(test_pages_rejects),
 		cmocka_unit_test(test_end_roundtrip),
