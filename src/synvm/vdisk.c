@@ -204,11 +204,20 @@ static void *writer_main(void *arg)
 	const struct synvm_diskload *w = &vd->load;
 	double per_ns = w->rate / w->bs / 1e9 / w->threads;
 	uint64_t t_start = now_ns(), done = 0;
+	unsigned last_thr = 0;
 	bool reported = false;
 
 	while (synvm_checkpoint(vd->vm)) {
 		uint64_t now = now_ns();
-		double due = (now - t_start) * per_ns * (100 - synvm_throttle_pct(vd->vm)) / 100.0;
+		unsigned thr = synvm_throttle_pct(vd->vm);
+
+		/* A new throttle counts from now (as the memory workload's). */
+		if (thr != last_thr) {
+			t_start = now;
+			done = 0;
+			last_thr = thr;
+		}
+		double due = (now - t_start) * per_ns * (100 - thr) / 100.0;
 
 		/* Catch up at most a slice after a pause. */
 		if (due - done > per_ns * SLICE_NS * 4 + 1)
