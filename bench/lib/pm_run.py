@@ -23,6 +23,10 @@ scenarios), runs `pmigrate migrate ... --json`, and then checks the result:
     memory (a big VM that touched little), and the peak resident memory of
     both VM processes (VmHWM) and their guest memory's resident and huge-page
     bytes are recorded.
+  * --disk-size/--disk-populated give both VMs a disk (the source's image is
+    created and populated before the run, the destination's is fresh and
+    sparse), --disk-workload writes to it; the report's disk figures are
+    passed on, and --verify compares the disk images at pause and resume too.
 
 Standard library only.
 """
@@ -139,6 +143,11 @@ def main():
     p.add_argument("--fill", default="", help="source without an image: mixed, random, zero")
     p.add_argument("--tool", default="", help="the name in the results (default pmigrate...)")
     p.add_argument("--mode", default="", help="a label that tells configurations of one tool apart")
+    p.add_argument("--disk-size", default="", help="e.g. 4G: both VMs get a disk")
+    p.add_argument("--disk-populated", default="", help="of it written before the run")
+    p.add_argument("--disk-workload", default="", help="e.g. randwrite,rate=20MB/s")
+    p.add_argument("--payload-bytes", type=int, default=0,
+                   help="bytes the throughput is computed over (default: memory)")
     p.add_argument("--timeout", type=float, default=300.0)
     p.add_argument("--tls", default="none", choices=("none", "x509", "psk"),
                    help="transport security; x509/psk use --tls-dir (tests/tls/mkcreds.sh layout)")
@@ -153,6 +162,7 @@ def main():
     src_log, dst_log, mig_log = w("src.log"), w("dst.log"), w("migrate.log")
     report = w("migrate.json")
     dump_src, dump_dst = w("src.dump"), w("dst.dump")
+    disk_src, disk_dst = w("src-disk.img"), w("dst-disk.img")
     tool = a.tool or ("pmigrate-serial" if a.serial else ("pmigrate-barrier" if a.barrier else "pmigrate"))
     res = {"tool": tool, "channels": a.channels, "status": "error",
            "links_used": len(set(x.rsplit(":", 1)[0] for x in a.to.split(","))) if a.channels > 1 else 1,
@@ -195,6 +205,17 @@ def main():
         if a.verify:
             dst_cmd += ["--dump-on-resume", dump_dst]
             src_cmd += ["--dump-at-pause", dump_src]
+        if a.disk_size:
+            spec = "%s,size=%s" % (disk_src, a.disk_size)
+            if a.disk_populated:
+                spec += ",populated=%s" % a.disk_populated
+            src_cmd += ["--disk", spec]
+            dst_cmd += ["--disk", "%s,size=%s" % (disk_dst, a.disk_size)]
+            if a.disk_workload:
+                src_cmd += ["--disk-workload", a.disk_workload]
+            res["disk_size"] = a.disk_size
+            res["mode"] = "paused" if a.paused else "live"
+            res["disk_workload"] = a.disk_workload or "idle"
         with open(dst_log, "wb") as lf:
             dst = subprocess.Popen(dst_cmd, stdin=subprocess.DEVNULL, stdout=lf, stderr=lf,
                                    start_new_session=True)
@@ -286,13 +307,19 @@ def main():
                   "verified", "verify_ms", "verify_error", "guest_memory"):
             if k in rep:
                 res[k] = rep[k]
+        if rep.get("disks"):
+            d = rep["disks"][0]
+            for k in ("blocks", "zero_blocks", "unallocated_blocks", "busy_ms"):
+                res["disk_" + k] = d.get(k)
+            res["disk_bytes"] = sum(x.get("bytes", 0) for x in rep["disks"])
+            res["disk_blocks_final"] = (rep.get("rounds") or [{}])[-1].get("disk_blocks")
         if res["status"] == "completed":
             tt = res.get("total_time_ms") or res["wall_ms"]
-            res["throughput_MBps"] = round(a.mem_bytes / 1e6 / (tt / 1000.0), 1)
+            res["throughput_MBps"] = round((a.payload_bytes or a.mem_bytes) / 1e6 / (tt / 1000.0), 1)
             # What the user waited for: the command's wall clock (minus the
             # digests' time, a verification aid).
             wall = res["wall_ms"] - ((res.get("verify_dump_ms") or 0) if a.digests else 0)
-            res["wall_throughput_MBps"] = round(a.mem_bytes / 1e6 / (wall / 1000.0), 1)
+            res["wall_throughput_MBps"] = round((a.payload_bytes or a.mem_bytes) / 1e6 / (wall / 1000.0), 1)
             # Alive: destination running and its heartbeat advancing.
             st1 = status(a, dst_sock)
             c1, gap = hb(st1)
@@ -325,6 +352,19 @@ def main():
                 ok = (os.path.exists(dump_src) and os.path.exists(dump_dst)
                       and filecmp.cmp(dump_src, dump_dst, shallow=False))
                 res["memory_equal"] = bool(ok)
+                if a.disk_size:
+                    ok = (os.path.exists(dump_src + ".disk0") and os.path.exists(dump_dst + ".disk0")
+                          and filecmp.cmp(dump_src + ".disk0", dump_dst + ".disk0", shallow=False))
+                    res["disk_equal"] = bool(ok)
+            if a.disk_size:
+                dl = (st2 or {}).get("last_migration") or {}
+                res["dst_disk_sync_ms"] = dl.get("disk_sync_ms")
+                try:
+                    res["src_allocated"] = os.stat(disk_src).st_blocks * 512
+                    # At resume (the destination writes on after it).
+                    res["dst_allocated"] = os.stat(dump_dst + ".disk0" if a.verify else disk_dst).st_blocks * 512
+                except OSError:
+                    pass
     except RuntimeError as e:
         res.setdefault("error", str(e))
         if res["status"] not in ("timeout", "failed"):
@@ -342,7 +382,8 @@ def main():
                 except ProcessLookupError:
                     pass
                 pr.wait()
-        for f in (src_sock, dst_sock, dump_src, dump_dst, report):
+        for f in (src_sock, dst_sock, dump_src, dump_dst, report, disk_src, disk_dst,
+                  dump_src + ".disk0", dump_dst + ".disk0"):
             try:
                 os.unlink(f)
             except OSError:

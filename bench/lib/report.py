@@ -19,6 +19,7 @@ import subprocess
 import sys
 
 TOOLS_ORDER = ["iperf3", "loopcopy", "loopcopy-thp", "pmigrate", "pmigrate-barrier", "pmigrate-serial", "qemu-multifd", "qemu-precopy",
+               "qemu-mirror-multifd", "qemu-mirror", "qemu-blockmig",
                "pmvm", "qemu-kvm", "pmigrate-scale", "pmigrate-full", "pmigrate-sparse"]
 SCEN_TITLE = {
     1: "Scenario 1: paused VM, incompressible memory, loopback",
@@ -30,8 +31,9 @@ SCEN_TITLE = {
     "linux": "Scenario linux: a Linux guest, pmvm + pmigrate vs QEMU-KVM, inside the nested L1",
     "scale": "Scenario scale: big VMs that touched 1/8 of their memory",
     "tls": "Scenario tls: TLS 1.3 (X.509, PSK) beside plain TCP, paused VM",
+    "storage": "Scenario storage: memory and a disk, pmigrate vs QEMU (drive-mirror over NBD, block migration)",
 }
-SCENARIOS = (1, 2, 3, 4, 5, 6, "tls", "linux", "scale")
+SCENARIOS = (1, 2, 3, 4, 5, 6, "tls", "linux", "scale", "storage")
 
 
 def scen_order(s):
@@ -83,7 +85,8 @@ def best_rows(runs):
             cand = alive or timed
             if cand:
                 best = min(cand, key=lambda r: r.get("total_time_ms") or float("inf"))
-        verified = [r.get("memory_equal") for r in rs if r.get("verify")]
+        verified = [r.get("memory_equal") and r.get("disk_equal", True)
+                    for r in rs if r.get("verify") or r.get("checked")]
         verified += [r.get("verified") for r in ok if r.get("digests")]
         row = {"scenario": k[0], "topology": k[1], "tool": k[2], "channels": k[3], "rate": k[4],
                "policy": k[5], "runs": len(rs), "ok": len(ok), "dead_guests": dead,
@@ -103,7 +106,10 @@ def best_rows(runs):
                       "wall_ms", "wall_throughput_MBps", "src_peak_rss_mib", "dst_peak_rss_mib",
                       "src_guest_resident_mib", "dst_guest_resident_mib", "src_guest_huge_mib",
                       "dst_guest_huge_mib", "unpopulated_pages", "dst_data_pages", "verified", "verify_ms",
-                      "downtime_breakdown", "populated", "mem"):
+                      "downtime_breakdown", "populated", "mem",
+                      "disk_bytes", "disk_blocks", "disk_zero_blocks", "disk_unallocated_blocks",
+                      "src_allocated", "dst_allocated", "mirror_ready_ms", "dst_disk_sync_ms",
+                      "disk_workload", "disk_size", "achieved_dirty_MBps"):
                 if best.get(f) is not None:
                     row[f] = best[f]
             # all timed values, to show the spread
@@ -596,6 +602,56 @@ def plots(out, rows, md):
     return made
 
 
+def storage_tables(rows, md, ratios):
+    """Scenario storage: per topology, paused and live, every tool; then the
+    ratios that matter (4 channels against 1, pmigrate against QEMU)."""
+    rs = [r for r in rows if r["scenario"] == "storage"]
+    for t in sorted({r["topology"] for r in rs}):
+        md.append("### %s" % t)
+        md.append("")
+        md.append("| VM | tool | ch | total time | downtime | guest-seen pause | MB sent | disk MB sent "
+                  "| destination allocated / source | verified | load avg |")
+        md.append("|---|---|---|---|---|---|---|---|---|---|---|")
+        for r in sorted((x for x in rs if x["topology"] == t),
+                        key=lambda x: (x.get("mode") or "", TOOLS_ORDER.index(x["tool"]) if x["tool"] in TOOLS_ORDER
+                                       else 99, x["channels"] or 0)):
+            alloc = "–"
+            if r.get("dst_allocated") is not None and r.get("src_allocated"):
+                alloc = "%.0f / %.0f MiB" % (r["dst_allocated"] / 1048576, r["src_allocated"] / 1048576)
+            disk = r.get("disk_bytes")
+            md.append("| %s | %s | %s | %s | %s ms | %s | %s | %s | %s | %s | %s |" % (
+                r.get("mode") or "?", r["tool"], r["channels"], cell_time(r), fmt(r.get("downtime_ms")),
+                ("%s ms" % fmt(r["guest_gap_ms"])) if r.get("guest_gap_ms") is not None else "–",
+                fmt(r["bytes_sent"] / 1e6, 0) if r.get("bytes_sent") else "–",
+                fmt(disk / 1e6, 0) if disk else "–", alloc,
+                {True: "yes", False: "NO", None: "–"}[r.get("memory_verified")], fmt(r.get("loadavg"), 1)))
+        md.append("")
+        lines = []
+        for mode in ("paused", "live"):
+            p4 = find(rs, topology=t, tool="pmigrate", channels=4, mode=mode)
+            p1 = find(rs, topology=t, tool="pmigrate", channels=1, mode=mode)
+            x = ratio(secs(p1), secs(p4))
+            if x:
+                lines.append("pmigrate 4 channels vs 1 (%s VM): %.2fx shorter" % (mode, x))
+                ratios.append({"scenario": "storage", "topology": t, "mode": mode,
+                               "comparison": "pmigrate 4ch vs 1ch", "speedup": round(x, 2)})
+            for q in ("qemu-mirror-multifd", "qemu-mirror", "qemu-blockmig"):
+                qr = [r for r in rs if r["topology"] == t and r["tool"] == q and r.get("mode") == mode]
+                for qq in qr:
+                    x = ratio(secs(qq), secs(p4))
+                    if x:
+                        lines.append("pmigrate 4 channels vs %s %sch (%s VM): %.2fx shorter" % (
+                            q, qq["channels"], mode, x))
+                        ratios.append({"scenario": "storage", "topology": t, "mode": mode,
+                                       "comparison": "pmigrate 4ch vs %s %sch" % (q, qq["channels"]),
+                                       "speedup": round(x, 2)})
+        if lines:
+            md.append("Ratios (above 1: pmigrate 4 channels is faster):")
+            md.append("")
+            md.extend("- " + ln for ln in lines)
+            md.append("")
+
+
 def main():
     out = sys.argv[1]
     meta, runs = load(out)
@@ -628,6 +684,8 @@ def main():
             scale_tables(rows, md, ratios)
         elif scen == "tls":
             tls_tables(rows, md, ratios)
+        elif scen == "storage":
+            storage_tables(rows, md, ratios)
         else:
             live_tables(rows, scen, md, ratios)
     errs = [r for r in rows if r.get("first_error")]
