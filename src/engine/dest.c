@@ -535,7 +535,8 @@ static int data_of(void *opaque, uint32_t region, uint64_t first, uint64_t n, ui
  * first range that differs. */
 static int verify_memory(struct dst_ctx *c, struct pm_done *d, struct pm_err *err)
 {
-	struct pm_digest_job j = { .be = c->be, .chunk_pages = c->chunk_pages, .data = data_of, .opaque = c };
+	struct pm_digest_job j = { .be = c->be, .chunk_pages = c->chunk_pages, .data = data_of, .opaque = c,
+				   .disks = !c->shared_storage };
 	double t = pm_now_ms();
 	uint8_t *mine;
 	uint64_t bad = 0, first_bad = 0;
@@ -559,6 +560,11 @@ static int verify_memory(struct dst_ctx *c, struct pm_done *d, struct pm_err *er
 		return r;
 	uint32_t region;
 	uint64_t first, n;
+	if (pm_digest_disk_chunk_at(c->be, c->chunk_pages, first_bad, &region, &first, &n))
+		return pm_err_set(err, EBADMSG, "verification failed: disk %u differs from the source's at "
+				  "blocks [%llu, %llu) (%llu of %llu chunks differ); not resuming", region,
+				  (unsigned long long)first, (unsigned long long)(first + n), (unsigned long long)bad,
+				  (unsigned long long)c->verify_chunks);
 	pm_digest_chunk_at(c->be, c->chunk_pages, first_bad, &region, &first, &n);
 	return pm_err_set(err, EBADMSG, "verification failed: memory differs from the source's at region %u "
 			  "pages [%llu, %llu) (%llu of %llu chunks differ); not resuming", region,

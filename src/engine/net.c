@@ -506,7 +506,8 @@ int pm_recv_all(struct pm_conn *c, struct iovec *iov, int iovcnt, struct pm_err 
 
 bool pm_conn_can_sendfile(const struct pm_conn *c)
 {
-	return c->fd >= 0;
+	/* Userspace TLS records need the bytes in userspace; kTLS does not. */
+	return c->fd >= 0 && (!c->tls || pm_tls_kernel(c, true));
 }
 
 int pm_send_file(struct pm_conn *c, const void *head, size_t head_len, int fd, uint64_t off,
@@ -516,6 +517,17 @@ int pm_send_file(struct pm_conn *c, const void *head, size_t head_len, int fd, u
 	const uint8_t *h = head;
 	bool moved = false;
 	off_t o = (off_t)off;
+
+	if (c->tls) {
+		/* kTLS: the header through the session, the payload by sendfile
+		 * on the socket (the kernel makes the records of both). */
+		struct iovec iov = { (void *)head, head_len };
+		int r = head_len ? pm_send_all(c, &iov, 1, err, what) : 0;
+		if (r)
+			return r;
+		head_len = 0;
+		moved = true;
+	}
 
 	while (head_len || len) {
 		ssize_t n;
@@ -529,7 +541,7 @@ int pm_send_file(struct pm_conn *c, const void *head, size_t head_len, int fd, u
 			if (e == EINTR)
 				continue;
 			if (e == EAGAIN || e == EWOULDBLOCK) {
-				r = conn_wait(c, POLLOUT, deadline, err, what);
+				r = pm_conn_wait(c, POLLOUT, deadline, err, what);
 				if (!r)
 					continue;
 			} else {

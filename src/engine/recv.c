@@ -483,10 +483,10 @@ static int handle_frame(struct receiver *x, const struct pm_frame_hdr *h)
 		if (!r && (pm_get32(v) != n || pm_get32(v + 4)))
 			r = pm_err_set(&x->err, EPROTO, "VERIFY names %u chunks in a frame of %llu "
 				       "(or has non-zero reserved bytes)", pm_get32(v), (unsigned long long)n);
-		if (!r && n != pm_digest_nchunks(c->be, c->chunk_pages))
+		if (!r && n != pm_digest_nchunks(c->be, c->chunk_pages, !c->shared_storage))
 			r = pm_err_set(&x->err, EPROTO, "VERIFY has %llu digests, this VM has %llu chunks",
 				       (unsigned long long)n,
-				       (unsigned long long)pm_digest_nchunks(c->be, c->chunk_pages));
+				       (unsigned long long)pm_digest_nchunks(c->be, c->chunk_pages, !c->shared_storage));
 		if (r) {
 			free(v);
 			return r;

@@ -850,7 +850,10 @@ static int make_digests(struct src_ctx *c, uint8_t **out, size_t *len, struct pm
 {
 	struct pm_digest_job j = { .be = c->be, .chunk_pages = c->chunk_pages,
 				   .data = populated_of, .opaque = c->be };
-	uint64_t n = pm_digest_nchunks(c->be, c->chunk_pages);
+	uint64_t n;
+
+	j.disks = !c->p->shared_storage;
+	n = pm_digest_nchunks(c->be, c->chunk_pages, j.disks);
 	double t = pm_now_ms();
 	uint8_t *b;
 	int r;

@@ -145,7 +145,7 @@ static uint64_t allocated(const char *path)
 
 struct dcfg {
 	unsigned channels;
-	bool barrier, serial, busy, shared;
+	bool barrier, serial, busy, shared, verify;
 	enum pm_compress compress;
 };
 
@@ -188,7 +188,7 @@ static void run(const struct dcfg *cfg)
 		.to = dr.to, .nto = dr.nlisten, .channels = cfg->channels, .barrier = cfg->barrier,
 		.serial = cfg->serial, .compress = cfg->compress, .policy = PM_NC_FORCE,
 		.timeout_ms = 15000, .downtime_ms = cfg->busy ? 1 : 0, .max_rounds = cfg->busy ? 5 : 0,
-		.shared_storage = cfg->shared,
+		.shared_storage = cfg->shared, .verify = cfg->verify,
 	};
 	if (cfg->busy) {
 		/* Slower rounds, so the disk writer lands in many of them. */
@@ -214,6 +214,7 @@ static void run(const struct dcfg *cfg)
 				 pm_compress_name(cfg->compress), (unsigned long long)s.dwrites, rep->nrounds,
 				 (unsigned long long)dr.rep->stale_pages);
 	assert_int_equal(rep->ndisks, 2);
+	assert_int_equal(rep->verified, cfg->verify);
 	assert_int_equal(dr.rep->ndisks, 2);
 	if (cfg->shared) {
 		assert_true(rep->shared_storage);
@@ -264,11 +265,11 @@ static void run(const struct dcfg *cfg)
 
 static void test_idle_1ch(void **st) { run(&(struct dcfg){ .channels = 1 }); }
 static void test_idle_4ch(void **st) { run(&(struct dcfg){ .channels = 4 }); }
-static void test_busy_4ch(void **st) { run(&(struct dcfg){ .channels = 4, .busy = true }); }
+static void test_busy_4ch(void **st) { run(&(struct dcfg){ .channels = 4, .busy = true, .verify = true }); }
 static void test_busy_3ch_lz4(void **st) { run(&(struct dcfg){ .channels = 3, .busy = true, .compress = PM_COMPRESS_LZ4 }); }
 static void test_busy_4ch_barrier(void **st) { run(&(struct dcfg){ .channels = 4, .busy = true, .barrier = true }); }
 static void test_busy_serial(void **st) { run(&(struct dcfg){ .channels = 2, .busy = true, .serial = true }); }
-static void test_busy_shared(void **st) { run(&(struct dcfg){ .channels = 2, .busy = true, .shared = true }); }
+static void test_busy_shared(void **st) { run(&(struct dcfg){ .channels = 2, .busy = true, .shared = true, .verify = true }); }
 
 /* A destination that cannot take the disk: refused before anything is
  * written, the source VM runs on, its image untouched. */
@@ -325,6 +326,57 @@ static void test_refusals(void **st)
 	refused(NULL, NULL, 0, true, "is the source's own file");
 }
 
+/* A write the VM's tracking missed (straight into the image, unmarked, at
+ * the pause): without --verify the migration completes with the older
+ * block at the destination; with it the destination compares digests of
+ * every disk chunk and refuses to resume, naming the disk and the blocks. */
+static void write_behind_tracking(void *arg)
+{
+	struct vmd *v = arg;
+	char junk[4096];
+
+	memset(junk, 0x77, sizeof(junk));
+	if (pwrite(pm_disk_fd(v->disk[0]), junk, sizeof(junk), 3 * 65536) != sizeof(junk))
+		abort();
+}
+
+static void missed_write(bool verify)
+{
+	static const uint64_t sizes[1] = { 4u << 20 };
+	static const uint32_t blocks[1] = { 65536 };
+	struct vmd s, d;
+	struct pm_report *rep = calloc(1, sizeof(*rep));
+	struct pm_err err = { 0 };
+	struct dest_run dr;
+
+	vmd_open(&s, "ms", 1, sizes, blocks, 1u << 20, false);
+	vmd_open(&d, "md", 1, sizes, blocks, 0, false);
+	s.vm->on_pause = write_behind_tracking;
+	s.vm->on_pause_arg = &s;
+	dest_start(&dr, d.vm, 1, NULL);
+	struct pm_migrate_params p = { .to = dr.to, .nto = 1, .channels = 2, .timeout_ms = 15000,
+				       .verify = verify };
+	int r = pm_migrate_outgoing(&s.vm->be, &p, rep, &err);
+	dest_join(&dr);
+	if (verify) {
+		assert_true(r < 0);
+		if (!strstr(err.msg, "disk 0 differs from the source's at blocks [0, 32)"))
+			fail_msg("unexpected: %s", err.msg);
+		assert_int_equal(d.vm->resumes, 0);
+		assert_int_equal(s.vm->resumes, 1);     /* the source runs on */
+	} else {
+		assert_int_equal(r, 0);
+		assert_false(files_equal(s.path[0], d.path[0]));
+	}
+	free(rep);
+	free(dr.rep);
+	vmd_close(&d, true);
+	vmd_close(&s, true);
+}
+
+static void test_missed_write_unverified(void **st) { missed_write(false); }
+static void test_missed_write_verified(void **st) { missed_write(true); }
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -336,6 +388,8 @@ int main(void)
 		cmocka_unit_test(test_busy_serial),
 		cmocka_unit_test(test_busy_shared),
 		cmocka_unit_test(test_refusals),
+		cmocka_unit_test(test_missed_write_unverified),
+		cmocka_unit_test(test_missed_write_verified),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

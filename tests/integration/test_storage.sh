@@ -62,8 +62,9 @@ start_vm s1 --mem 128M --workload random,rate=20MB/s --dirty self \
 start_vm d1 --mem 128M --incoming 127.0.0.1:0 --disk "$T/d1.img,size=256M" \
 	--dump-on-resume "$T/d1.resume" || not_ok "start d1"
 check "live: the source's disk is being written" disk_written_advances s1
-migrate mig1 s1 --to "$(incoming_of d1)" --channels 4
+migrate mig1 s1 --to "$(incoming_of d1)" --channels 4 --verify
 check "live: migrate exits 0" rc_is 0 "$MIG_RC" "migrate"
+check "live: memory and disk digests compared (--verify)" test "$(jget mig1 verified)" = true
 check "live: memory at resume equals memory at the pause" same_memory "$T/s1.pause" "$T/d1.resume"
 check "live: destination image at resume equals the source's at the pause (cmp)" \
 	same_file "$T/s1.pause.disk0" "$T/d1.resume.disk0"
@@ -162,7 +163,7 @@ start_vm s7 --mem 32M --disk "$T/s7.img,size=32M,populated=32M" \
 start_vm d7 --mem 32M --incoming 127.0.0.1:0 --disk "$T/d7.img,size=32M" \
 	--dump-on-resume "$T/d7.resume" || not_ok "start d7"
 start_fault f7 "$(incoming_of d7)" "dir=to-dest,frame=BLOCKS,action=delay,delay=15"
-migrate mig7 s7 --to "$FAULT_ADDR,$(incoming_of d7)" --channels 3 --downtime 50
+migrate mig7 s7 --to "$FAULT_ADDR,$(incoming_of d7)" --channels 3 --downtime 5 --max-rounds 8 --policy force
 check "slow channel: migrate exits 0" rc_is 0 "$MIG_RC" "migrate"
 check "slow channel: stale blocks were discarded" \
 	test "$(status_get d7 last_migration.stale_pages)" -gt 0
