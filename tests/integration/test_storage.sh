@@ -8,6 +8,7 @@
 #     left it, and a second migration then succeeds;
 #   - a channel that delays every block frame: older copies arriving after
 #     newer ones are discarded (the per-block round rule);
+#   - over TLS with userspace records (no sendfile there);
 #   - --shared-storage: no block is sent, the destination runs on the same
 #     image, flushed at the pause;
 #   - refusals: no disk, a smaller disk, another block size, the source's own
@@ -170,6 +171,26 @@ check "slow channel: stale blocks were discarded" \
 check "slow channel: disk verified (cmp)" same_file "$T/s7.pause.disk0" "$T/d7.resume.disk0"
 check "vm s7 quits" quit_vm s7
 check "vm d7 quits" quit_vm d7
+
+# --- 8. over TLS (pre-shared keys): the records are made in userspace, so the
+# blocks go through a read and the TLS layer instead of sendfile
+if "$HERE/../tls/mkcreds.sh" psk "$T/keys.psk" 2>"$T/mkcreds.err"; then
+	start_vm s8 --mem 32M --workload random,rate=10MB/s --disk "$T/s8.img,size=32M,populated=8M" \
+		--disk-workload randwrite,rate=10MB/s --dump-at-pause "$T/s8.pause" || not_ok "start s8"
+	start_vm d8 --mem 32M --incoming 127.0.0.1:0 --tls-psk "$T/keys.psk" --disk "$T/d8.img,size=32M" \
+		--dump-on-resume "$T/d8.resume" || not_ok "start d8"
+	migrate mig8 s8 --to "$(incoming_of d8)" --channels 2 --tls-psk "$T/keys.psk"
+	check "TLS: migrate exits 0" rc_is 0 "$MIG_RC" "migrate"
+	check "TLS: PSK with userspace records" \
+		test "$(jget mig8 tls)/$(jget mig8 tls_records)" = psk/userspace
+	check "TLS: disk verified (cmp)" same_file "$T/s8.pause.disk0" "$T/d8.resume.disk0"
+	check "TLS: memory verified" same_memory "$T/s8.pause" "$T/d8.resume"
+	check "vm s8 quits" quit_vm s8
+	check "vm d8 quits" quit_vm d8
+else
+	not_ok "TLS: make pre-shared keys"
+	diag <"$T/mkcreds.err"
+fi
 
 # --- 6. refusals: each before any block, the source runs on
 start_vm s6 --mem 32M --workload random,rate=10MB/s --disk "$T/s6.img,size=64M,populated=4M" ||
