@@ -146,6 +146,26 @@ static int read_blocks(const struct src_disk *d, uint8_t *buf, uint64_t off, siz
 	return 0;
 }
 
+/* Before frames of the chunk go out, the chunk is in the channel's log
+ * (failover: sent again if the channel is lost before the destination
+ * acknowledged them); w->sent counts them already. */
+static int sending(struct worker *w)
+{
+	int r = chan_log(w, w->cur_chunk);
+
+	if (r)
+		w->io_failed = true;
+	return r;
+}
+
+static void sent(struct worker *w, int r)
+{
+	if (r)
+		w->io_failed = true;
+	else
+		w->last_send = pm_now_ms();
+}
+
 /* Header-only frames of a chunk wait here and leave with the next payload. */
 struct pending {
 	uint8_t *buf;
@@ -168,6 +188,10 @@ static int emit(struct worker *w, struct src_disk *d, struct pending *pd, uint32
 	struct pm_pages pg = { .region = disk, .npages = n, .first = first, .round = round };
 	int r = 0;
 
+	/* Counted before it goes: the channel's log records up to which frame
+	 * a chunk was sent. */
+	w->sent.frames++;
+	w->sent.pages += n;
 	if (kind == BLK_UNALLOCATED) {
 		pg.encoding = PM_ENC_UNALLOCATED;
 		put_header(pd, &pg);
@@ -191,14 +215,22 @@ static int emit(struct worker *w, struct src_disk *d, struct pending *pd, uint32
 			}
 		}
 		put_header(pd, &pg);
+		w->sent.payload_bytes += pg.payload_len;
 		struct iovec iov[2] = { { pd->buf, pd->len }, { payload, pg.payload_len } };
-		r = pm_send_all(&w->conn, iov, 2, &w->err, w->what);
+		r = sending(w);
+		if (!r)
+			r = pm_send_all(&w->conn, iov, 2, &w->err, w->what);
+		sent(w, r);
 		pd->len = 0;
 	} else {
 		pg.encoding = PM_ENC_RAW;
 		pg.payload_len = raw;
 		put_header(pd, &pg);
-		r = pm_send_file(&w->conn, pd->buf, pd->len, d->bd->fd, first * bs, raw, &w->err, w->what);
+		w->sent.payload_bytes += pg.payload_len;
+		r = sending(w);
+		if (!r)
+			r = pm_send_file(&w->conn, pd->buf, pd->len, d->bd->fd, first * bs, raw, &w->err, w->what);
+		sent(w, r);
 		pd->len = 0;
 	}
 	if (r)
@@ -212,9 +244,6 @@ static int emit(struct worker *w, struct src_disk *d, struct pending *pd, uint32
 	atomic_fetch_add(kind == BLK_DATA ? &d->blocks : kind == BLK_ZERO ? &d->zero : &d->unalloc, n);
 	atomic_fetch_add(&d->bytes, bytes);
 	atomic_fetch_add(&w->wire_bytes, bytes);
-	w->sent.frames++;
-	w->sent.pages += n;
-	w->sent.payload_bytes += pg.payload_len;
 	return 0;
 }
 
@@ -236,11 +265,17 @@ int src_send_disk_chunk(struct worker *w, struct pm_task t)
 	}
 	r = d->bd->ops->dirty_harvest(d->bd->dev, ch->first, ch->npages, bm, &w->err);
 	c->chunk_round[t.chunk] = t.round;
+	/* Its last copy went on a lost channel: all of it again, in this
+	 * (higher) round -- as for a memory chunk. */
+	bool resend = c->resend && atomic_exchange(&c->resend[t.chunk], 0);
 	pthread_mutex_unlock(&c->chunk_lock[t.chunk]);
+	if (resend)
+		atomic_fetch_sub(&c->resend_pending, 1);
 	if (r)
 		return r;
-	if (t.round == 1)
+	if (t.round == 1 || resend)
 		memset(bm, 0xff, sizeof(bm));
+	w->cur_chunk = t.chunk;
 	for (uint32_t k = 0; k < (ch->npages + 63) / 64; k++)
 		any |= bm[k] != 0;
 	if (!any)
@@ -265,7 +300,11 @@ int src_send_disk_chunk(struct worker *w, struct pm_task t)
 			return r;
 		i = j;
 	}
-	if (pd.len)
-		r = pm_send_buf(&w->conn, pd.buf, pd.len, &w->err, w->what);
+	if (pd.len) {
+		r = sending(w);
+		if (!r)
+			r = pm_send_buf(&w->conn, pd.buf, pd.len, &w->err, w->what);
+		sent(w, r);
+	}
 	return r;
 }

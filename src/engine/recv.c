@@ -412,6 +412,8 @@ static int handle_frame(struct receiver *x, const struct pm_frame_hdr *h)
 		if (pg.round > PM_MAX_ROUNDS)
 			return pm_err_set(&x->err, EPROTO, "BLOCKS frame has round %u (at most %u)",
 					  pg.round, PM_MAX_ROUNDS);
+		if (reopen(x))
+			return pm_err_set(&x->err, ECANCELED, "stopped");
 		r = rx_apply_blocks(x, &pg);
 		if (r)
 			return r;
@@ -420,7 +422,7 @@ static int handle_frame(struct receiver *x, const struct pm_frame_hdr *h)
 		x->got.payload_bytes += pg.payload_len;
 		if (pg.round > x->max_round)
 			x->max_round = pg.round;
-		return 0;
+		return maybe_ack(x);
 	}
 	case PM_FR_ROUND_END:
 		if (!(c->features & (PM_FEAT_BARRIER | PM_FEAT_DRAIN)))

@@ -9,6 +9,7 @@
 #   - a channel that delays every block frame: older copies arriving after
 #     newer ones are discarded (the per-block round rule);
 #   - over TLS with userspace records (no sendfile there);
+#   - failover: a channel cut mid-disk, its unacknowledged disk chunks resent;
 #   - --shared-storage: no block is sent, the destination runs on the same
 #     image, flushed at the pause;
 #   - refusals: no disk, a smaller disk, another block size, the source's own
@@ -191,6 +192,22 @@ else
 	not_ok "TLS: make pre-shared keys"
 	diag <"$T/mkcreds.err"
 fi
+
+# --- 9. failover mid-disk: one of two channels is cut at its 30th BLOCKS
+# frame; the disk chunks it had not had acknowledged go again on the other
+start_vm s9 --mem 32M --workload random,rate=10MB/s --disk "$T/s9.img,size=64M,populated=32M" \
+	--disk-workload randwrite,rate=10MB/s --dump-at-pause "$T/s9.pause" || not_ok "start s9"
+start_vm d9 --mem 32M --incoming 127.0.0.1:0 --disk "$T/d9.img,size=64M" --dump-on-resume "$T/d9.resume" ||
+	not_ok "start d9"
+start_fault f9 "$(incoming_of d9)" "dir=to-dest,frame=BLOCKS,nth=30,action=cut"
+migrate mig9 s9 --to "$(incoming_of d9),$FAULT_ADDR" --channels 2 --timeout 5000 --no-reconnect
+check "failover mid-disk: migrate exits 0" rc_is 0 "$MIG_RC" "migrate"
+check "failover mid-disk: a channel was cut in the disk's frames" grep_file "$T/f9.log" "cut.*BLOCKS|BLOCKS.*cut"
+check "failover mid-disk: the report names the lost channel" test -n "$(jget mig9 lost_channels.0.reason)"
+check "failover mid-disk: disk verified (cmp)" same_file "$T/s9.pause.disk0" "$T/d9.resume.disk0"
+check "failover mid-disk: memory verified" same_memory "$T/s9.pause" "$T/d9.resume"
+check "vm s9 quits" quit_vm s9
+check "vm d9 quits" quit_vm d9
 
 # --- 6. refusals: each before any block, the source runs on
 start_vm s6 --mem 32M --workload random,rate=10MB/s --disk "$T/s6.img,size=64M,populated=4M" ||
