@@ -515,7 +515,7 @@ int pm_send_file(struct pm_conn *c, const void *head, size_t head_len, int fd, u
 {
 	double deadline = op_deadline(c);
 	const uint8_t *h = head;
-	bool moved = false;
+	bool moved = false, grace = false;
 	off_t o = (off_t)off;
 
 	if (c->tls) {
@@ -541,7 +541,8 @@ int pm_send_file(struct pm_conn *c, const void *head, size_t head_len, int fd, u
 			if (e == EINTR)
 				continue;
 			if (e == EAGAIN || e == EWOULDBLOCK) {
-				r = pm_conn_wait(c, POLLOUT, deadline, err, what);
+				/* A frame begun gets the same grace as in io_all. */
+				r = wait_send(c, POLLOUT, &deadline, &grace, moved, err, what);
 				if (!r)
 					continue;
 			} else {
