@@ -9,7 +9,11 @@
  * interleaving the receivers see); the device state that arrives goes to
  * load_state, which runs pmvm's real state decoder on it.
  *
- * Input: byte 0 = channel count - 1 (low 2 bits); then chunks, each
+ * With FUZZ_IN_DISK in byte 0 the guest has a disk too (fuzz_targets.h):
+ * its blocks are written with pwrite into a memfd whose size is checked
+ * afterwards -- a write past the image's end aborts.
+ *
+ * Input: byte 0 = channel count - 1 (low 2 bits), flags; then chunks, each
  * [channel: 1 byte, low 2 bits][length: 2 bytes LE][bytes], the last one
  * possibly short.  Every channel is closed after the input: a run that is
  * not complete ends at once, never at a timeout.
@@ -24,7 +28,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <pthread.h>
 #include <pmigrate/migrate.h>
@@ -150,6 +156,8 @@ static int fuzz_incoming_one(const uint8_t *data, size_t size)
 {
 	static uint8_t *mem[FZ_REGIONS];
 	struct fz_vm vm = { 0 };
+	struct pm_blockdev disk = { .id = 0, .name = "fuzz-disk", .size = FUZZ_IN_DISK_BYTES,
+				    .block_size = FUZZ_IN_DISK_BLOCK, .fd = -1 };
 	struct pm_incoming *in = NULL;
 	struct watch w = { 0 };
 	struct pm_incoming_params ip = { .nlisten = 0, .timeout_ms = 300, .log = on_log, .log_opaque = &w };
@@ -170,6 +178,13 @@ static int fuzz_incoming_one(const uint8_t *data, size_t size)
 	}
 	vm.be = (struct pm_backend){ .kind = "fuzz", .ops = &fz_ops, .vm = &vm, .nregions = FZ_REGIONS,
 				     .regions = vm.regions };
+	if (data[0] & FUZZ_IN_DISK) {
+		disk.fd = memfd_create("fuzz-disk", MFD_CLOEXEC);
+		if (disk.fd < 0 || ftruncate(disk.fd, FUZZ_IN_DISK_BYTES))
+			abort();
+		vm.be.ndisks = 1;
+		vm.be.disks = &disk;
+	}
 	f.nch = (data[0] & 3) + 1;
 	if (pm_incoming_listen(&in, &ip, &err))
 		abort();
@@ -196,6 +211,16 @@ static int fuzz_incoming_one(const uint8_t *data, size_t size)
 	fuzz_incoming_last = (struct fuzz_incoming_result){ .rc = r, .loads = vm.loads, .resumes = vm.resumes,
 		.pages = rep->pages_sent + rep->zero_pages, .rejected = rep->rejected_connections };
 	snprintf(fuzz_incoming_last.msg, sizeof(fuzz_incoming_last.msg), "%s", err.msg);
+	if (disk.fd >= 0) {
+		struct stat st;
+		/* A block written past the image's end would grow it. */
+		if (fstat(disk.fd, &st) || st.st_size != FUZZ_IN_DISK_BYTES)
+			abort();
+		if (pread(disk.fd, fuzz_incoming_last.disk, FUZZ_IN_DISK_BYTES, 0) != FUZZ_IN_DISK_BYTES)
+			abort();
+		fuzz_incoming_last.disk_allocated = (uint64_t)st.st_blocks * 512;
+		close(disk.fd);
+	}
 	free(rep);
 	return 0;
 }

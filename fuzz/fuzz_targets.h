@@ -9,15 +9,24 @@
 #include <stdint.h>
 
 /* fuzz_incoming.c: the guest is 2 regions of 64 and 16 pages (the second
- * at 4 GiB); input: [nch - 1][channel][len16][bytes]... */
+ * at 4 GiB); input: [flags: nch - 1 in the low 2 bits][channel][len16][bytes]...
+ * With FUZZ_IN_DISK in the flags byte the guest also has a disk: an image
+ * (a memfd) of FUZZ_IN_DISK_BYTES in blocks of FUZZ_IN_DISK_BLOCK, the last
+ * one partial, whose size must not change. */
 #define FUZZ_IN_REGION0_PAGES 64
 #define FUZZ_IN_REGION1_PAGES 16
 #define FUZZ_IN_REGION1_GPA 0x100000000ull
+#define FUZZ_IN_DISK 4u
+#define FUZZ_IN_DISK_BLOCK 16384u
+#define FUZZ_IN_DISK_BYTES (2 * FUZZ_IN_DISK_BLOCK + 8704u)
 struct fuzz_incoming_result {
 	int rc;                 /* pm_incoming_run() */
 	char msg[512];
 	unsigned loads, resumes, rejected;
 	uint64_t pages;
+	/* With a disk: its image after the run, and the bytes allocated to it. */
+	uint8_t disk[FUZZ_IN_DISK_BYTES];
+	uint64_t disk_allocated;
 };
 extern struct fuzz_incoming_result fuzz_incoming_last;
 

@@ -63,15 +63,51 @@ static void hello(struct buf *in, unsigned ch, unsigned nch, uint32_t features)
 	frame(in, ch, PM_FR_HELLO, b, sizeof(b));
 }
 
-static void layout(struct buf *in)
+static void layout_of(struct buf *in, unsigned ndisks)
 {
-	struct pm_layout l = { .nregions = 2 };
-	uint8_t b[PM_LAYOUT_FIXED_LEN + 2 * PM_LAYOUT_REGION_LEN];
+	struct pm_layout l = { .nregions = 2, .ndisks = ndisks };
+	uint8_t *b;
 
 	l.region[0].id = 0, l.region[0].gpa = 0, l.region[0].npages = FUZZ_IN_REGION0_PAGES;
 	l.region[1].id = 1, l.region[1].gpa = FUZZ_IN_REGION1_GPA, l.region[1].npages = FUZZ_IN_REGION1_PAGES;
+	if (ndisks) {
+		l.disk[0].id = 0, l.disk[0].block_size = FUZZ_IN_DISK_BLOCK, l.disk[0].size = FUZZ_IN_DISK_BYTES;
+		memset(l.disk[0].identity, 0xd1, sizeof(l.disk[0].identity));
+	}
+	b = calloc(1, pm_layout_len(&l));
 	pm_encode_layout(b, &l);
 	frame(in, 0, PM_FR_LAYOUT, b, pm_layout_len(&l));
+	free(b);
+}
+
+static void layout(struct buf *in)
+{
+	layout_of(in, 0);
+}
+
+/* The bytes of block k of the disk as round r sends them. */
+static uint8_t block_byte(uint64_t k, uint32_t r, uint64_t i)
+{
+	return (uint8_t)(k * 31 + r * 17 + i % 251 + 1);
+}
+
+/* A run of blocks of the disk; raw runs carry bytes that name block and round. */
+static void blocks(struct buf *in, unsigned ch, struct pm_end *cnt, uint64_t first, uint32_t n,
+		   uint32_t round, uint16_t enc)
+{
+	uint64_t bytes = pm_disk_run_bytes(FUZZ_IN_DISK_BYTES, FUZZ_IN_DISK_BLOCK, first, n);
+	struct pm_pages pg = { .region = 0, .npages = n, .first = first, .round = round, .encoding = enc,
+			       .payload_len = enc == PM_ENC_RAW ? (uint32_t)bytes : 0 };
+	uint8_t *b = calloc(1, PM_BLOCKS_FIXED_LEN + pg.payload_len);
+
+	pm_encode_pages(b, &pg);
+	for (uint32_t i = 0; i < pg.payload_len; i++)
+		b[PM_BLOCKS_FIXED_LEN + i] = block_byte(first + i / FUZZ_IN_DISK_BLOCK, round, i % FUZZ_IN_DISK_BLOCK);
+	frame(in, ch, PM_FR_BLOCKS, b, PM_BLOCKS_FIXED_LEN + pg.payload_len);
+	free(b);
+	cnt->frames++;
+	cnt->pages += n;
+	cnt->payload_bytes += pg.payload_len;
 }
 
 /* A run of pages; raw runs carry bytes that name the page. */
@@ -156,7 +192,29 @@ size_t fuzz_make_seeds(struct seed *s, size_t max)
 	end(&b, 1, &c1, 2);
 	end(&b, 0, &c0, 2);
 	s[1] = (struct seed){ "two-channels-barrier", b.p, b.len };
-	return max < 2 ? max : 2;
+
+	/* A disk beside memory, two channels, no barrier: block 0 raw; block 1
+	 * raw in round 1 then zero in round 2 (a hole); the partial block 2 in
+	 * round 2 on channel 1, then its round 1 late on channel 0 (dropped by
+	 * the round rule). */
+	struct buf d = { 0 };
+	memset(&c0, 0, sizeof(c0));
+	memset(&c1, 0, sizeof(c1));
+	put(&d, (uint8_t[]){ 1 | FUZZ_IN_DISK }, 1);
+	hello(&d, 0, 2, PM_FEAT_DISKS);
+	hello(&d, 1, 2, PM_FEAT_DISKS);
+	layout_of(&d, 1);
+	pages(&d, 0, &c0, 0, 0, 64, 1, PM_ENC_ZERO);
+	blocks(&d, 1, &c1, 0, 2, 1, PM_ENC_RAW);
+	pages(&d, 1, &c1, 1, 0, 16, 1, PM_ENC_RAW);
+	blocks(&d, 1, &c1, 2, 1, 2, PM_ENC_RAW);
+	blocks(&d, 0, &c0, 1, 1, 2, PM_ENC_ZERO);
+	blocks(&d, 0, &c0, 2, 1, 1, PM_ENC_RAW);
+	state(&d, 1);
+	end(&d, 0, &c0, 2);
+	end(&d, 1, &c1, 2);
+	s[2] = (struct seed){ "disk-two-channels", d.p, d.len };
+	return max < 3 ? max : 3;
 }
 
 void fuzz_check_seed(const struct seed *s)
@@ -165,4 +223,19 @@ void fuzz_check_seed(const struct seed *s)
 		fail_msg("seed %s: rc %d (%s), %u loads, %u resumes (a valid migration must complete)", s->name,
 			 fuzz_incoming_last.rc, fuzz_incoming_last.msg, fuzz_incoming_last.loads, fuzz_incoming_last.resumes);
 	assert_true(fuzz_incoming_last.pages >= FUZZ_IN_REGION0_PAGES + FUZZ_IN_REGION1_PAGES);
+	if (strncmp(s->name, "disk", 4))
+		return;
+	/* Block 0 of round 1, block 1 a hole, block 2 of round 2 (not the late round 1). */
+	const uint8_t *img = fuzz_incoming_last.disk;
+	for (uint64_t i = 0; i < FUZZ_IN_DISK_BYTES; i++) {
+		uint64_t k = i / FUZZ_IN_DISK_BLOCK, o = i % FUZZ_IN_DISK_BLOCK;
+		uint8_t want = k == 1 ? 0 : block_byte(k, k == 0 ? 1 : 2, o);
+		if (img[i] != want)
+			fail_msg("seed %s: disk byte %llu (block %llu) is %u, not %u", s->name,
+				 (unsigned long long)i, (unsigned long long)k, img[i], want);
+	}
+	/* The hole stayed a hole: at most blocks 0 and 2 allocated. */
+	if (fuzz_incoming_last.disk_allocated > FUZZ_IN_DISK_BLOCK + 12288)
+		fail_msg("seed %s: %llu bytes allocated for %u of data", s->name,
+			 (unsigned long long)fuzz_incoming_last.disk_allocated, FUZZ_IN_DISK_BLOCK + 8704);
 }
