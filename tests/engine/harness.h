@@ -5,6 +5,8 @@
 #define TESTS_ENGINE_HARNESS_H
 
 #include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <pmigrate/migrate.h>
 #include "fakevm.h"
@@ -104,6 +106,53 @@ static inline bool ktls_usable(void)
 	close(c);
 	close(l);
 	return ok;
+}
+
+/* TLS credentials made once per test program (tests/tls/mkcreds.sh, named
+ * by PM_MKCREDS) on first use; tls_creds_remove() at the end. */
+static char tls_creds_dir[64], tls_psk_file[80];
+
+static inline const char *tls_creds(void)
+{
+	char cmd[512];
+
+	if (tls_creds_dir[0])
+		return tls_creds_dir;
+	snprintf(tls_creds_dir, sizeof(tls_creds_dir), "/tmp/pm-test-tls.XXXXXX");
+	if (!getenv("PM_MKCREDS") || !mkdtemp(tls_creds_dir))
+		fail_msg("PM_MKCREDS (tests/tls/mkcreds.sh) is not set");
+	snprintf(tls_psk_file, sizeof(tls_psk_file), "%s/keys.psk", tls_creds_dir);
+	snprintf(cmd, sizeof(cmd), "'%s' x509 '%s/x509' && '%s' psk '%s'", getenv("PM_MKCREDS"),
+		 tls_creds_dir, getenv("PM_MKCREDS"), tls_psk_file);
+	if (system(cmd))
+		fail_msg("cannot make TLS credentials: %s", cmd);
+	return tls_creds_dir;
+}
+
+static inline struct pm_tls_params tls_params(enum pm_tls_mode m)
+{
+	static char x509[96];
+	struct pm_tls_params t = { 0 };
+
+	if (m == PM_TLS_NONE)
+		return t;
+	snprintf(x509, sizeof(x509), "%s/x509", tls_creds());
+	if (m == PM_TLS_X509)
+		t.creds_dir = x509;
+	else
+		t.psk_file = tls_psk_file;
+	return t;
+}
+
+/* Removes the credentials if they were made; nonzero if that failed. */
+static inline int tls_creds_remove(void)
+{
+	char cmd[128];
+
+	if (!tls_creds_dir[0])
+		return 0;
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tls_creds_dir);
+	return system(cmd);
 }
 
 #endif

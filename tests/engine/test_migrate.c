@@ -30,41 +30,6 @@ static const uint64_t gpas[2] = { 0, 0x100000000ull };
 /* 612 + 300 pages (3.6 MiB): region ends fall inside chunks. */
 static const uint64_t src_pages[2] = { 612, 300 };
 
-/* TLS credentials made for this run (tests/tls/mkcreds.sh, PM_MKCREDS). */
-static char creds_dir[64], psk_file[80];
-
-static const char *tls_creds(void)
-{
-	char cmd[512];
-
-	if (creds_dir[0])
-		return creds_dir;
-	snprintf(creds_dir, sizeof(creds_dir), "/tmp/pm-test-tls.XXXXXX");
-	if (!getenv("PM_MKCREDS") || !mkdtemp(creds_dir))
-		fail_msg("PM_MKCREDS (tests/tls/mkcreds.sh) is not set");
-	snprintf(psk_file, sizeof(psk_file), "%s/keys.psk", creds_dir);
-	snprintf(cmd, sizeof(cmd), "'%s' x509 '%s/x509' && '%s' psk '%s'", getenv("PM_MKCREDS"), creds_dir,
-		 getenv("PM_MKCREDS"), psk_file);
-	if (system(cmd))
-		fail_msg("cannot make TLS credentials: %s", cmd);
-	return creds_dir;
-}
-
-static struct pm_tls_params tls_params(enum pm_tls_mode m)
-{
-	static char x509[96];
-	struct pm_tls_params t = { 0 };
-
-	if (m == PM_TLS_NONE)
-		return t;
-	snprintf(x509, sizeof(x509), "%s/x509", tls_creds());
-	if (m == PM_TLS_X509)
-		t.creds_dir = x509;
-	else
-		t.psk_file = psk_file;
-	return t;
-}
-
 static void dest_start_tls(struct dest_run *d, struct fakevm *vm, unsigned nlisten, const char *dump,
 			   enum pm_tls_mode tls)
 {
@@ -723,11 +688,5 @@ int main(void)
 		cmocka_unit_test(test_listener_reuse),
 	};
 	int r = cmocka_run_group_tests(tests, NULL, NULL);
-	if (creds_dir[0]) {
-		char cmd[128];
-		snprintf(cmd, sizeof(cmd), "rm -rf '%s'", creds_dir);
-		if (system(cmd))
-			r = 1;
-	}
-	return r;
+	return tls_creds_remove() ? 1 : r;
 }
