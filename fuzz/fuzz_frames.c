@@ -138,6 +138,7 @@ static int fz_apply(const struct pm_pages *pg, const uint8_t *payload)
 			memcpy(dst, payload + (size_t)k * PM_PAGE_SIZE, PM_PAGE_SIZE);
 			break;
 		case PM_ENC_ZERO:
+		case PM_ENC_UNPOPULATED:        /* never written: reads as zeros (recv.c) */
 			memset(dst, 0, PM_PAGE_SIZE);
 			break;
 		default:

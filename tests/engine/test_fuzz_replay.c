@@ -71,28 +71,35 @@ static void pattern(uint8_t *p, size_t len, unsigned seed)
 		p[i] = (uint8_t)((i / 16 + seed) % 13);
 }
 
+/* HELLO and LAYOUT: what every accepted stream begins with. */
+static void stream_head(struct buf *b)
+{
+	struct pm_hello h = { .magic = PM_PROTO_MAGIC, .version = PM_PROTO_VERSION, .channel = 0,
+			      .nchannels = 1, .features = PM_FEAT_LZ4 | PM_FEAT_ZSTD | PM_FEAT_BARRIER | PM_FEAT_DISKS,
+			      .chunk_pages = 64, .page_size = PM_PAGE_SIZE };
+	uint8_t hb[PM_HELLO_LEN], lb[PM_LAYOUT_FIXED_LEN + 2 * PM_LAYOUT_REGION_LEN + PM_LAYOUT_DISK_LEN];
+	struct pm_layout l = { .nregions = 2, .ndisks = 1 };
+
+	memset(h.session, 0x42, sizeof(h.session));
+	pm_encode_hello(hb, &h);
+	frame(b, PM_FR_HELLO, hb, sizeof(hb));
+	l.region[0] = (typeof(l.region[0])){ .id = 0, .gpa = 0, .npages = FUZZ_REGION0_PAGES };
+	l.region[1] = (typeof(l.region[1])){ .id = 1, .gpa = FUZZ_REGION1_GPA, .npages = FUZZ_REGION1_PAGES };
+	l.disk[0] = (typeof(l.disk[0])){ .id = 0, .block_size = FUZZ_DISK_BLOCK, .size = FUZZ_DISK_BYTES };
+	pm_encode_layout(lb, &l);
+	frame(b, PM_FR_LAYOUT, lb, sizeof(lb));
+}
+
 /* HELLO, LAYOUT, raw/zero/lz4/zstd runs, a stale run, blocks (raw with a
  * short last block, unallocated, a stale copy), ROUND_END, STATE, END,
  * ERROR, DONE: 15 frames. */
 static struct buf valid_stream(void)
 {
 	struct buf b = { 0 };
-	struct pm_hello h = { .magic = PM_PROTO_MAGIC, .version = PM_PROTO_VERSION, .channel = 0,
-			      .nchannels = 1, .features = PM_FEAT_LZ4 | PM_FEAT_ZSTD | PM_FEAT_BARRIER | PM_FEAT_DISKS,
-			      .chunk_pages = 64, .page_size = PM_PAGE_SIZE };
-	uint8_t hb[PM_HELLO_LEN], lb[PM_LAYOUT_FIXED_LEN + 2 * PM_LAYOUT_REGION_LEN + PM_LAYOUT_DISK_LEN];
-	struct pm_layout l = { .nregions = 2, .ndisks = 1 };
 	static uint8_t raw[4 * PM_PAGE_SIZE], comp[8 * PM_PAGE_SIZE];
 	struct pm_codec *lz, *zs;
 
-	memset(h.session, 0x42, sizeof(h.session));
-	pm_encode_hello(hb, &h);
-	frame(&b, PM_FR_HELLO, hb, sizeof(hb));
-	l.region[0] = (typeof(l.region[0])){ .id = 0, .gpa = 0, .npages = FUZZ_REGION0_PAGES };
-	l.region[1] = (typeof(l.region[1])){ .id = 1, .gpa = FUZZ_REGION1_GPA, .npages = FUZZ_REGION1_PAGES };
-	l.disk[0] = (typeof(l.disk[0])){ .id = 0, .block_size = FUZZ_DISK_BLOCK, .size = FUZZ_DISK_BYTES };
-	pm_encode_layout(lb, &l);
-	frame(&b, PM_FR_LAYOUT, lb, sizeof(lb));
+	stream_head(&b);
 
 	pattern(raw, 2 * PM_PAGE_SIZE, 1);
 	for (size_t i = 0; i < 2 * PM_PAGE_SIZE; i += 7)
@@ -192,6 +199,29 @@ static void test_valid_stream(void **state)
 	pattern(expect, 4 * PM_PAGE_SIZE, 3);
 	assert_memory_equal(r1 + 12 * PM_PAGE_SIZE, expect, 4 * PM_PAGE_SIZE);
 	assert_null(fuzz_frames_memory(2));
+	free(b.p);
+}
+
+/* An UNPOPULATED run (memory the source never wrote) reads as zeros over
+ * what an older round left; it has no payload to decompress (found by
+ * fuzz_frames: the harness took it for a compressed run). */
+static void test_unpopulated_run(void **state)
+{
+	struct buf b = { 0 };
+	uint8_t raw[2 * PM_PAGE_SIZE];
+
+	stream_head(&b);
+	memset(raw, 0xab, sizeof(raw));
+	pages(&b, (struct pm_pages){ .region = 0, .first = 30, .npages = 2, .round = 1,
+				     .encoding = PM_ENC_RAW, .payload_len = sizeof(raw) }, raw);
+	pages(&b, (struct pm_pages){ .region = 0, .first = 30, .npages = 2, .round = 2,
+				     .encoding = PM_ENC_UNPOPULATED }, NULL);
+	LLVMFuzzerTestOneInput(b.p, b.len);
+	assert_int_equal(fuzz_frames_last.frames, 4);
+	assert_true(fuzz_frames_last.pages_applied == 4);
+	uint8_t *r0 = fuzz_frames_memory(0);
+	for (size_t i = 30 * PM_PAGE_SIZE; i < 32 * PM_PAGE_SIZE; i++)
+		assert_int_equal(r0[i], 0);
 	free(b.p);
 }
 
@@ -323,6 +353,7 @@ int main(int argc, char **argv)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_valid_stream),
+		cmocka_unit_test(test_unpopulated_run),
 		cmocka_unit_test(test_hello_first),
 		cmocka_unit_test(test_truncations),
 		cmocka_unit_test(test_byte_flips),
