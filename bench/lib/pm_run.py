@@ -19,6 +19,10 @@ scenarios), runs `pmigrate migrate ... --json`, and then checks the result:
   * with --digests, `pmigrate migrate --verify` compares memory digests
     instead (no files: fit for 16 GiB; the engine leaves their time out of
     total and downtime, so such runs still time the migration);
+  * --prealloc makes the destination allocate all of its memory before the
+    migration starts, as QEMU's prealloc=on (untimed, like loopcopy's
+    prefault): on a paravirtualized host a first touch of memory can cost
+    more than the copy itself;
   * --populated SIZE / --mem-backend KIND / --fill F shape the guest's
     memory (a big VM that touched little), and the peak resident memory of
     both VM processes (VmHWM) and their guest memory's resident and huge-page
@@ -139,6 +143,8 @@ def main():
     p.add_argument("--verify", action="store_true")
     p.add_argument("--digests", action="store_true", help="migrate --verify: compare memory digests")
     p.add_argument("--populated", default="", help="source: how much memory was ever written")
+    p.add_argument("--prealloc", action="store_true",
+                   help="destination allocates all its memory before the migration (QEMU's prealloc=on)")
     p.add_argument("--mem-backend", default="", help="anon, memfd or hugetlb, both VMs")
     p.add_argument("--fill", default="", help="source without an image: mixed, random, zero")
     p.add_argument("--tool", default="", help="the name in the results (default pmigrate...)")
@@ -188,6 +194,9 @@ def main():
             src_cmd += ["--mem-backend", a.mem_backend]
             dst_cmd += ["--mem-backend", a.mem_backend]
         res["mem"] = a.mem
+        if a.prealloc:
+            dst_cmd += ["--prealloc"]
+        res["dst_prealloc"] = a.prealloc
         if a.dirty:
             src_cmd += ["--dirty", a.dirty]
             dst_cmd += ["--dirty", a.dirty]

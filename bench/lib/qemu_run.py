@@ -134,7 +134,10 @@ def qemu_cmd(a, role, qmp_path, serial_path):
     if role == "src" and a.image:
         cmd += ["-object", "memory-backend-file,id=m0,size=%s,mem-path=%s,share=off" % (size, a.image)]
     else:
-        cmd += ["-object", "memory-backend-ram,id=m0,size=%s" % size]
+        # prealloc=on on the destination: all memory allocated before the
+        # migration, as pmigrate's --prealloc and loopcopy's prefault.
+        pre = ",prealloc=on" if role == "dst" and a.prealloc else ""
+        cmd += ["-object", "memory-backend-ram,id=m0,size=%s%s" % (size, pre)]
     if a.mode == "paused":
         cmd += ["-S"]
     else:
@@ -152,6 +155,7 @@ def main():
     p.add_argument("--qemu", default="qemu-system-x86_64")
     p.add_argument("--mem-mib", type=int, required=True)
     p.add_argument("--image")
+    p.add_argument("--prealloc", action="store_true", help="destination memory prealloc=on")
     p.add_argument("--kernel")
     p.add_argument("--initrd")
     p.add_argument("--rate", type=float, default=100.0)
@@ -179,7 +183,7 @@ def main():
              for r in ("src", "dst")}
     res = {"tool": "qemu-multifd" if a.channels > 0 else "qemu-precopy",
            "channels": max(a.channels, 1), "mode": a.mode, "status": "error",
-           "links_used": 1}
+           "links_used": 1, "dst_prealloc": bool(a.prealloc)}
     procs = []
     watches = []
     qmps = []

@@ -58,6 +58,12 @@ int pm_guestmem_discard(const struct pm_guestmem *m, uint64_t first, uint64_t n,
 int pm_guestmem_populate(const struct pm_guestmem *m, uint64_t first, uint64_t n,
 			 struct pm_err *err);
 
+/* Allocates all of the memory now, with up to nthreads threads (0: one per
+ * online CPU), as QEMU's prealloc=on does: for a destination that must not
+ * pay for first touches while pages arrive (on a paravirtualized host a
+ * first touch can cost far more than the copy).  The guest then counts as
+ * fully populated.  Fails with a clear message if the host cannot back it. */
+int pm_guestmem_prealloc(const struct pm_guestmem *m, unsigned nthreads, struct pm_err *err);
 struct pm_guestmem_usage {
 	uint64_t resident_bytes;    /* memory the guest really uses */
 	uint64_t huge_bytes;        /* of which backed by huge pages */

@@ -76,6 +76,8 @@ static void vm_status(void *opaque, json_object *o)
 	struct pm_err e = { 0 };
 	json_object *m = json_object_new_object();
 	json_object_object_add(m, "backend", json_object_new_string(pm_mem_kind_name(gm->kind)));
+	if (synvm_prealloc_ms(p->vm) > 0)
+		json_object_object_add(m, "prealloc_ms", json_object_new_double(synvm_prealloc_ms(p->vm)));
 	json_object_object_add(m, "span_bytes", json_object_new_int64((int64_t)synvm_span_pages(p->vm) * PM_PAGE_SIZE));
 	if (!pm_guestmem_usage(gm, &u, &e)) {
 		json_object_object_add(m, "resident_bytes", json_object_new_int64((int64_t)u.resident_bytes));
@@ -152,6 +154,8 @@ static void usage(FILE *f)
 		"                        the rest is untouched, as in a freshly booted guest;\n"
 		"                        the host must have this much free (--incoming: what the\n"
 		"                        source populated, else all of --mem)\n"
+		"  --prealloc            allocate all of the memory at start, as QEMU's prealloc=on\n"
+		"                        (a destination then pays no first touch as pages arrive)\n"
 		"  --workload SPEC       idle | seq,rate=R | random,rate=R | zipf,rate=R,hot=P%%\n"
 		"                        [,threads=N][,seed=S][,span=all]; R like 200MB/s (default\n"
 		"                        idle); writes stay in the populated part unless span=all\n"
@@ -196,7 +200,7 @@ int cmd_vm(int argc, char **argv)
 		{ "tls-creds", required_argument, 0, 'X' }, { "tls-psk", required_argument, 0, 1001 },
 		{ "tls-authz", required_argument, 0, 'Z' }, { "insecure", no_argument, 0, 'I' },
 		{ "no-ktls", no_argument, 0, 1002 }, { "mem-backend", required_argument, 0, 'B' },
-		{ "populated", required_argument, 0, 'p' },
+		{ "populated", required_argument, 0, 'p' }, { "prealloc", no_argument, 0, 1003 },
 		{ "mptcp", no_argument, 0, 'M' }, { 0 } };
 	struct synvm_opts so = { 0 };
 	struct pm_err err = { 0 };
@@ -237,6 +241,7 @@ int cmd_vm(int argc, char **argv)
 				goto bad_opt;
 			}
 			break;
+		case 1003: so.prealloc = true; break;
 		case 'F':
 			if (!strcmp(optarg, "mixed")) so.fill = SYNVM_FILL_MIXED;
 			else if (!strcmp(optarg, "random")) so.fill = SYNVM_FILL_RANDOM;

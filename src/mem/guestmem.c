@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -231,6 +232,70 @@ int pm_guestmem_populate(const struct pm_guestmem *m, uint64_t first, uint64_t n
 		return pm_err_set(err, errno, "populating guest pages [%llu, +%llu): %s",
 				  (unsigned long long)first, (unsigned long long)n, strerror(errno));
 	return 0;
+}
+
+struct prealloc_slice {
+	const struct pm_guestmem *m;
+	uint64_t first, n;      /* 4 KiB pages */
+	bool by_writes;         /* the kernel lacks MADV_POPULATE_WRITE */
+	bool threaded;
+	int r;                  /* 0 or -errno */
+};
+
+static void *prealloc_slice(void *arg)
+{
+	struct prealloc_slice *s = arg;
+	volatile uint8_t *p = s->m->base + s->first * PAGE;
+
+	if (s->by_writes) {
+		for (uint64_t i = 0; i < s->n; i++)
+			p[i * PAGE] = p[i * PAGE];
+	} else if (s->n && madvise((void *)p, s->n * PAGE, MADV_POPULATE_WRITE) < 0) {
+		s->r = -errno;
+	}
+	return NULL;
+}
+
+int pm_guestmem_prealloc(const struct pm_guestmem *m, unsigned nthreads, struct pm_err *err)
+{
+	enum { MAX_THREADS = 16 };
+	struct prealloc_slice s[MAX_THREADS];
+	pthread_t tid[MAX_THREADS];
+	/* Slices of whole backing pages (a huge page is never split). */
+	uint64_t unit = (m->page_size > THP ? m->page_size : THP) / PAGE;
+	uint64_t units = (m->bytes / PAGE + unit - 1) / unit, pages = m->bytes / PAGE, next = 0;
+	/* An advice the kernel does not know fails even on no bytes (before 5.14). */
+	bool by_writes = madvise(m->base, 0, MADV_POPULATE_WRITE) < 0 && errno == EINVAL;
+	int r = 0;
+
+	if (nthreads == 0) {
+		long c = sysconf(_SC_NPROCESSORS_ONLN);
+		nthreads = c > 0 ? (unsigned)c : 1;
+	}
+	if (nthreads > MAX_THREADS)
+		nthreads = MAX_THREADS;
+	if (nthreads > units)
+		nthreads = (unsigned)units;
+	for (unsigned i = 0; i < nthreads; i++) {
+		uint64_t end = (units * (i + 1) / nthreads) * unit;
+
+		if (end > pages)
+			end = pages;
+		s[i] = (struct prealloc_slice){ .m = m, .first = next, .n = end - next, .by_writes = by_writes };
+		next = end;
+		/* The last slice runs here, and any whose thread cannot start. */
+		s[i].threaded = i + 1 < nthreads && pthread_create(&tid[i], NULL, prealloc_slice, &s[i]) == 0;
+		if (!s[i].threaded)
+			prealloc_slice(&s[i]);
+	}
+	for (unsigned i = 0; i < nthreads; i++) {
+		if (s[i].threaded)
+			pthread_join(tid[i], NULL);
+		if (s[i].r && !r)
+			r = pm_err_set(err, -s[i].r, "preallocating %llu MiB of guest memory: %s",
+				       (unsigned long long)(m->bytes >> 20), strerror(-s[i].r));
+	}
+	return r;
 }
 
 int pm_guestmem_usage(const struct pm_guestmem *m, struct pm_guestmem_usage *u,

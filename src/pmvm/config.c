@@ -10,7 +10,7 @@
 const char *pmvm_usage(void)
 {
 	return "usage: pmvm run (--guest FILE | --kernel BZIMAGE [--initrd FILE] [--append CMDLINE])\n"
-	       "                [--mem SIZE] [--mem-backend KIND] [--vcpus N] [--control SOCKET]\n"
+	       "                [--mem SIZE] [--mem-backend KIND] [--prealloc] [--vcpus N] [--control SOCKET]\n"
 	       "                [--incoming ADDR[,ADDR...]] [--serial FILE]\n"
 	       "                [--dump-at-pause FILE] [--dump-on-resume FILE]\n"
 	       "                [--param KEY=VALUE]... [--kvm PATH] [--migration-nice N]\n"
@@ -19,6 +19,8 @@ const char *pmvm_usage(void)
 	       "  --mem SIZE        guest RAM, e.g. 64M, 1G (default 64M; 4M..63G)\n"
 	       "  --mem-backend K   anon (default: private, transparent huge pages), memfd\n"
 	       "                    (shared), hugetlb (reserved huge pages, vm.nr_hugepages)\n"
+	       "  --prealloc        allocate all guest RAM at start (QEMU's prealloc=on): an\n"
+	       "                    incoming VM then pays no first touch as pages arrive\n"
 	       "  --vcpus N         vCPUs, 1..16 (default 1)\n"
 	       "  --guest FILE      flat binary (loaded at 1 MiB) or static ELF64\n"
 	       "  --kernel BZIMAGE  a Linux kernel (x86 boot protocol, 64-bit entry)\n"
@@ -226,11 +228,13 @@ int pmvm_parse_args(int argc, char *const argv[], struct pmvm_config *c, struct 
 		}
 		if (!strcmp(name, "--help"))
 			return pm_err_set(err, EINVAL, "help requested");
-		if (!strcmp(name, "--insecure") || !strcmp(name, "--no-ktls")) {
+		if (!strcmp(name, "--insecure") || !strcmp(name, "--no-ktls") || !strcmp(name, "--prealloc")) {
 			if (val)
 				return pm_err_set(err, EINVAL, "%s takes no value", name);
 			if (name[2] == 'i')
 				c->insecure = true;
+			else if (name[2] == 'p')
+				c->prealloc = true;
 			else
 				c->tls.no_ktls = true;
 			continue;

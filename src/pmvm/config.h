@@ -23,6 +23,7 @@
 struct pmvm_config {
 	uint64_t mem_bytes;            /* default 64 MiB */
 	enum pm_mem_kind mem_kind;     /* default anon */
+	bool prealloc;                 /* --prealloc: all RAM allocated at start */
 	unsigned vcpus;                /* default 1 */
 	const char *guest;             /* a freestanding guest, or: */
 	const char *kernel;            /* a Linux bzImage (exactly one of the two) */

@@ -44,6 +44,7 @@ struct synvm {
 	 * VMM's device model does), so tracking costs no fault per write. */
 	struct pm_dirty_log *wlog;
 	char dirty_name[32];
+	double prealloc_ms;
 	/* Pages written per second over the last second (a double's bits),
 	 * measured by the heartbeat vCPU: the rate the workload achieved. */
 	uint64_t write_rate_bits;
@@ -617,8 +618,9 @@ int synvm_create(struct synvm **out, const struct synvm_opts *o, struct pm_err *
 	 * error now, not the OOM killer later.  What it will hold is what it
 	 * writes (memory is mapped untouched): the populated part, unless the
 	 * workload spans all of it; a destination, what the source populated,
-	 * which --populated states there too. */
-	uint64_t need = o->populated_bytes && !o->workload.all ? o->populated_bytes : o->mem_bytes;
+	 * which --populated states there too; all of it, preallocated. */
+	uint64_t need = o->populated_bytes && !o->workload.all && !o->prealloc ? o->populated_bytes
+										 : o->mem_bytes;
 	r = pm_check_guest_memory(need, err);
 	if (r)
 		return r;
@@ -657,6 +659,14 @@ int synvm_create(struct synvm **out, const struct synvm_opts *o, struct pm_err *
 	if (r)
 		goto fail;
 	vm->mem = vm->gm.base;
+	if (o->prealloc) {
+		uint64_t t0 = now_ns(CLOCK_MONOTONIC);
+
+		r = pm_guestmem_prealloc(&vm->gm, 0, err);
+		if (r)
+			goto fail;
+		vm->prealloc_ms = (now_ns(CLOCK_MONOTONIC) - t0) / 1e6;
+	}
 	if (!o->incoming) {
 		r = fill_memory(vm, err);
 		if (r)
@@ -727,6 +737,11 @@ void synvm_heartbeat(struct synvm *vm, struct synvm_heartbeat *hb)
 	hb->max_gap_ns = __atomic_load_n(&g->max_gap_ns, __ATOMIC_RELAXED);
 	hb->resume_gap_ns = __atomic_load_n(&g->resume_gap_ns, __ATOMIC_RELAXED);
 	hb->resumes = __atomic_load_n(&g->resumes, __ATOMIC_RELAXED);
+}
+
+double synvm_prealloc_ms(struct synvm *vm)
+{
+	return vm->prealloc_ms;
 }
 
 const struct pm_guestmem *synvm_memory(struct synvm *vm)

@@ -76,6 +76,9 @@ struct synvm_opts {
 	/* How much memory the guest has ever written (0: all of it), from
 	 * the start; the rest stays untouched, as in a freshly booted guest. */
 	uint64_t populated_bytes;
+	/* Allocate all memory at creation (QEMU's prealloc=on): a destination
+	 * then pays no first touch while pages arrive. */
+	bool prealloc;
 	struct synvm_workload workload;
 	const char *mem_file;       /* initial content */
 	enum synvm_fill fill;
@@ -96,6 +99,8 @@ struct pm_backend *synvm_backend(struct synvm *vm);
  * running; fields are 64-bit and individually atomic on x86-64). */
 void synvm_heartbeat(struct synvm *vm, struct synvm_heartbeat *hb);
 const char *synvm_dirty_method(struct synvm *vm);
+/* Milliseconds --prealloc took (0 without it). */
+double synvm_prealloc_ms(struct synvm *vm);
 /* The guest memory (kind, usage). */
 const struct pm_guestmem *synvm_memory(struct synvm *vm);
 /* Pages the workload writes in: the populated part, or all (span=all). */

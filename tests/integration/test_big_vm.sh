@@ -5,6 +5,7 @@
 # on either side, and the destination's resident memory stays near the
 # populated size.  The same with a memfd-backed 1 GiB VM (SEEK_DATA path).
 # A VM larger than the host's memory that touched 64M starts and migrates.
+# A preallocating destination holds all its memory and takes a migration.
 # Then an idle VM: the pause's breakdown adds up to the downtime.
 set -u
 . "$(dirname "$0")/lib.sh"
@@ -92,6 +93,25 @@ check "sparse: memory verified" test "$(jget "$T/sparse.json" 'r.get("verified")
 check "sparse: destination runs" wait_state sparse-d running 10
 check "sparse: quit source" quit_vm sparse-s
 check "sparse: quit destination" quit_vm sparse-d
+
+# A destination that preallocates (--prealloc, as QEMU's prealloc=on) holds all
+# of its memory before the migration and takes one; preallocating more than the
+# host has is refused up front, whatever --populated says.
+check "prealloc: a $sparse destination with --prealloc is refused even with --populated 64M" \
+	refused_vm --mem "$sparse" --populated 64M --prealloc --incoming 127.0.0.1:0
+start_vm pre-s --mem 256M --populated 64M --workload random,rate=20MB/s
+start_vm pre-d --mem 256M --prealloc --incoming 127.0.0.1:0
+check "prealloc: the destination holds all 256 MiB before the migration" \
+	le $((256 * MIB)) "$(status_get pre-d memory.resident_bytes)" "destination resident"
+check "prealloc: the destination says how long preallocating took" \
+	test -n "$(status_get pre-d memory.prealloc_ms)"
+migrate pre pre-s --to "$(incoming_of pre-d)" --channels 4 --verify
+check "prealloc: migrate --verify into the preallocated destination exits 0" rc_is 0 "$MIG_RC" migrate
+[ "$MIG_RC" = 0 ] || diag <"$T/pre.err"
+check "prealloc: memory verified" test "$(jget "$T/pre.json" 'r.get("verified")')" = True
+check "prealloc: destination runs" wait_state pre-d running 10
+check "prealloc: quit source" quit_vm pre-s
+check "prealloc: quit destination" quit_vm pre-d
 
 # An idle VM: the pause is short and its breakdown adds up.
 start_vm idle-s --mem 512M --populated 64M

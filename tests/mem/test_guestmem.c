@@ -2,7 +2,7 @@
 /* Guest memory kinds and the populated scan: written pages are found,
  * read-only and never-touched ones are not, with and without a uffd-wp
  * tracker's markers on the memory; discard gives pages back as zeros;
- * populate allocates; usage counts what is resident. */
+ * populate and prealloc allocate; usage counts what is resident. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -168,6 +168,37 @@ static void test_hugetlb(void **unused)
 	pm_guestmem_destroy(&m);
 }
 
+/* Preallocation populates every page, in slices of whole 2 MiB pages on
+ * several threads (the last one partial here), and keeps what was written. */
+static void check_prealloc(enum pm_mem_kind kind, unsigned threads)
+{
+	enum { N = NP + 3 };
+	struct pm_guestmem m;
+	struct pm_guestmem_usage u;
+	struct pm_err err = {0};
+	uint64_t bm[(N + 63) / 64];
+
+	if (pm_guestmem_create(&m, kind, N * 4096ull, &err))
+		fail_msg("%s", err.msg);
+	m.base[7 * 4096 + 1] = 42;
+	assert_int_equal(pm_guestmem_prealloc(&m, threads, &err), 0);
+	assert_int_equal(pm_guestmem_populated(&m, 0, N, bm, &err), 0);
+	assert_int_equal(count(bm, N), N);
+	assert_int_equal(m.base[7 * 4096 + 1], 42);
+	assert_int_equal(m.base[(N - 1) * 4096], 0);
+	assert_int_equal(pm_guestmem_usage(&m, &u, &err), 0);
+	assert_true(u.resident_bytes >= N * 4096ull);
+	pm_guestmem_destroy(&m);
+}
+
+static void test_prealloc(void **unused)
+{
+	check_prealloc(PM_MEM_ANON, 0);
+	check_prealloc(PM_MEM_ANON, 3);
+	check_prealloc(PM_MEM_MEMFD, 2);
+	check_prealloc(PM_MEM_MEMFD, 64);      /* more threads than 2 MiB slices */
+}
+
 static void test_bad_sizes(void **unused)
 {
 	struct pm_guestmem m;
@@ -189,6 +220,7 @@ int main(void)
 		cmocka_unit_test(test_anon_thp),
 		cmocka_unit_test(test_memfd),
 		cmocka_unit_test(test_hugetlb),
+		cmocka_unit_test(test_prealloc),
 		cmocka_unit_test(test_bad_sizes),
 	};
 

@@ -1038,6 +1038,10 @@ static void test_args(void **unused)
 	assert_int_equal(c.nparams, 2);
 	assert_string_equal(c.params[1].key, "steps");
 	assert_int_equal(c.params[1].value, 16);
+	assert_false(c.prealloc);
+	pmvm_config_free(&c);
+	assert_int_equal(parse(&c, &e, "run", "--guest", "g.bin", "--prealloc", NULL), 0);
+	assert_true(c.prealloc);
 	pmvm_config_free(&c);
 
 	expect_bad(&c, &e, parse(&c, &e, NULL), "missing command");
@@ -1055,6 +1059,7 @@ static void test_args(void **unused)
 	expect_bad(&c, &e, parse(&c, &e, "run", "--guest", "g", "--param", "x=y", NULL), "not a number");
 	expect_bad(&c, &e, parse(&c, &e, "run", "--guest", "g", "--frob", "1", NULL), "unknown option");
 	expect_bad(&c, &e, parse(&c, &e, "run", "--guest", NULL), "needs a value");
+	expect_bad(&c, &e, parse(&c, &e, "run", "--guest", "g", "--prealloc=yes", NULL), "takes no value");
 	expect_bad(&c, &e, parse(&c, &e, "run", "--guest", "g", "--dump-on-resume", "f", NULL), "--incoming");
 }
 
