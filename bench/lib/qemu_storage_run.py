@@ -54,7 +54,9 @@ def qemu_cmd(a, role, qmp, disk):
     if role == "src":
         cmd += ["-object", "memory-backend-file,id=m0,size=%s,mem-path=%s,share=off" % (size, a.image)]
     else:
-        cmd += ["-object", "memory-backend-ram,id=m0,size=%s" % size, "-incoming", "defer"]
+        # prealloc=on as pmigrate's --prealloc (bench/run --dst-mem prealloc).
+        pre = ",prealloc=on" if a.prealloc else ""
+        cmd += ["-object", "memory-backend-ram,id=m0,size=%s%s" % (size, pre), "-incoming", "defer"]
     return cmd
 
 
@@ -90,6 +92,7 @@ def main():
     p.add_argument("--qemu", default="qemu-system-x86_64")
     p.add_argument("--mem-mib", type=int, required=True)
     p.add_argument("--image", required=True, help="guest memory content")
+    p.add_argument("--prealloc", action="store_true", help="destination memory prealloc=on")
     p.add_argument("--src-disk", required=True, help="the source's disk image (raw)")
     p.add_argument("--dst-disk", required=True, help="created sparse, the same size")
     p.add_argument("--src-ns", default="")
@@ -112,7 +115,7 @@ def main():
     logs = {r: os.path.join(a.workdir, "qemu-st-%s-%s.log" % (r, tag)) for r in ("src", "dst")}
     tool = "qemu-mirror" + ("-multifd" if a.channels > 0 else "") if a.method == "mirror" else "qemu-blockmig"
     res = {"tool": tool, "channels": max(a.channels, 1), "status": "error", "links_used": 1,
-           "method": a.method, "mode": "paused", "checked": a.verify}
+           "method": a.method, "mode": "paused", "checked": a.verify, "dst_prealloc": bool(a.prealloc)}
     procs, qmps = [], []
     size = os.path.getsize(a.src_disk)
     try:
