@@ -15,7 +15,9 @@ static uint64_t read_u64(const char *root, const char *dir, const char *file)
 	FILE *f;
 	uint64_t v = UINT64_MAX;
 
-	snprintf(path, sizeof(path), "%s%s/%s", root, dir, file);
+	/* A path that does not fit names no file we could read. */
+	if (snprintf(path, sizeof(path), "%s%s/%s", root, dir, file) >= (int)sizeof(path))
+		return UINT64_MAX;
 	f = fopen(path, "re");
 	if (!f)
 		return UINT64_MAX;
