@@ -364,6 +364,40 @@ static int maybe_ack(struct receiver *x)
 	return 0;
 }
 
+/* PAGES or BLOCKS: the same path for memory and disk units, after the
+ * caller's check that the frame is allowed on this channel. */
+static int rx_units(struct receiver *x, const struct pm_frame_hdr *h, bool blocks)
+{
+	struct dst_ctx *c = x->c;
+	uint8_t fb[PM_PAGES_FIXED_LEN > PM_BLOCKS_FIXED_LEN ? PM_PAGES_FIXED_LEN : PM_BLOCKS_FIXED_LEN];
+	const char *name = blocks ? "BLOCKS" : "PAGES";
+	struct pm_pages pg;
+	int r;
+
+	r = rx_read(x, fb, blocks ? PM_BLOCKS_FIXED_LEN : PM_PAGES_FIXED_LEN,
+		    blocks ? "receiving blocks" : "receiving pages");
+	if (r)
+		return r;
+	r = blocks ? pm_decode_blocks(fb, h->len, &c->layout, c->chunk_pages, &pg, &x->err)
+		   : pm_decode_pages(fb, h->len, &c->layout, c->chunk_pages, &pg, &x->err);
+	if (r)
+		return r;
+	if (pg.round > PM_MAX_ROUNDS)
+		return pm_err_set(&x->err, EPROTO, "%s frame has round %u (at most %u)", name,
+				  pg.round, PM_MAX_ROUNDS);
+	if (reopen(x))
+		return pm_err_set(&x->err, ECANCELED, "stopped");
+	r = blocks ? rx_apply_blocks(x, &pg) : apply_pages(x, &pg);
+	if (r)
+		return r;
+	x->got.frames++;
+	x->got.pages += pg.npages;
+	x->got.payload_bytes += pg.payload_len;
+	if (pg.round > x->max_round)
+		x->max_round = pg.round;
+	return maybe_ack(x);
+}
+
 static int handle_frame(struct receiver *x, const struct pm_frame_hdr *h)
 {
 	struct dst_ctx *c = x->c;
@@ -371,59 +405,17 @@ static int handle_frame(struct receiver *x, const struct pm_frame_hdr *h)
 	int r;
 
 	switch (h->type) {
-	case PM_FR_PAGES: {
-		struct pm_pages pg;
-		r = rx_read(x, fb, PM_PAGES_FIXED_LEN, "receiving pages");
-		if (r)
-			return r;
-		r = pm_decode_pages(fb, h->len, &c->layout, c->chunk_pages, &pg, &x->err);
-		if (r)
-			return r;
-		if (pg.round > PM_MAX_ROUNDS)
-			return pm_err_set(&x->err, EPROTO, "PAGES frame has round %u (at most %u)",
-					  pg.round, PM_MAX_ROUNDS);
-		if (reopen(x))
-			return pm_err_set(&x->err, ECANCELED, "stopped");
-		r = apply_pages(x, &pg);
-		if (r)
-			return r;
-		x->got.frames++;
-		x->got.pages += pg.npages;
-		x->got.payload_bytes += pg.payload_len;
-		if (pg.round > x->max_round)
-			x->max_round = pg.round;
-		return maybe_ack(x);
-	}
+	case PM_FR_PAGES:
+		return rx_units(x, h, false);
 	case PM_FR_PING:
 		if (!c->failover)
 			return pm_err_set(&x->err, EPROTO, "PING on channel %u without failover", x->idx);
 		return 0;
-	case PM_FR_BLOCKS: {
-		struct pm_pages pg;
+	case PM_FR_BLOCKS:
 		if (!(c->features & PM_FEAT_DISKS) || c->shared_storage)
 			return pm_err_set(&x->err, EPROTO, "BLOCKS frame on channel %u %s", x->idx,
 					  c->shared_storage ? "with shared storage" : "without disks negotiated");
-		r = rx_read(x, fb, PM_BLOCKS_FIXED_LEN, "receiving blocks");
-		if (r)
-			return r;
-		r = pm_decode_blocks(fb, h->len, &c->layout, c->chunk_pages, &pg, &x->err);
-		if (r)
-			return r;
-		if (pg.round > PM_MAX_ROUNDS)
-			return pm_err_set(&x->err, EPROTO, "BLOCKS frame has round %u (at most %u)",
-					  pg.round, PM_MAX_ROUNDS);
-		if (reopen(x))
-			return pm_err_set(&x->err, ECANCELED, "stopped");
-		r = rx_apply_blocks(x, &pg);
-		if (r)
-			return r;
-		x->got.frames++;
-		x->got.pages += pg.npages;
-		x->got.payload_bytes += pg.payload_len;
-		if (pg.round > x->max_round)
-			x->max_round = pg.round;
-		return maybe_ack(x);
-	}
+		return rx_units(x, h, true);
 	case PM_FR_ROUND_END:
 		if (!(c->features & (PM_FEAT_BARRIER | PM_FEAT_DRAIN)))
 			return pm_err_set(&x->err, EPROTO, "ROUND_END on channel %u without barrier or drain mode", x->idx);
