@@ -5,6 +5,33 @@
 #include <string.h>
 #include "cli/cli.h"
 
+static double num(json_object *o, const char *key)
+{
+	json_object *v;
+
+	return json_object_object_get_ex(o, key, &v) ? json_object_get_double(v) : 0;
+}
+
+/* One line per disk and one for its writers, as the JSON's "disks" and
+ * "disk_workload" (asked and achieved rate side by side, as for memory). */
+static void print_disks(json_object *st)
+{
+	json_object *a, *v;
+
+	if (!json_object_object_get_ex(st, "disks", &a) || !json_object_is_type(a, json_type_array))
+		return;
+	for (size_t i = 0; i < json_object_array_length(a); i++) {
+		json_object *d = json_object_array_get_idx(a, i);
+		printf("disk %-7zu %s: %.0f MiB in %.0f KiB blocks, %.1f MiB allocated, %.1f MB written\n", i,
+		       json_object_object_get_ex(d, "path", &v) ? json_object_get_string(v) : "?",
+		       num(d, "size_bytes") / 1048576, num(d, "block_bytes") / 1024,
+		       num(d, "allocated_bytes") / 1048576, num(d, "bytes_written") / 1e6);
+	}
+	if (json_object_object_get_ex(st, "disk_workload", &v))
+		printf("disk writes  %s (asked %.1f MB/s, achieved %.1f MB/s)\n", json_object_get_string(v),
+		       num(st, "disk_write_rate_asked_mbps"), num(st, "disk_write_rate_mbps"));
+}
+
 static void print_human(json_object *st)
 {
 	json_object *v, *hb, *lm;
@@ -18,6 +45,7 @@ static void print_human(json_object *st)
 		printf("workload     %s\n", json_object_get_string(v));
 	if (json_object_object_get_ex(st, "dirty_method", &v))
 		printf("dirty track  %s\n", json_object_get_string(v));
+	print_disks(st);
 	if (json_object_object_get_ex(st, "incoming", &v))
 		printf("incoming on  %s\n", json_object_to_json_string_ext(v, JSON_C_TO_STRING_PLAIN));
 	if (json_object_object_get_ex(st, "heartbeat", &hb)) {

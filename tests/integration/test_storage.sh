@@ -64,6 +64,11 @@ start_vm s1 --mem 128M --workload random,rate=20MB/s --dirty self \
 start_vm d1 --mem 128M --incoming 127.0.0.1:0 --disk "$T/d1.img,size=256M" \
 	--dump-on-resume "$T/d1.resume" || not_ok "start d1"
 check "live: the source's disk is being written" disk_written_advances s1
+"$PM" status --control "$T/s1.sock" >"$T/s1.status" 2>&1
+check "status names the disk" grep_file "$T/s1.status" \
+	"^disk 0 +$T/s1.img: 256 MiB in 64 KiB blocks, [0-9.]+ MiB allocated, [0-9.]+ MB written$"
+check "status names the disk's writers" grep_file "$T/s1.status" \
+	"^disk writes  randwrite,rate=20MB/s,bs=64K,threads=1 \(asked 20\.0 MB/s, achieved [0-9.]+ MB/s\)$"
 migrate mig1 s1 --to "$(incoming_of d1)" --channels 4 --verify
 check "live: migrate exits 0" rc_is 0 "$MIG_RC" "migrate"
 check "live: memory and disk digests compared (--verify)" test "$(jget mig1 verified)" = true
@@ -193,13 +198,13 @@ else
 	diag <"$T/mkcreds.err"
 fi
 
-# --- 9. failover mid-disk: one of two channels is cut at its 30th BLOCKS
+# --- 9. failover mid-disk: one of two channels is cut at its 8th BLOCKS
 # frame; the disk chunks it had not had acknowledged go again on the other
 start_vm s9 --mem 32M --workload random,rate=10MB/s --disk "$T/s9.img,size=64M,populated=32M" \
 	--disk-workload randwrite,rate=10MB/s --dump-at-pause "$T/s9.pause" || not_ok "start s9"
 start_vm d9 --mem 32M --incoming 127.0.0.1:0 --disk "$T/d9.img,size=64M" --dump-on-resume "$T/d9.resume" ||
 	not_ok "start d9"
-start_fault f9 "$(incoming_of d9)" "dir=to-dest,frame=BLOCKS,nth=30,action=cut"
+start_fault f9 "$(incoming_of d9)" "dir=to-dest,frame=BLOCKS,nth=8,action=cut"
 migrate mig9 s9 --to "$(incoming_of d9),$FAULT_ADDR" --channels 2 --timeout 5000 --no-reconnect
 check "failover mid-disk: migrate exits 0" rc_is 0 "$MIG_RC" "migrate"
 check "failover mid-disk: a channel was cut in the disk's frames" grep_file "$T/f9.log" "cut.*BLOCKS|BLOCKS.*cut"
