@@ -609,11 +609,15 @@ static int decide(struct src_ctx *c, uint64_t dirty, struct pm_err *err)
 		snprintf(reason, rlen, "converged");
 		return 1;
 	}
-	if (dirty >= c->prev_dirty && c->round > 2)
-		c->no_progress++;
-	else
+	/* Progress is a new low (5% under the lowest so far): a count that
+	 * only swings up and down around a level makes none, and must not
+	 * keep the policy away round after round. */
+	if (dirty < c->min_dirty - c->min_dirty / 20) {
+		c->min_dirty = dirty;
 		c->no_progress = 0;
-	c->prev_dirty = dirty;
+	} else if (c->round > 2) {
+		c->no_progress++;
+	}
 	if (c->round > max_rounds)
 		why = "max-rounds";
 	else if (total_bytes(c) > factor * vm_bytes)
@@ -690,7 +694,7 @@ static int phase_precopy(struct src_ctx *c, struct pm_err *err)
 
 	enter(c, SRC_PRECOPY);
 	c->t_round = pm_now_ms();
-	c->prev_dirty = UINT64_MAX;
+	c->min_dirty = UINT64_MAX;
 	for (c->round = 1;; c->round++) {
 		if (c->round > 1) {
 			r = round_start(c, err);

@@ -153,7 +153,7 @@ struct src_ctx {
 	atomic_int gate;                /* enum src_gate */
 	int wake[2];                    /* a byte here ends every channel wait (cancel) */
 	unsigned round;                 /* current round; the final one once paused */
-	uint64_t prev_dirty;
+	uint64_t min_dirty;             /* lowest dirty bytes at a round start */
 	unsigned no_progress;
 	double t0, t_round, t_pause, bw, dump_ms;
 	double t_end_sent;              /* the last END went out: DONE's wait starts */

@@ -490,6 +490,55 @@ static void test_nothing_listening(void **s)
 	fakevm_free(src);
 }
 
+/* A dirty count that swings (8000, 5000, 7000, 5000, ... pages at the
+ * round starts) makes no progress: with policy abort the migration gives
+ * up for "no-progress" after two rounds without a new low, not only at
+ * max-rounds as a rule of "did not fall since the last round" would. */
+static void swing_dirty(void *arg)
+{
+	struct fakevm *vm = arg;
+	uint64_t n;
+
+	pthread_mutex_lock(&vm->lock);
+	n = vm->syncs <= 1 ? 0 : vm->syncs == 2 ? 8000 : vm->syncs % 2 ? 5000 : 7000;
+	for (uint64_t g = 0; g < n && g < vm->total; g++)
+		vm->dirty[g / 64] |= 1ull << (g % 64);
+	pthread_mutex_unlock(&vm->lock);
+}
+
+static void test_no_progress_swinging(void **s)
+{
+	static const uint64_t big[1] = { 16384 }, at0[1] = { 0 };   /* 64 MiB */
+	struct fakevm *src = fakevm_new("src", 1, big, at0);
+	struct fakevm *dst = fakevm_new("dst", 1, big, at0);
+	struct pm_report *rep = calloc(1, sizeof(*rep));
+	struct pm_err err = { 0 };
+	struct dest_run d;
+
+	fakevm_fill_source(src, 3);
+	src->on_sync = swing_dirty;
+	src->on_sync_arg = src;
+	dest_start(&d, dst, 1, NULL);
+	struct pm_migrate_params p = params_to(d.to, 1, 2);
+	p.downtime_ms = 1;                     /* 20 MB of 5000 pages never fit */
+	p.max_rounds = 12;
+	p.max_bytes_factor = 100;
+	p.policy = PM_NC_ABORT;
+	int r = pm_migrate_outgoing(&src->be, &p, rep, &err);
+	dest_join(&d);
+	assert_true(r < 0);
+	if (!strstr(err.msg, "no-progress"))
+		fail_msg("gave up for another reason: %s", err.msg);
+	/* Rounds 2 (8000), 3 (5000, the low), 4 (7000), 5 (5000): no new low twice. */
+	assert_int_equal(rep->nrounds, 4);
+	assert_false(src->paused);
+	assert_int_equal(dst->resumes, 0);
+	free(rep);
+	free(d.rep);
+	fakevm_free(src);
+	fakevm_free(dst);
+}
+
 /* The guest dirties faster than the (slowed) link can send: with policy
  * abort the migration gives up and the VM keeps running at the source. */
 static void test_policy_abort(void **s)
@@ -682,6 +731,7 @@ int main(void)
 		cmocka_unit_test(test_smaller_destination),
 		cmocka_unit_test(test_nothing_listening),
 		cmocka_unit_test(test_policy_abort),
+		cmocka_unit_test(test_no_progress_swinging),
 		cmocka_unit_test(test_busy_4ch_verify),
 		cmocka_unit_test(test_verify_catches_lost_write),
 		cmocka_unit_test(test_dest_load_fails),
