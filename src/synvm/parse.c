@@ -8,6 +8,18 @@
 #include <strings.h>
 #include "synvm/synvm.h"
 
+int synvm_parse_seed(const char *s, uint64_t *out, struct pm_err *err)
+{
+	char *end;
+
+	/* strtoull takes "-1" as 2^64 - 1: refuse a sign, as for sizes. */
+	errno = 0;
+	*out = strtoull(s, &end, 0);
+	if (!*s || *end || errno || strchr(s, '-') || strchr(s, '+') || *s == ' ')
+		return pm_err_set(err, EINVAL, "bad seed '%s' (0 to 2^64-1)", s);
+	return 0;
+}
+
 int synvm_parse_size(const char *s, uint64_t *out, struct pm_err *err)
 {
 	char *end;
@@ -118,9 +130,8 @@ int synvm_parse_workload(const char *spec, struct synvm_workload *w, struct pm_e
 				return pm_err_set(err, EINVAL, "bad span '%s' (populated or all)", eq);
 			w->all = !strcmp(eq, "all");
 		} else if (!strcmp(tok, "seed")) {
-			w->seed = strtoull(eq, &end, 0);
-			if (*end)
-				return pm_err_set(err, EINVAL, "bad seed '%s'", eq);
+			if (synvm_parse_seed(eq, &w->seed, err))
+				return -EINVAL;
 		} else {
 			return pm_err_set(err, EINVAL, "unknown workload option '%s' (rate, hot, threads, seed, span)", tok);
 		}

@@ -33,6 +33,8 @@ int synvm_parse_workload(const char *s, struct synvm_workload *w, struct pm_err 
 void synvm_format_workload(const struct synvm_workload *w, char *buf, size_t len);
 /* "256M", "1G", "4096K", plain bytes; binary units. */
 int synvm_parse_size(const char *s, uint64_t *out, struct pm_err *err);
+/* A workload's seed=: an unsigned 64-bit number (decimal, 0x hex). */
+int synvm_parse_seed(const char *s, uint64_t *out, struct pm_err *err);
 /* "seq" or "random" or "zipf" ... rates: "200MB/s", "1GiB/s". */
 int synvm_parse_rate(const char *s, double *out, struct pm_err *err);
 

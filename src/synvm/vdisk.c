@@ -148,9 +148,8 @@ int synvm_parse_diskload(const char *spec, struct synvm_diskload *w, struct pm_e
 				return pm_err_set(err, EINVAL, "bad threads '%s' (1..%u)", eq, MAX_WRITERS);
 			w->threads = t;
 		} else if (!strcmp(tok, "seed")) {
-			w->seed = strtoull(eq, &end, 0);
-			if (*end)
-				return pm_err_set(err, EINVAL, "bad seed '%s'", eq);
+			if (synvm_parse_seed(eq, &w->seed, err))
+				return -EINVAL;
 		} else {
 			return pm_err_set(err, EINVAL, "unknown disk workload option '%s' (rate, bs, threads, seed)", tok);
 		}

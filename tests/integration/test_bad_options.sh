@@ -27,6 +27,9 @@ refused "vm without --control" 2 "--mem and --control are required" -- vm --mem 
 refused "vm --workload bogus" 2 "unknown workload 'bogus'" -- vm --mem 16M --control "$sock" --workload bogus
 refused "vm --workload random,rate=fast" 2 "bad rate 'fast'" -- vm --mem 16M --control "$sock" --workload random,rate=fast
 refused "vm --workload zipf hot=500%" 2 "bad hot set '500%'" -- vm --mem 16M --control "$sock" --workload zipf,rate=10MB/s,hot=500%
+refused "vm --workload seed=-1" 2 "bad seed '-1'" -- vm --mem 16M --control "$sock" --workload random,rate=1MB/s,seed=-1
+refused "vm --workload seed=2^64" 2 "bad seed '18446744073709551616'" -- vm --mem 16M --control "$sock" --workload random,rate=1MB/s,seed=18446744073709551616
+refused "vm --disk-workload seed=-1" 2 "bad seed '-1'" -- vm --mem 16M --control "$sock" --disk-workload randwrite,rate=1MB/s,seed=-1
 refused "vm --fill bogus" 2 "--fill must be mixed, random or zero" -- vm --mem 16M --control "$sock" --fill bogus
 refused "vm --dirty bogus" 2 "--dirty must be auto, uffd-wp, soft-dirty or self" -- vm --mem 16M --control "$sock" --dirty bogus
 refused "vm --timeout abc" 2 "bad --timeout 'abc'" -- vm --mem 16M --control "$sock" --incoming 127.0.0.1:0 --timeout abc
