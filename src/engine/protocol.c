@@ -324,12 +324,10 @@ uint64_t pm_disk_run_bytes(uint64_t size, uint32_t block_size, uint64_t first, u
 	return end > start ? end - start : 0;
 }
 
-int pm_decode_blocks(const uint8_t *in, uint32_t body_len, const struct pm_layout *l,
-		     unsigned chunk_pages, struct pm_pages *p, struct pm_err *err)
+/* The fixed part PAGES and BLOCKS share (region or disk, count, first,
+ * round, encoding, payload length, reserved zeros). */
+static int units_fixed(const uint8_t *in, struct pm_pages *p, const char *frame, struct pm_err *err)
 {
-	uint64_t raw, nblocks;
-	uint32_t per;
-
 	p->region = pm_get32(in);
 	p->npages = pm_get32(in + 4);
 	p->first = pm_get64(in + 8);
@@ -337,7 +335,31 @@ int pm_decode_blocks(const uint8_t *in, uint32_t body_len, const struct pm_layou
 	p->encoding = pm_get16(in + 20);
 	p->payload_len = pm_get32(in + 24);
 	if (pm_get16(in + 22) || pm_get32(in + 28))
-		return pm_err_set(err, EPROTO, "BLOCKS frame has non-zero reserved fields");
+		return pm_err_set(err, EPROTO, "%s frame has non-zero reserved fields", frame);
+	return 0;
+}
+
+static int units_round_len(const struct pm_pages *p, uint32_t body_len, uint32_t fixed_len,
+			   const char *frame, struct pm_err *err)
+{
+	if (p->round == 0)
+		return pm_err_set(err, EPROTO, "%s frame has round 0 (rounds start at 1)", frame);
+	if ((uint64_t)body_len != fixed_len + (uint64_t)p->payload_len)
+		return pm_err_set(err, EPROTO, "%s frame payload length %u does not match frame length %u",
+				  frame, p->payload_len, body_len);
+	return 0;
+}
+
+int pm_decode_blocks(const uint8_t *in, uint32_t body_len, const struct pm_layout *l,
+		     unsigned chunk_pages, struct pm_pages *p, struct pm_err *err)
+{
+	uint64_t raw, nblocks;
+	uint32_t per;
+	int r;
+
+	r = units_fixed(in, p, "BLOCKS", err);
+	if (r)
+		return r;
 	if (p->region >= l->ndisks)
 		return pm_err_set(err, EPROTO, "BLOCKS frame names disk %u, the layout has %u", p->region, l->ndisks);
 	per = pm_disk_chunk_blocks(l->disk[p->region].block_size, chunk_pages);
@@ -347,11 +369,9 @@ int pm_decode_blocks(const uint8_t *in, uint32_t body_len, const struct pm_layou
 	if (p->first >= nblocks || p->npages > nblocks - p->first)
 		return pm_err_set(err, EPROTO, "BLOCKS frame [%llu, +%u) is outside disk %u of %llu blocks",
 				  (unsigned long long)p->first, p->npages, p->region, (unsigned long long)nblocks);
-	if (p->round == 0)
-		return pm_err_set(err, EPROTO, "BLOCKS frame has round 0 (rounds start at 1)");
-	if ((uint64_t)body_len != PM_BLOCKS_FIXED_LEN + (uint64_t)p->payload_len)
-		return pm_err_set(err, EPROTO, "BLOCKS frame payload length %u does not match frame length %u",
-				  p->payload_len, body_len);
+	r = units_round_len(p, body_len, PM_BLOCKS_FIXED_LEN, "BLOCKS", err);
+	if (r)
+		return r;
 	raw = pm_disk_run_bytes(l->disk[p->region].size, l->disk[p->region].block_size, p->first, p->npages);
 	switch (p->encoding) {
 	case PM_ENC_RAW:
@@ -393,15 +413,11 @@ int pm_decode_pages(const uint8_t *in, uint32_t body_len, const struct pm_layout
 		    unsigned chunk_pages, struct pm_pages *p, struct pm_err *err)
 {
 	uint64_t raw;
+	int r;
 
-	p->region = pm_get32(in);
-	p->npages = pm_get32(in + 4);
-	p->first = pm_get64(in + 8);
-	p->round = pm_get32(in + 16);
-	p->encoding = pm_get16(in + 20);
-	p->payload_len = pm_get32(in + 24);
-	if (pm_get16(in + 22) || pm_get32(in + 28))
-		return pm_err_set(err, EPROTO, "PAGES frame has non-zero reserved fields");
+	r = units_fixed(in, p, "PAGES", err);
+	if (r)
+		return r;
 	if (p->region >= l->nregions)
 		return pm_err_set(err, EPROTO, "PAGES frame names region %u, the layout has %u",
 				  p->region, l->nregions);
@@ -413,11 +429,9 @@ int pm_decode_pages(const uint8_t *in, uint32_t body_len, const struct pm_layout
 		return pm_err_set(err, EPROTO, "PAGES frame [%llu, +%u) is outside region %u of %llu pages",
 				  (unsigned long long)p->first, p->npages, p->region,
 				  (unsigned long long)l->region[p->region].npages);
-	if (p->round == 0)
-		return pm_err_set(err, EPROTO, "PAGES frame has round 0 (rounds start at 1)");
-	if ((uint64_t)body_len != PM_PAGES_FIXED_LEN + (uint64_t)p->payload_len)
-		return pm_err_set(err, EPROTO, "PAGES frame payload length %u does not match frame length %u",
-				  p->payload_len, body_len);
+	r = units_round_len(p, body_len, PM_PAGES_FIXED_LEN, "PAGES", err);
+	if (r)
+		return r;
 	raw = (uint64_t)p->npages * PM_PAGE_SIZE;
 	switch (p->encoding) {
 	case PM_ENC_RAW:
