@@ -7,7 +7,8 @@
  * pass per round, and hands them to the workers of send.c, one per
  * channel.  Rounds overlap: the producer starts the next pass while workers
  * still send the last one, unless barrier mode asks for a QEMU-style drain
- * at every round end.  docs/engine.md draws the states. */
+ * at every round end (rounds.c has the pre-copy rounds).  docs/engine.md
+ * draws the states. */
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -30,13 +31,13 @@ static const char *const phase_names[] = {
 	[SRC_COMPLETED] = "completing", [SRC_FAILED] = "completing", [SRC_UNKNOWN] = "completing",
 };
 
-static void enter(struct src_ctx *c, enum src_phase ph)
+void src_enter(struct src_ctx *c, enum src_phase ph)
 {
 	c->phase = ph;
 	atomic_store(&c->phase_name, phase_names[ph]);
 }
 
-static uint64_t total_bytes(struct src_ctx *c)
+uint64_t src_total_bytes(struct src_ctx *c)
 {
 	uint64_t b = 0;
 
@@ -143,7 +144,7 @@ static void *progress_main(void *arg)
 
 /* An ERROR body as "destination refused: ..." in err: proof that the
  * destination does not run the VM. */
-static int refused(struct src_ctx *c, const uint8_t *body, uint32_t len, struct pm_err *err)
+int src_refused(struct src_ctx *c, const uint8_t *body, uint32_t len, struct pm_err *err)
 {
 	char msg[PM_ERROR_MSG_CAP];
 	uint32_t code = pm_decode_error(body, len, msg, sizeof(msg));
@@ -154,7 +155,7 @@ static int refused(struct src_ctx *c, const uint8_t *body, uint32_t len, struct 
 }
 
 /* Channel w for the migration thread (its io lock): false if it is lost. */
-static bool take(struct worker *w)
+bool src_take(struct worker *w)
 {
 	pthread_mutex_lock(&w->io);
 	if (!chan_gone(w))
@@ -163,7 +164,7 @@ static bool take(struct worker *w)
 	return false;
 }
 
-static void give(struct worker *w)
+void src_give(struct worker *w)
 {
 	pthread_mutex_unlock(&w->io);
 }
@@ -188,7 +189,7 @@ static void stop_workers(struct src_ctx *c)
 /* A worker failed: its error -- or the destination's reason, if it said
  * why before it hung up (a send then fails with a reset), which is the
  * real one. */
-static int worker_error(struct src_ctx *c, struct pm_err *err)
+int src_worker_error(struct src_ctx *c, struct pm_err *err)
 {
 	double deadline = pm_now_ms() + 100;
 	struct pm_err why = { 0 };
@@ -205,7 +206,7 @@ static int worker_error(struct src_ctx *c, struct pm_err *err)
 				continue;
 			while (!why.code && (t = chan_take(w, &h)) > 0) {
 				if (h.type == PM_FR_ERROR)
-					refused(c, w->reply + PM_FRAME_HDR_LEN, h.len, &why);
+					src_refused(c, w->reply + PM_FRAME_HDR_LEN, h.len, &why);
 				chan_drop(w, &h);
 			}
 			if (t < 0)
@@ -231,9 +232,9 @@ static int worker_error(struct src_ctx *c, struct pm_err *err)
 static void collect_replies(struct src_ctx *c)
 {
 	for (unsigned i = 0; i < c->nch; i++)
-		if (take(&c->w[i])) {
+		if (src_take(&c->w[i])) {
 			chan_poll(&c->w[i]);
-			give(&c->w[i]);
+			src_give(&c->w[i]);
 		}
 }
 
@@ -368,7 +369,7 @@ static int phase_connect(struct src_ctx *c, struct pm_err *err)
 	uint8_t lb[PM_LAYOUT_FIXED_LEN + PM_MAX_REGIONS * PM_LAYOUT_REGION_LEN];
 	int r;
 
-	enter(c, SRC_CONNECT);
+	src_enter(c, SRC_CONNECT);
 	if (getrandom(c->session, sizeof(c->session), 0) != sizeof(c->session))
 		return pm_err_set(err, errno, "getrandom: %s", strerror(errno));
 	for (unsigned i = 0; i < c->nch; i++) {
@@ -407,318 +408,6 @@ static int phase_connect(struct src_ctx *c, struct pm_err *err)
 	return 0;
 }
 
-/* ------------------------------------------------------ phase: pre-copy */
-
-#define BW_MIN_BYTES (256u << 10)      /* a round that says something about the link */
-
-/* After a dirty_sync: how many pages are dirty and, where the backend can
- * say, which chunks hold them (the others are skipped this round). */
-static int count_dirty(struct src_ctx *c, uint64_t *dirty, struct pm_err *err)
-{
-	const struct pm_backend_ops *ops = c->be->ops;
-	size_t words = (c->nchunks + 63) / 64 * sizeof(uint64_t);
-
-	if (!ops->dirty_summary) {
-		memset(c->chunk_dirty, 0xff, words);
-		return ops->dirty_count(c->be->vm, dirty, err);
-	}
-	memset(c->chunk_dirty, 0, words);
-	*dirty = 0;
-	for (unsigned i = 0; i < c->be->nregions; i++) {
-		uint64_t n = 0, nk = (c->be->regions[i].npages + c->chunk_pages - 1) / c->chunk_pages;
-		int r = ops->dirty_summary(c->be->vm, i, c->chunk_pages, &n, c->summary, err);
-
-		if (r)
-			return r;
-		*dirty += n;
-		for (uint64_t k = 0; k < nk; k++)
-			if (c->summary[k / 64] >> (k % 64) & 1) {
-				uint64_t g = c->region_chunk0[i] + k;
-				c->chunk_dirty[g / 64] |= 1ull << (g % 64);
-			}
-	}
-	/* Disk chunks: every round visits them (a clean one's harvest is a
-	 * few words of bitmap). */
-	for (uint64_t g = c->mem_chunks; g < c->nchunks; g++)
-		c->chunk_dirty[g / 64] |= 1ull << (g % 64);
-	return 0;
-}
-
-/* Pushes one pass over the chunks of this round (or runs it inline in
- * serial mode). */
-static int run_pass(struct src_ctx *c, uint32_t round)
-{
-	for (uint32_t i = 0; i < c->nchunks; i++) {
-		struct pm_task t = { .chunk = i, .round = round };
-		if (atomic_load(&c->failed))
-			return -1;
-		if (!(c->chunk_dirty[i / 64] >> (i % 64) & 1))
-			continue;
-		if (c->p->serial) {
-			src_run_task(&c->w[0], t);
-			src_sample(c, false);
-		} else if (!pm_queue_push(&c->q, t)) {
-			return -1;
-		}
-	}
-	return atomic_load(&c->failed) ? -1 : 0;
-}
-
-/* Waits until the workers have sent everything queued. */
-static int wait_idle(struct src_ctx *c)
-{
-	if (c->p->serial)
-		return atomic_load(&c->failed) ? -1 : 0;
-	while (!pm_queue_wait_idle(&c->q, 100))
-		if (atomic_load(&c->failed))
-			return -1;
-	return atomic_load(&c->failed) ? -1 : 0;
-}
-
-/* Barrier (and drain): every live channel marks the round end, the
- * destination applies everything sent before on every channel and
- * acknowledges each.  A channel lost on the way no longer counts; the wait
- * has a deadline (twice the timeout: the destination may wait its timeout
- * for a silent channel before it gives that one up). */
-static int round_barrier(struct src_ctx *c, uint32_t round)
-{
-	uint8_t b[PM_ROUND_LEN] = { 0 };
-	uint64_t want = 0;
-	double deadline;
-	int r = wait_idle(c);
-
-	if (r)
-		return r;
-	pm_put32(b, round);
-	for (unsigned i = 0; i < c->nch; i++) {
-		struct worker *w = &c->w[i];
-		struct pm_err e = { 0 };
-		if (!take(w))
-			continue;
-		if (pm_send_frame(&w->conn, PM_FR_ROUND_END, b, sizeof(b), &e))
-			chan_lost(w, &e);
-		else
-			want |= 1ull << i;
-		w->last_send = pm_now_ms();
-		give(w);
-	}
-	deadline = pm_now_ms() + 2.0 * c->timeout_ms;
-	while (want && !atomic_load(&c->failed)) {
-		struct pollfd pfd[PM_MAX_CHANNELS];
-		unsigned who[PM_MAX_CHANNELS], n = 0;
-		for (unsigned i = 0; i < c->nch; i++)
-			if (want >> i & 1) {
-				if (atomic_load(&c->w[i].lost)) {
-					want &= ~(1ull << i);
-					continue;
-				}
-				pfd[n] = (struct pollfd){ .fd = c->w[i].conn.fd, .events = POLLIN };
-				who[n++] = i;
-			}
-		double left = deadline - pm_now_ms();
-		if (!n)
-			break;
-		if (left <= 0) {
-			for (unsigned k = 0; k < n; k++) {
-				struct worker *w = &c->w[who[k]];
-				struct pm_err e = { 0 };
-				pm_err_set(&e, ETIMEDOUT, "%s: no ROUND_ACK within %.0f ms", w->peer,
-					   2.0 * c->timeout_ms);
-				if (take(w)) {
-					chan_lost(w, &e);
-					give(w);
-				}
-			}
-			break;
-		}
-		if (poll(pfd, n, (int)left + 1) < 0 && errno != EINTR)
-			break;
-		for (unsigned k = 0; k < n; k++) {
-			struct worker *w = &c->w[who[k]];
-			struct pm_frame_hdr h;
-			struct pm_err e = { 0 };
-			int t;
-			if (!pfd[k].revents)
-				continue;
-			if (!take(w)) {
-				want &= ~(1ull << who[k]);
-				continue;
-			}
-			while ((t = chan_take(w, &h)) > 0) {
-				const uint8_t *body = w->reply + PM_FRAME_HDR_LEN;
-				if (h.type == PM_FR_ROUND_ACK && pm_get32(body) == round) {
-					want &= ~(1ull << who[k]);
-				} else {
-					if (h.type == PM_FR_ERROR)
-						refused(c, body, h.len, &e);
-					else
-						pm_err_set(&e, EPROTO, "%s sent %s (round %u) while we waited for "
-							   "ROUND_ACK of round %u", w->peer, pm_frame_name(h.type),
-							   h.len >= 4 ? pm_get32(body) : 0, round);
-					src_fail(c, &e);
-				}
-				chan_drop(w, &h);
-			}
-			if (t < 0 && !atomic_load(&w->lost)) {
-				chan_lost(w, &w->dead_why);
-				want &= ~(1ull << who[k]);
-			}
-			give(w);
-		}
-	}
-	return atomic_load(&c->failed) ? -1 : 0;
-}
-
-/* Dirty blocks of every disk at the start of round r; dirty_bytes becomes
- * their bytes (memory's are added by the caller). */
-static int disks_dirty(struct src_ctx *c, unsigned r, struct pm_err *err)
-{
-	c->dirty_bytes = 0;
-	for (unsigned i = 0; i < c->ndisks && !c->p->shared_storage; i++) {
-		struct src_disk *d = &c->disk[i];
-		uint64_t n;
-		int e = d->bd->ops->dirty_count(d->bd->dev, &n, err);
-		if (e)
-			return e;
-		d->dirty_at[r] = n;
-		c->dirty_bytes += n * d->bd->block_size;
-	}
-	return 0;
-}
-
-/* Decides at the start of a round whether to switch over now: 1 yes (reason
- * in the report), 0 no, or -errno when policy abort gives up.  dirty is in
- * bytes, memory's and the disks'. */
-static int decide(struct src_ctx *c, uint64_t dirty, struct pm_err *err)
-{
-	const struct pm_migrate_params *p = c->p;
-	unsigned downtime = p->downtime_ms ? p->downtime_ms : 300;
-	unsigned max_rounds = p->max_rounds ? p->max_rounds : 30;
-	double factor = p->max_bytes_factor > 0 ? p->max_bytes_factor : 8.0;
-	/* Before any round measured the link (all sent so far was tiny),
-	 * assume a slow one: 100 MB/s.  Dirty disk blocks weigh in by their
-	 * bytes, as dirty pages do (dirty is in bytes). */
-	double bw = c->bw > 0 ? c->bw : 100e3;
-	double expect_ms = dirty / bw;
-	uint64_t vm_bytes = c->vm_pages * PM_PAGE_SIZE + (p->shared_storage ? 0 : src_disks_bytes(c));
-	char *reason = c->rep->switchover_reason;
-	size_t rlen = sizeof(c->rep->switchover_reason);
-	const char *why = NULL;
-
-	if (expect_ms <= downtime) {
-		snprintf(reason, rlen, "converged");
-		return 1;
-	}
-	/* Progress is a new low (5% under the lowest so far): a count that
-	 * only swings up and down around a level makes none, and must not
-	 * keep the policy away round after round. */
-	if (dirty < c->min_dirty - c->min_dirty / 20) {
-		c->min_dirty = dirty;
-		c->no_progress = 0;
-	} else if (c->round > 2) {
-		c->no_progress++;
-	}
-	if (c->round > max_rounds)
-		why = "max-rounds";
-	else if (total_bytes(c) > factor * vm_bytes)
-		why = "max-bytes";
-	else if (c->no_progress >= 2)
-		why = "no-progress";
-	if (!why)
-		return 0;
-	if (p->policy == PM_NC_ABORT)
-		return pm_err_set(err, ETIMEDOUT,
-				  "migration does not converge (%s: %.1f MB dirty, about %.0f ms to send "
-				  "at the measured rate, target %u ms); gave up, the VM keeps running here",
-				  why, dirty / 1e6, expect_ms, downtime);
-	if (p->policy == PM_NC_THROTTLE && strcmp(why, "max-rounds") && c->be->ops->throttle) {
-		unsigned t = atomic_load(&c->throttle);
-		if (t < 99) {
-			t = t ? (t + 20 > 99 ? 99 : t + 20) : 30;
-			atomic_store(&c->throttle, t);
-			c->be->ops->throttle(c->be->vm, t);
-			c->no_progress = 0;
-			return 0;
-		}
-	}
-	snprintf(reason, rlen, "%s", why);
-	return 1;
-}
-
-/* The start of a round after the first: measure the last one, count what
- * is dirty, decide.  Returns 1 when it is time to switch over. */
-static int round_start(struct src_ctx *c, struct pm_err *err)
-{
-	double now = pm_now_ms();
-	uint64_t b = total_bytes(c), dirty;
-	int r;
-
-	c->round_ms[c->round - 1] = now - c->t_round;
-	/* Bandwidth: the round's bytes over the time the busiest channel was
-	 * busy with them (the channels send in parallel).  A round's wall time
-	 * would say the link is slow whenever the guest dirties little; a round
-	 * that sent almost nothing keeps the last estimate. */
-	uint64_t busy = 0;
-	for (unsigned i = 0; i < c->nch; i++) {
-		uint64_t u = atomic_load(&c->w[i].busy_us);
-		if (u - c->w[i].busy_at_round > busy)
-			busy = u - c->w[i].busy_at_round;
-		c->w[i].busy_at_round = u;
-	}
-	if (busy && b - c->bytes_at_round >= BW_MIN_BYTES)
-		c->bw = (b - c->bytes_at_round) / (busy / 1e3);
-	c->t_round = now;
-	c->bytes_at_round = b;
-	r = c->be->ops->dirty_sync(c->be->vm, err);
-	if (!r)
-		r = count_dirty(c, &dirty, err);
-	if (r)
-		return r;
-	c->dirty_at[c->round] = dirty;
-	atomic_store(&c->dirty_at_start, dirty);
-	r = disks_dirty(c, c->round, err);
-	if (r)
-		return r;
-	c->dirty_bytes += dirty * PM_PAGE_SIZE;
-	r = decide(c, c->dirty_bytes, err);
-	if (r)
-		return r;
-	return c->round >= PM_MAX_ROUNDS;
-}
-
-/* Rounds while the VM runs, until decide() says switch over; c->round is
- * then the number of the final round, not yet sent. */
-static int phase_precopy(struct src_ctx *c, struct pm_err *err)
-{
-	int r;
-
-	enter(c, SRC_PRECOPY);
-	c->t_round = pm_now_ms();
-	c->min_dirty = UINT64_MAX;
-	for (c->round = 1;; c->round++) {
-		if (c->round > 1) {
-			r = round_start(c, err);
-			if (r < 0)
-				return r;
-			if (r > 0)
-				break;
-		} else {
-			c->dirty_at[1] = c->vm_pages;
-			atomic_store(&c->dirty_at_start, c->vm_pages);
-			for (unsigned i = 0; i < c->ndisks && !c->p->shared_storage; i++)
-				c->disk[i].dirty_at[1] = c->disk[i].nblocks;
-		}
-		atomic_store(&c->cur_round, c->round);
-		c->round_start[c->round] = pm_now_ms() - c->t0;
-		src_sample(c, true);
-		if (run_pass(c, c->round) || (c->p->barrier && round_barrier(c, c->round)))
-			return worker_error(c, err);
-	}
-	if (!c->rep->switchover_reason[0])
-		snprintf(c->rep->switchover_reason, sizeof(c->rep->switchover_reason), "max-rounds");
-	return 0;
-}
-
 /* ---------------------------------------------------- phase: switchover */
 
 /* The final pass, with the VM paused -- and, if a channel was lost during
@@ -726,20 +415,20 @@ static int phase_precopy(struct src_ctx *c, struct pm_err *err)
  * had, until nothing is left to send again. */
 static int final_passes(struct src_ctx *c, struct pm_err *err)
 {
-	if (run_pass(c, c->round) || wait_idle(c))
-		return worker_error(c, err);
+	if (src_run_pass(c, c->round) || src_wait_idle(c))
+		return src_worker_error(c, err);
 	for (;;) {
 		collect_replies(c);
 		if (atomic_load(&c->failed))
-			return worker_error(c, err);
+			return src_worker_error(c, err);
 		if (!atomic_load(&c->resend_pending))
 			return 0;
 		if (c->round >= PM_MAX_ROUNDS)
 			return pm_err_set(err, EIO, "round %u: no round left to send lost chunks again", c->round);
 		c->round++;
 		atomic_store(&c->cur_round, c->round);
-		if (run_pass(c, c->round) || wait_idle(c))
-			return worker_error(c, err);
+		if (src_run_pass(c, c->round) || src_wait_idle(c))
+			return src_worker_error(c, err);
 	}
 }
 
@@ -769,8 +458,8 @@ static int phase_switchover(struct src_ctx *c, struct pm_err *err)
 	struct pm_backend *be = c->be;
 	int r;
 
-	if (wait_idle(c))
-		return worker_error(c, err);
+	if (src_wait_idle(c))
+		return src_worker_error(c, err);
 	/* From here on a lost channel stays lost: no channel may join while a
 	 * barrier or the final passes are under way. */
 	pthread_mutex_lock(&c->lost_lock);
@@ -779,12 +468,12 @@ static int phase_switchover(struct src_ctx *c, struct pm_err *err)
 	/* Barrier-free, the last round's tail is still in socket buffers and
 	 * the network's queues: drain it end to end now, while the VM runs,
 	 * or it lands inside the downtime (tens of ms on a shaped link). */
-	if (!c->p->barrier && round_barrier(c, c->round - 1))
-		return worker_error(c, err);
+	if (!c->p->barrier && src_round_barrier(c, c->round - 1))
+		return src_worker_error(c, err);
 	c->round_ms[c->round - 1] += pm_now_ms() - c->t_round;
 	c->t_round = pm_now_ms();
 
-	enter(c, SRC_SWITCHOVER);
+	src_enter(c, SRC_SWITCHOVER);
 	atomic_store(&c->cur_round, c->round);
 	if (be->ops->write_stats)
 		be->ops->write_stats(be->vm, &c->written1, &c->write_asked);
@@ -812,9 +501,9 @@ static int phase_switchover(struct src_ctx *c, struct pm_err *err)
 	double t = pm_now_ms();
 	r = be->ops->dirty_sync(be->vm, err);
 	if (!r)
-		r = count_dirty(c, &c->dirty_at[c->round], err);
+		r = src_count_dirty(c, &c->dirty_at[c->round], err);
 	if (!r)
-		r = disks_dirty(c, c->round, err);
+		r = src_disks_dirty(c, c->round, err);
 	if (!r && c->p->shared_storage)
 		r = flush_disks(c, err);
 	if (r)
@@ -954,22 +643,22 @@ static int wait_outcome(struct src_ctx *c, struct pm_err *err)
 			struct pm_frame_hdr h;
 			int t;
 
-			if (!pfd[k].revents || !take(w))
+			if (!pfd[k].revents || !src_take(w))
 				continue;
 			while ((t = chan_take(w, &h)) > 0) {
 				const uint8_t *body = w->reply + PM_FRAME_HDR_LEN;
 				struct pm_done d;
 				if (h.type == PM_FR_DONE && !pm_decode_done(body, h.len, &d, &w->dead_why)) {
 					done_received(c, &d);
-					give(w);
-					enter(c, SRC_COMPLETED);
+					src_give(w);
+					src_enter(c, SRC_COMPLETED);
 					atomic_store(&c->sample_phase, PM_PH_DONE);
 					src_sample(c, true);
 					return 0;
 				}
 				if (h.type == PM_FR_ERROR) {
-					int r = refused(c, body, h.len, err);
-					give(w);
+					int r = src_refused(c, body, h.len, err);
+					src_give(w);
 					return r;
 				}
 				pm_err_set(&w->dead_why, EPROTO, "%s: unexpected %s from the destination",
@@ -979,7 +668,7 @@ static int wait_outcome(struct src_ctx *c, struct pm_err *err)
 			}
 			if (t < 0)
 				w->dead = true;
-			give(w);
+			src_give(w);
 		}
 		/* The destination lost a channel that had not ended: its work
 		 * goes again on the others, and END again. */
@@ -1015,7 +704,7 @@ static int send_final(struct src_ctx *c, const void *state, size_t state_len, st
 		for (unsigned k = 0; k < n; k++) {
 			struct worker *w = &c->w[live[k]];
 			struct pm_err e = { 0 };
-			if (!take(w))
+			if (!src_take(w))
 				return 1;
 			int r = pm_send_frame(&w->conn, PM_FR_STATE, state, state_len, &e);
 			if (!r && c->digests)
@@ -1024,9 +713,9 @@ static int send_final(struct src_ctx *c, const void *state, size_t state_len, st
 				chan_lost(w, &e);
 			else
 				atomic_store(&c->state_channel, (int)w->idx);
-			give(w);
+			src_give(w);
 			if (atomic_load(&c->failed))
-				return worker_error(c, err);
+				return src_worker_error(c, err);
 			if (r)
 				return 1;
 			break;
@@ -1036,13 +725,13 @@ static int send_final(struct src_ctx *c, const void *state, size_t state_len, st
 		struct worker *w = &c->w[live[k]];
 		struct pm_err e = { 0 };
 		uint8_t eb[PM_END_FAILOVER_LEN];
-		if (!take(w))
+		if (!src_take(w))
 			return 1;
 		w->sent.final_round = c->round;
 		w->sent.lost = mask;
 		uint32_t len = pm_encode_end(eb, &w->sent, c->failover);
 		if (k == n - 1 && !gate_commit(c)) {
-			give(w);
+			src_give(w);
 			return pm_err_set(err, ECANCELED, "migration cancelled");
 		}
 		/* An END that does not go out whole leaves the destination
@@ -1050,9 +739,9 @@ static int send_final(struct src_ctx *c, const void *state, size_t state_len, st
 		int r = pm_send_frame(&w->conn, PM_FR_END, eb, len, &e);
 		if (r)
 			chan_lost(w, &e);
-		give(w);
+		src_give(w);
 		if (atomic_load(&c->failed))
-			return worker_error(c, err);
+			return src_worker_error(c, err);
 		if (r)
 			return 1;
 	}
@@ -1068,7 +757,7 @@ static int phase_complete(struct src_ctx *c, struct pm_err *err)
 	size_t state_len = 0;
 	int r;
 
-	enter(c, SRC_COMPLETING);
+	src_enter(c, SRC_COMPLETING);
 	struct pm_downtime_breakdown *bd = &c->rep->downtime_breakdown;
 	double t = pm_now_ms();
 	r = be->ops->save_state(be->vm, &state, &state_len, err);
@@ -1282,7 +971,7 @@ static int conclude(struct src_ctx *c, int r, struct pm_err *err)
 				     "then: %s; the destination may be running the VM, so it stays paused here -- "
 				     "check the destination, then send 'cont' to resume it here or 'quit' to drop it",
 				     err->msg);
-		enter(c, SRC_UNKNOWN);
+		src_enter(c, SRC_UNKNOWN);
 		rep->status = PM_UNKNOWN;
 		snprintf(rep->error, sizeof(rep->error), "%s", err->msg);
 		return PM_UNKNOWN;
@@ -1292,7 +981,7 @@ static int conclude(struct src_ctx *c, int r, struct pm_err *err)
 		if (be->ops->resume(be->vm, &e2))
 			pm_err_reset(err, e2.code, "%s; and resuming the source failed: %s", err->msg, e2.msg);
 	}
-	enter(c, SRC_FAILED);
+	src_enter(c, SRC_FAILED);
 	if (r == PM_UNKNOWN)
 		r = -EIO;
 	if (rep->verify && err->code == EBADMSG)
@@ -1322,7 +1011,7 @@ static struct src_ctx *ctx_new(struct pm_backend *be, const struct pm_migrate_pa
 	pthread_mutex_init(&c->err_lock, NULL);
 	pthread_mutex_init(&c->lost_lock, NULL);
 	pm_timeline_init(&c->tl, 20);
-	enter(c, SRC_SETUP);
+	src_enter(c, SRC_SETUP);
 	/* Before any thread can cancel. */
 	if (pipe2(c->wake, O_CLOEXEC | O_NONBLOCK)) {
 		pthread_mutex_destroy(&c->err_lock);
@@ -1369,7 +1058,7 @@ static int run(struct src_ctx *c, struct pm_err *err)
 	if (!r)
 		r = phase_connect(c, err);
 	if (!r)
-		r = phase_precopy(c, err);
+		r = src_phase_precopy(c, err);
 	if (!r)
 		r = phase_switchover(c, err);
 	if (!r)

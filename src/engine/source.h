@@ -266,4 +266,37 @@ int chan_recv_reply(struct worker *w, struct pm_conn *conn, uint32_t want, uint8
 int chan_init(struct worker *w, struct pm_err *err);
 void chan_free(struct worker *w);
 
+/* source.c: the lifecycle's helpers the rounds use. */
+void src_enter(struct src_ctx *c, enum src_phase ph);
+/* Bytes sent so far, every round. */
+uint64_t src_total_bytes(struct src_ctx *c);
+/* An ERROR body as "destination refused: ..." in err: proof that the
+ * destination does not run the VM. */
+int src_refused(struct src_ctx *c, const uint8_t *body, uint32_t len, struct pm_err *err);
+/* Channel w for the migration thread (its io lock): false if it is lost;
+ * src_give() hands it back. */
+bool src_take(struct worker *w);
+void src_give(struct worker *w);
+/* A worker failed: stops them all; its error (or the destination's
+ * reason, if it said why) in err. */
+int src_worker_error(struct src_ctx *c, struct pm_err *err);
+
+/* rounds.c: pre-copy. */
+/* After a dirty_sync: how many pages are dirty and, where the backend can
+ * say, which chunks hold them. */
+int src_count_dirty(struct src_ctx *c, uint64_t *dirty, struct pm_err *err);
+/* One pass over this round's dirty chunks (inline in serial mode). */
+int src_run_pass(struct src_ctx *c, uint32_t round);
+/* Waits until the workers have sent everything queued. */
+int src_wait_idle(struct src_ctx *c);
+/* Barrier (and drain): ROUND_END on every live channel, then each one's
+ * ROUND_ACK (a lost channel no longer counts; deadline twice the timeout). */
+int src_round_barrier(struct src_ctx *c, uint32_t round);
+/* Dirty blocks of every disk at the start of round r (their bytes in
+ * c->dirty_bytes). */
+int src_disks_dirty(struct src_ctx *c, unsigned r, struct pm_err *err);
+/* Rounds while the VM runs, until the switchover is decided; c->round is
+ * then the final round's number. */
+int src_phase_precopy(struct src_ctx *c, struct pm_err *err);
+
 #endif
