@@ -55,8 +55,8 @@ static void pair_join(struct pair *f)
 	f->joined = true;
 }
 
-static void pair_start(struct pair *f, unsigned nch, unsigned proxied, const struct fp_rule *rules,
-		       unsigned nrules, unsigned dest_timeout_ms)
+static void pair_start_tls(struct pair *f, unsigned nch, unsigned proxied, const struct fp_rule *rules,
+			   unsigned nrules, unsigned dest_timeout_ms, const struct pm_tls_params *tls)
 {
 	memset(f, 0, sizeof(*f));
 	f->nch = nch;
@@ -65,7 +65,7 @@ static void pair_start(struct pair *f, unsigned nch, unsigned proxied, const str
 	f->rep = calloc(1, sizeof(*f->rep));
 	fakevm_fill_source(f->src, 77);
 	fakevm_fill_dest(f->dst);
-	dest_start_timeout(&f->d, f->dst, 1, NULL, dest_timeout_ms);
+	dest_start_with(&f->d, f->dst, 1, NULL, dest_timeout_ms, tls);
 	for (unsigned i = 0; i < nch; i++) {
 		if (proxied & 1u << i) {
 			assert_int_equal(fp_start(&f->px[i], "127.0.0.1:0", f->d.addr[0], rules, nrules, NULL), 0);
@@ -75,6 +75,12 @@ static void pair_start(struct pair *f, unsigned nch, unsigned proxied, const str
 		}
 		f->top[i] = f->to[i];
 	}
+}
+
+static void pair_start(struct pair *f, unsigned nch, unsigned proxied, const struct fp_rule *rules,
+		       unsigned nrules, unsigned dest_timeout_ms)
+{
+	pair_start_tls(f, nch, proxied, rules, nrules, dest_timeout_ms, NULL);
 }
 
 static struct pm_migrate_params pair_params(struct pair *f, unsigned timeout_ms)
@@ -284,6 +290,32 @@ static void hold_until_back(void *arg)
 	}
 }
 
+/* A migration of a busy guest in small chunks that needs several rounds
+ * (downtime 1 ms), through the handle; with h, each round waits until a
+ * lost channel is back (hold_until_back).  Returns its result, joined. */
+static int run_busy(struct pair *f, struct pm_migrate_params *p, struct hold *h)
+{
+	struct pm_migration *m;
+
+	p->chunk_pages = 64;
+	p->downtime_ms = 1;
+	p->max_rounds = 8;
+	f->src->harvest_delay_us = 1000;        /* every worker sends again soon */
+	if (h) {
+		f->src->on_sync = hold_until_back;
+		f->src->on_sync_arg = h;
+	}
+	fakevm_start_writer(f->src, 50);
+	assert_int_equal(pm_migration_start(&m, &f->src->be, p, &f->err), 0);
+	if (h)
+		atomic_store(&h->m, m);
+	int r = pm_migration_wait(m, f->rep, &f->err);
+	pm_migration_free(m);
+	fakevm_stop_writer(f->src);
+	pair_join(f);
+	return r;
+}
+
 /* One of four channels cut in pre-copy (reset at its first page run, on
  * its first connection only): the migration completes, memory equal, the
  * report names the channel -- and it dials again and comes back, unless
@@ -296,25 +328,10 @@ static void test_cut_one_of_four(void **s)
 
 	for (int reconnect = 1; reconnect >= 0; reconnect--) {
 		struct hold h = { 0 };
-		struct pm_migration *m;
 		pair_start(&f, 4, 1u << 2, &cut, 1, 15000);
 		struct pm_migrate_params p = pair_params(&f, 15000);
 		p.no_reconnect = !reconnect;
-		p.chunk_pages = 64;
-		p.downtime_ms = 1;
-		p.max_rounds = 8;
-		f.src->harvest_delay_us = 1000;         /* every worker sends again soon */
-		if (reconnect) {
-			f.src->on_sync = hold_until_back;
-			f.src->on_sync_arg = &h;
-		}
-		fakevm_start_writer(f.src, 50);
-		assert_int_equal(pm_migration_start(&m, &f.src->be, &p, &f.err), 0);
-		atomic_store(&h.m, m);
-		int r = pm_migration_wait(m, f.rep, &f.err);
-		pm_migration_free(m);
-		fakevm_stop_writer(f.src);
-		pair_join(&f);
+		int r = run_busy(&f, &p, reconnect ? &h : NULL);
 		assert_int_equal(hits(&f), 1);
 		completed(&f, r);
 		names_lost(f.rep, 2, NULL);
@@ -329,50 +346,19 @@ static void test_cut_one_of_four(void **s)
 }
 
 
-/* With TLS (a pre-shared key), a cut channel reconnects through a new
+/* With TLS (a pre-shared key, removed at the program's end), a cut channel reconnects through a new
  * handshake, authenticated as the same peer, and the migration completes. */
 static void test_tls_reconnect(void **s)
 {
 	struct fp_rule cut = { .conn = 1, .dir = FP_TO_DEST, .bytes = 128 << 10, .action = FP_CUT };
-	char dir[] = "/tmp/pm-test-psk.XXXXXX", psk[64], cmd[300];
+	struct pm_tls_params tls = tls_params(PM_TLS_PSK);
 	struct hold h = { 0 };
-	struct pm_migration *m;
 	struct pair f;
 
-	if (!getenv("PM_MKCREDS") || !mkdtemp(dir))
-		fail_msg("PM_MKCREDS (tests/tls/mkcreds.sh) is not set");
-	snprintf(psk, sizeof(psk), "%s/keys.psk", dir);
-	snprintf(cmd, sizeof(cmd), "'%s' psk '%s'", getenv("PM_MKCREDS"), psk);
-	assert_int_equal(system(cmd), 0);
-	struct pm_tls_params tls = { .psk_file = psk };
-	memset(&f, 0, sizeof(f));
-	f.nch = 2;
-	f.src = fakevm_new("src", 2, npages, gpas);
-	f.dst = fakevm_new("dst", 2, npages, gpas);
-	f.rep = calloc(1, sizeof(*f.rep));
-	fakevm_fill_source(f.src, 79);
-	fakevm_fill_dest(f.dst);
-	dest_start_with(&f.d, f.dst, 1, NULL, 15000, &tls);
-	snprintf(f.to[0], sizeof(f.to[0]), "%s", f.d.addr[0]);
-	assert_int_equal(fp_start(&f.px[1], "127.0.0.1:0", f.d.addr[0], &cut, 1, NULL), 0);
-	snprintf(f.to[1], sizeof(f.to[1]), "%s", fp_address(f.px[1]));
-	f.top[0] = f.to[0];
-	f.top[1] = f.to[1];
+	pair_start_tls(&f, 2, 1u << 1, &cut, 1, 15000, &tls);
 	struct pm_migrate_params p = pair_params(&f, 15000);
 	p.tls = tls;
-	p.chunk_pages = 64;
-	p.downtime_ms = 1;
-	p.max_rounds = 8;
-	f.src->harvest_delay_us = 1000;
-	f.src->on_sync = hold_until_back;
-	f.src->on_sync_arg = &h;
-	fakevm_start_writer(f.src, 50);
-	assert_int_equal(pm_migration_start(&m, &f.src->be, &p, &f.err), 0);
-	atomic_store(&h.m, m);
-	int r = pm_migration_wait(m, f.rep, &f.err);
-	pm_migration_free(m);
-	fakevm_stop_writer(f.src);
-	pair_join(&f);
+	int r = run_busy(&f, &p, &h);
 	assert_int_equal(hits(&f), 1);
 	completed(&f, r);
 	assert_string_equal(f.rep->tls, "psk");
@@ -381,8 +367,6 @@ static void test_tls_reconnect(void **s)
 		fail_msg("channel 1 did not come back over TLS (lost in %s: %s)", f.rep->lost[0].phase,
 			 f.rep->lost[0].reason);
 	pair_free(&f);
-	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-	assert_int_equal(system(cmd), 0);
 }
 
 /* Every channel cut at its first page run, long before the end: the
@@ -702,5 +686,7 @@ int main(void)
 		cmocka_unit_test(test_cancel_too_late),
 		cmocka_unit_test(test_handle),
 	};
-	return cmocka_run_group_tests(tests, NULL, NULL);
+	int r = cmocka_run_group_tests(tests, NULL, NULL);
+
+	return tls_creds_remove() ? 1 : r;
 }
