@@ -13,6 +13,7 @@
 #include <cmocka.h>
 #include "engine/protocol.h"
 #include "pmvm/state.h"
+#include "seed_vmstate.h"
 #include "../../fuzz/fuzz_targets.h"
 #include "seeds.h"
 
@@ -135,14 +136,7 @@ static void state(struct buf *in, unsigned nvcpus)
 	void *blob;
 	size_t len;
 
-	if (pmvm_state_init(&st, nvcpus, &e))
-		abort();
-	/* What KVM would hand over: the chips numbered, the vCPUs runnable. */
-	st.pic_slave.chip_id = KVM_IRQCHIP_PIC_SLAVE;
-	st.ioapic.chip_id = KVM_IRQCHIP_IOAPIC;
-	for (unsigned i = 0; i < nvcpus; i++)
-		st.vcpus[i].mp.mp_state = KVM_MP_STATE_RUNNABLE;
-	st.mem_bytes = (FUZZ_IN_REGION0_PAGES + FUZZ_IN_REGION1_PAGES) * PM_PAGE_SIZE;
+	seed_vm_state(&st, nvcpus, (FUZZ_IN_REGION0_PAGES + FUZZ_IN_REGION1_PAGES) * PM_PAGE_SIZE);
 	if (pmvm_state_encode(&st, &blob, &len, &e))
 		fail_msg("state: %s", e.msg);
 	frame(in, 0, PM_FR_STATE, blob, len);

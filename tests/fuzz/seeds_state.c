@@ -11,6 +11,7 @@
 #include <cmocka.h>
 #include <pmigrate/backend.h>
 #include "pmvm/state.h"
+#include "seed_vmstate.h"
 #include "../../fuzz/fuzz_targets.h"
 #include "seeds.h"
 
@@ -30,14 +31,7 @@ static struct seed pmvm_seed(const char *name, unsigned nvcpus)
 	void *blob;
 	size_t len;
 
-	if (pmvm_state_init(&st, nvcpus, &e))
-		abort();
-	/* What KVM would hand over: the chips numbered, the vCPUs runnable. */
-	st.pic_slave.chip_id = KVM_IRQCHIP_PIC_SLAVE;
-	st.ioapic.chip_id = KVM_IRQCHIP_IOAPIC;
-	for (unsigned i = 0; i < nvcpus; i++)
-		st.vcpus[i].mp.mp_state = KVM_MP_STATE_RUNNABLE;
-	st.mem_bytes = 64 << 20;
+	seed_vm_state(&st, nvcpus, 64 << 20);
 	for (unsigned i = 0; i < nvcpus; i++) {
 		struct pmvm_vcpu_state *v = &st.vcpus[i];
 		v->regs.rip = 0x100000 + i;
