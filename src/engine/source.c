@@ -945,6 +945,11 @@ static int conclude(struct src_ctx *c, int r, struct pm_err *err)
 		r = pm_err_reset(err, ECANCELED, "migration cancelled%s",
 				 c->paused ? "; the VM runs here again" : "; the VM keeps running here");
 	atomic_store(&c->gate, GATE_ENDED);
+	/* A migration that ends early may still have workers sending (a
+	 * policy abort, an error): stop them first, so the report counts
+	 * what they did and nothing is read while they write it. */
+	if (!done && c->w)
+		stop_workers(c);
 	if (c->w)
 		fill_report(c);
 	/* Verification dumps are a test aid, not part of the migration. */
